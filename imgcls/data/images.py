@@ -1,0 +1,162 @@
+"""Decoding image files into uint8 arrays, the same way for training, prediction and serving.
+
+Every odd file is normalised here and nowhere else:
+EXIF orientation is applied; palette, CMYK, 16-bit, grayscale+alpha and RGBA images are
+converted to the dataset's channel mode (transparent pixels are composited onto white);
+and images of another size are brought to the target size by the resize policy.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgcls.errors import ImgclsError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Decompression bombs: refuse images with more pixels than this (PIL's own default, made an error).
+MAX_PIXELS = 89_478_485
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+RESIZE_POLICIES = {
+    "crop": "keep the aspect ratio, resize the short side to the target, centre-crop the rest",
+    "pad": "keep the aspect ratio, resize the long side to the target, pad the rest with black",
+    "stretch": "resize both sides to the target, distorting the aspect ratio",
+}
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a file becomes a model input: channel count, size (height, width) and resize policy."""
+
+    channels: int
+    size: tuple[int, int]
+    resize: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ImgclsError(f"channels must be 1 or 3, not {self.channels}")
+        if self.resize not in RESIZE_POLICIES:
+            raise ImgclsError(f"unknown resize policy {self.resize!r}; valid: {', '.join(RESIZE_POLICIES)}")
+        object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "size": list(self.size)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(channels=int(d["channels"]), size=tuple(d["size"]), resize=d.get("resize", "crop"))
+
+
+class UnreadableImage(Exception):
+    """A file that is not a readable image; carries the reason for the skipped-files report."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def probe_image(path: Path | str) -> tuple[int, int, bool]:
+    """Height, width (after EXIF rotation) and whether the image is grayscale, from the header only."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if _exif_rotates(img):
+                width, height = height, width
+            return height, width, img.mode in _GRAY_MODES
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(_reason(exc)) from exc
+
+
+def decode_image(source: Path | str | bytes, prep: Preprocessing) -> np.ndarray:
+    """Decode one file (or its bytes) into a uint8 array of shape (channels, height, width)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_mode(img, "L" if prep.channels == 1 else "RGB")
+                img = _resize(img, prep.size, prep.resize)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(_reason(exc)) from exc
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def decode_many(paths: Sequence[Path], prep: Preprocessing, progress=None) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+    """Decode files in parallel threads (PIL releases the GIL while decoding).
+
+    Returns the stacked images (N, C, H, W), the indices of the files that decoded, and
+    (path, reason) for each file that did not.
+    """
+    out = np.empty((len(paths), prep.channels, *prep.size), dtype=np.uint8)
+    ok, bad = [], []
+
+    def work(i: int):
+        try:
+            out[i] = decode_image(paths[i], prep)
+            return i, None
+        except UnreadableImage as exc:
+            return i, str(exc)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for i, reason in pool.map(work, range(len(paths)), chunksize=64):
+            (ok.append(i) if reason is None else bad.append((paths[i], reason)))
+            if progress is not None:
+                progress()
+    return out[ok], ok, bad
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grayscale: keep the top 8 bits (PIL's convert would clip at 255 instead).
+        array = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((array >> 8).clip(0, 255).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8))
+    elif img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        img = Image.fromarray((array * scale).clip(0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img if img.mode == mode else img.convert(mode)
+
+
+def _resize(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
+    height, width = size
+    if img.size == (width, height):
+        return img
+    if policy == "stretch":
+        return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if policy == "crop":
+        return ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
+    return ImageOps.pad(img, (width, height), Image.Resampling.BILINEAR, color=0)
+
+
+def _exif_rotates(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"too many pixels (limit {MAX_PIXELS:,})"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file"
+    text = str(exc).split("\n")[0] or type(exc).__name__
+    return "truncated or corrupt image" if "truncated" in text.lower() else text

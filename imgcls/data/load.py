@@ -1,0 +1,163 @@
+"""One entry point for every data source: `load_dataset(source, options)` -> DatasetSplits.
+
+What a path holds decides how it is read:
+
+| source                                   | read as                                         |
+|------------------------------------------|-------------------------------------------------|
+| a name: fashion-mnist, mnist, cifar10... | a named dataset (official test split kept)      |
+| a .csv file                              | a manifest: path,label[,split]                  |
+| a folder with batches.meta / meta        | CIFAR-10 / CIFAR-100 python batches             |
+| a folder with *-idx*-ubyte[.gz] files    | MNIST-family IDX files (official test split)    |
+| a folder with train/ and test/ (val/)    | class folders per split, used as given          |
+| a folder of class sub-folders            | class folders, split by the seeded policy       |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.data.dataset import DatasetSplits, ImageDataset, check_classes
+from imgcls.data.files import SPLIT_NAMES, FileList, decode_file_lists, list_class_folders, read_manifest
+from imgcls.data.formats import cifar_kind, is_idx_folder, read_cifar, read_idx_split
+from imgcls.data.named import NAMED_DATASETS, locate
+from imgcls.data.splits import split_dataset
+from imgcls.errors import ImgclsError
+
+
+@dataclass
+class DataOptions:
+    """How to read and split a dataset. Fractions apply only where the source has no such split."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    size: int | None = None        # target side in pixels for file datasets; None: see choose_preprocessing
+    channels: int | None = None    # 1 or 3; None: grayscale only if every image is
+    resize: str = "crop"           # crop | pad | stretch
+    strict: bool = False           # unreadable files are an error instead of a warning
+    coarse: bool = False           # CIFAR-100: the 20 superclasses instead of the 100 classes
+    download: bool = True
+
+
+def load_dataset(source: str | Path, options: DataOptions | None = None) -> DatasetSplits:
+    options = options or DataOptions()
+    path = Path(source).expanduser()
+    if str(source) in NAMED_DATASETS and not path.exists():
+        return _load_named(str(source), options)
+    if not path.exists():
+        names = ", ".join(NAMED_DATASETS)
+        raise ImgclsError(f"{source}: no such file or folder (named datasets: {names})")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise ImgclsError(f"{path}: a dataset file must be a .csv manifest (path,label[,split])")
+        return _load_manifest(path, options)
+    if cifar_kind(path):
+        return _load_cifar(path, options)
+    if is_idx_folder(path):
+        return _load_idx(path, _named_for_folder(path), options)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _load_split_folders(path, options)
+    return _load_class_folder(path, options)
+
+
+def from_arrays(train_x, train_y, test_x=None, test_y=None, class_names=None, *, name: str = "arrays",
+                options: DataOptions | None = None) -> DatasetSplits:
+    """DatasetSplits from NumPy arrays or torch tensors (images N x H x W, N x C x H x W or N x H x W x C)."""
+    options = options or DataOptions()
+    train = ImageDataset.from_arrays(train_x, train_y, class_names)
+    if test_x is None:
+        return _split(name, train, None, options, source=name)
+    return _split(name, train, ImageDataset(test_x, test_y, train.class_names), options, source=name)
+
+
+def _split(name: str, train: ImageDataset, test: ImageDataset | None, options: DataOptions, *,
+           val: ImageDataset | None = None, skipped=(), source: str = "") -> DatasetSplits:
+    """Carve test (if the source has none) and then val (if none) out of train, stratified and seeded."""
+    check_classes(train.class_names, train.labels.numpy(), name)
+    if test is None:
+        train, test = split_dataset(train, options.test_fraction, options.seed)
+    if val is None and options.val_fraction > 0:
+        train, val = split_dataset(train, options.val_fraction, options.seed)
+    return DatasetSplits(name=name, train=train, val=val, test=test, skipped=list(skipped), source=source)
+
+
+def _load_named(name: str, options: DataOptions) -> DatasetSplits:
+    dataset = NAMED_DATASETS[name]
+    if dataset.kind == "sklearn-digits":
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
+        train = ImageDataset(images, digits.target, list(dataset.class_names))
+        return _split(name, train, None, options, source="sklearn.datasets.load_digits")
+    folder = locate(dataset, download=options.download)
+    if dataset.kind == "cifar":
+        return _load_cifar(folder, options, name=name)
+    return _load_idx(folder, dataset.name, options)
+
+
+def _named_for_folder(folder: Path) -> str:
+    return folder.name if folder.name in NAMED_DATASETS else "idx"
+
+
+def _load_idx(folder: Path, name: str, options: DataOptions) -> DatasetSplits:
+    train_x, train_y = read_idx_split(folder, "train")
+    test_x, test_y = read_idx_split(folder, "test")
+    known = NAMED_DATASETS.get(name)
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    names = list(known.class_names) if known and len(known.class_names) == n_classes else None
+    train = ImageDataset.from_arrays(train_x, train_y, names or [str(c) for c in range(n_classes)])
+    test = ImageDataset(test_x, test_y, train.class_names)
+    return _split(name, train, test, options, source=str(folder))
+
+
+def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> DatasetSplits:
+    train_x, train_y, test_x, test_y, names = read_cifar(folder, coarse=options.coarse)
+    name = name or cifar_kind(folder)
+    train = ImageDataset(train_x, train_y, names)
+    return _split(name + ("-coarse" if options.coarse else ""), train, ImageDataset(test_x, test_y, names),
+                  options, source=str(folder))
+
+
+def _file_options(options: DataOptions) -> dict:
+    return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict)
+
+
+def _load_class_folder(root: Path, options: DataOptions) -> DatasetSplits:
+    classes, files = list_class_folders(root)
+    data, skipped, _ = decode_file_lists({"all": files}, classes, root, **_file_options(options))
+    return _split(root.name, data["all"], None, options, skipped=skipped, source=str(root))
+
+
+def _load_split_folders(root: Path, options: DataOptions) -> DatasetSplits:
+    classes, train_files = list_class_folders(root / "train")
+    lists = {"train": train_files}
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            lists[split] = _files_with_known_classes(root / split, classes)
+    data, skipped, _ = decode_file_lists(lists, classes, root, **_file_options(options))
+    return _split(root.name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
+                  source=str(root))
+
+
+def _files_with_known_classes(folder: Path, classes: list[str]) -> FileList:
+    split_classes, files = list_class_folders(folder)
+    unknown = sorted(set(split_classes) - set(classes))
+    if unknown:
+        raise ImgclsError(f"{folder}: unknown label(s) not in train/: {', '.join(unknown)}")
+    remap = [classes.index(name) for name in split_classes]
+    return FileList(files.paths, [remap[label] for label in files.labels])
+
+
+def _load_manifest(csv_path: Path, options: DataOptions) -> DatasetSplits:
+    classes, lists = read_manifest(csv_path)
+    data, skipped, _ = decode_file_lists(lists, classes, csv_path.parent, **_file_options(options))
+    if "all" in data:
+        return _split(csv_path.stem, data["all"], None, options, skipped=skipped, source=str(csv_path))
+    if "train" not in data or "test" not in data:
+        raise ImgclsError(f"{csv_path}: a manifest with a split column needs train and test rows "
+                          f"(valid splits: {', '.join(SPLIT_NAMES)})")
+    return _split(csv_path.stem, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
+                  source=str(csv_path))

@@ -1,0 +1,96 @@
+"""Self-describing saved models: one .safetensors file, tensors plus JSON metadata in its header.
+
+The metadata holds everything needed to rebuild the model without training code: the registry
+name and hyperparameters, class names, preprocessing, metrics and the imgcls version.
+Loading reads tensors and JSON only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from imgcls import __version__
+from imgcls.data.images import Preprocessing
+from imgcls.errors import ImgclsError
+from imgcls.models.registry import create_model
+
+MODEL_FILE = "model.safetensors"
+FORMAT = "imgcls-model"
+FORMAT_VERSION = 1
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Write model to path (a .safetensors file, or a folder that gets model.safetensors). Atomic."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
+        "model": model.model_name, "params": model.get_params(),
+        "class_names": model.class_names_, "preprocessing": model.preprocessing_.to_dict(),
+        "metrics": getattr(model, "metrics_", {}),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    tensors = {name: t.contiguous() for name, t in model.state_tensors().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"imgcls": json.dumps(metadata)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A saved model file, or a run folder holding model.safetensors."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise ImgclsError(f"{path}: no saved model there (expected a .safetensors file or a run folder)")
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = resolve_model_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("imgcls")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ImgclsError(f"{path}: not a safetensors file ({exc})") from exc
+    if raw is None:
+        raise ImgclsError(f"{path}: a safetensors file, but not an imgcls model (no imgcls metadata)")
+    metadata = json.loads(raw)
+    if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ImgclsError(f"{path}: model format {metadata.get('format_version')} is newer than this imgcls "
+                          f"({__version__}) reads; upgrade imgcls")
+    return metadata
+
+
+def load_model(path: str | Path):
+    """Rebuild a classifier from its saved file or run folder."""
+    path = resolve_model_path(path)
+    metadata = read_metadata(path)
+    model = create_model(metadata["model"], **metadata["params"])
+    model.class_names_ = list(metadata["class_names"])
+    model.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
+    model.metrics_ = metadata.get("metrics", {})
+    model.load_state_tensors(load_file(str(path)))
+    return model
+
+
+def update_metrics(path: str | Path, metrics: dict) -> None:
+    """Record evaluation metrics in a saved model (rewrites the file atomically)."""
+    model = load_model(path)
+    model.metrics_ = metrics
+    save_model(model, resolve_model_path(path))

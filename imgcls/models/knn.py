@@ -1,0 +1,98 @@
+"""k-nearest neighbours on pixels (or any features): memorise, then vote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.models.base import Classifier
+from imgcls.models.distance import METRICS, ExactSearch
+from imgcls.models.registry import register
+from imgcls.progress import progress_bar
+
+WEIGHTS = ("uniform", "distance")
+
+
+@register("knn")
+@dataclass
+class KNNClassifier(Classifier):
+    """k-nearest neighbours with L1 or L2 distance and a majority vote.
+
+    weights="distance" weighs each neighbour by 1/distance (neighbours at distance 0, if any,
+    take the whole vote), as scikit-learn does.
+
+    Ties in the vote go to the tied class whose closest member is nearest to the query, so
+    the answer never depends on class order; without tied votes this is the plain majority.
+    """
+
+    description = "k-nearest neighbours on pixels, L1/L2 distance, majority or distance-weighted vote"
+
+    k: int = 5
+    metric: str = "l2"
+    weights: str = "uniform"
+
+    def check_params(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ImgclsError(f"k must be a positive whole number, not {self.k!r}")
+        if self.metric not in METRICS:
+            raise ImgclsError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        if self.weights not in WEIGHTS:
+            raise ImgclsError(f"unknown weights {self.weights!r}; valid: {', '.join(WEIGHTS)}")
+
+    def _fit(self, data: ImageDataset) -> None:
+        self.reference_ = data.images.reshape(len(data), -1).contiguous()
+        self.labels_ = data.labels.clone()
+        self._search = None
+
+    def kneighbors(self, X, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and indices of the k nearest training images, nearest first."""
+        distances, indices = self._neighbours(self._images(X), k or self.k)
+        return distances.numpy(), indices.numpy()
+
+    def predict(self, X) -> np.ndarray:
+        votes, first_rank = self._votes(self._images(X))
+        return _decide(votes, first_rank).numpy()
+
+    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        votes, _ = self._votes(images)
+        return votes / votes.sum(1, keepdim=True)
+
+    def _votes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class: summed vote weight, and the rank of the class's nearest neighbour (k if none)."""
+        k = min(self.k, len(self.labels_))
+        distances, indices = self._neighbours(images, k)
+        labels = self.labels_[indices]
+        weights = torch.ones_like(distances)
+        if self.weights == "distance":
+            exact = distances == 0
+            weights = torch.where(exact.any(1, keepdim=True), exact.double(), 1 / distances.clamp_min(1e-300))
+        n_classes = len(self.class_names_)
+        votes = torch.zeros(len(images), n_classes, dtype=torch.float64).scatter_add_(1, labels, weights)
+        ranks = torch.arange(k).expand_as(labels)
+        first_rank = torch.full((len(images), n_classes), k).scatter_reduce_(1, labels, ranks, "amin")
+        return votes, first_rank
+
+    def _neighbours(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_search", None) is None:
+            self._search = ExactSearch(self.reference_, self.metric)
+        queries = images.reshape(len(images), -1)
+        with progress_bar(len(queries) if len(queries) >= 2000 else 0, f"kNN ({self.metric}, k={k})") as advance:
+            return self._search.search(queries, k, progress=advance)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"reference": self.reference_, "labels": self.labels_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.reference_, self.labels_ = tensors["reference"], tensors["labels"]
+        self._search = None
+
+
+def _decide(votes: torch.Tensor, first_rank: torch.Tensor) -> torch.Tensor:
+    """Argmax of votes; among tied classes, the one whose nearest member ranks first."""
+    best = votes.max(1, keepdim=True).values
+    tied = torch.isclose(votes, best, rtol=1e-12, atol=0)
+    return torch.where(tied, first_rank, torch.iinfo(torch.int64).max).argmin(1)

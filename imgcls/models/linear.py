@@ -1,0 +1,107 @@
+"""Linear classifier f(x) = Wx + b on pixels, trained by mini-batch SGD with momentum.
+
+Two losses, as in the course: softmax (cross-entropy) and the multiclass SVM (hinge,
+sum over wrong classes of max(0, s_j - s_y + 1)), each plus reg * ||W||^2.
+Pixels are scaled to [0, 1] and centred by the training set's mean image.
+For the SVM, predict_proba is the softmax of the scores: a ranking, not a calibrated probability.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.models.base import Classifier
+from imgcls.models.registry import register
+from imgcls.progress import progress_bar
+
+LOSSES = ("softmax", "svm")
+SCHEDULES = ("constant", "cosine")
+
+
+@register("linear")
+@dataclass
+class LinearClassifier(Classifier):
+    description = "linear classifier Wx + b, softmax or multiclass SVM loss, mini-batch SGD"
+
+    loss: str = "softmax"
+    lr: float = 0.05
+    reg: float = 1e-4
+    epochs: int = 15
+    batch_size: int = 256
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def check_params(self) -> None:
+        if self.loss not in LOSSES:
+            raise ImgclsError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.schedule not in SCHEDULES:
+            raise ImgclsError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ImgclsError(f"{name} must be at least 1")
+        if self.lr <= 0 or self.reg < 0 or not 0 <= self.momentum < 1:
+            raise ImgclsError("need lr > 0, reg >= 0 and 0 <= momentum < 1")
+
+    def _fit(self, data: ImageDataset) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        x = data.images.reshape(len(data), -1)
+        self.mean_ = (x.double().mean(0) / 255).float()
+        n_features, n_classes = x.shape[1], data.num_classes
+        weight = (torch.randn(n_classes, n_features, generator=gen) * 1e-3).requires_grad_()
+        bias = torch.zeros(n_classes, requires_grad=True)
+        optimizer = torch.optim.SGD([weight, bias], lr=self.lr, momentum=self.momentum)
+        steps_per_epoch = math.ceil(len(data) / self.batch_size)
+        self.history_ = []
+        with progress_bar(self.epochs, f"linear ({self.loss})") as advance:
+            for epoch in range(self.epochs):
+                order = torch.randperm(len(data), generator=gen)
+                total = 0.0
+                for step, start in enumerate(range(0, len(data), self.batch_size)):
+                    for group in optimizer.param_groups:
+                        group["lr"] = self._lr_at(epoch * steps_per_epoch + step, self.epochs * steps_per_epoch)
+                    batch = order[start:start + self.batch_size]
+                    scores = self._features(x[batch]) @ weight.T + bias
+                    loss = self._data_loss(scores, data.labels[batch]) + self.reg * weight.square().sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(batch)
+                self.history_.append({"epoch": epoch + 1, "loss": total / len(data)})
+                advance()
+        self.weight_, self.bias_ = weight.detach(), bias.detach()
+
+    def _lr_at(self, step: int, total: int) -> float:
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+    def _data_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss == "softmax":
+            return F.cross_entropy(scores, labels)
+        correct = scores.gather(1, labels[:, None])
+        margins = (scores - correct + 1).clamp_min(0).scatter(1, labels[:, None], 0)
+        return margins.sum(1).mean()
+
+    def _features(self, flat_uint8: torch.Tensor) -> torch.Tensor:
+        return flat_uint8.float() / 255 - self.mean_
+
+    def decision_function(self, X) -> torch.Tensor:
+        """Class scores Wx + b."""
+        images = self._images(X)
+        return self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_
+
+    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        return (self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_).softmax(1)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight_, "bias": self.bias_, "mean": self.mean_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.weight_, self.bias_, self.mean_ = tensors["weight"], tensors["bias"], tensors["mean"]

@@ -1,0 +1,47 @@
+"""One registry of model names and one factory, `create_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+
+from imgcls.errors import ImgclsError
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a classifier buildable by name."""
+    def add(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} registered twice")
+        cls.model_name = name
+        _REGISTRY[name] = cls
+        return cls
+    return add
+
+
+def list_models() -> dict[str, type]:
+    return dict(sorted(_REGISTRY.items()))
+
+
+def model_class(name: str) -> type:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ImgclsError(f"unknown model {name!r}{hint}; valid models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **params):
+    """Build a classifier by registry name; unknown names and unknown parameters are errors."""
+    cls = model_class(name)
+    valid = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ImgclsError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(valid))}")
+    model = cls(**params)
+    model.check_params()
+    return model
