@@ -52,6 +52,11 @@ class Classifier:
         """Class indices, shape (N,)."""
         return self.predict_proba(X).argmax(axis=1)
 
+    def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """predict and predict_proba in one pass (what evaluation needs)."""
+        proba = self.predict_proba(X)
+        return proba.argmax(axis=1), proba
+
     def score(self, X, y=None) -> float:
         """Accuracy on (X, y), or on an ImageDataset's own labels."""
         labels = X.labels.numpy() if isinstance(X, ImageDataset) else np.asarray(y)

@@ -57,6 +57,10 @@ class KNNClassifier(Classifier):
         votes, first_rank = self._votes(self._images(X))
         return _decide(votes, first_rank).numpy()
 
+    def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
+        votes, first_rank = self._votes(self._images(X))
+        return _decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
+
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         votes, _ = self._votes(images)
         return votes / votes.sum(1, keepdim=True)

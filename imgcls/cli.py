@@ -1,0 +1,243 @@
+"""The `imgcls` command line: train, eval, predict, data info, models.
+
+Flags are read here and only here, turned into typed config, and handed to the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from imgcls import __version__
+from imgcls.errors import ImgclsError
+
+EXAMPLES = {
+    "train": """examples:
+  imgcls train fashion-mnist --model knn --k 5 --metric l1 --out runs/knn
+  imgcls train fashion-mnist --model linear --loss svm --epochs 20 --out runs/svm
+  imgcls train photos/ --model knn --image-size 32 --strict --out runs/photos
+  imgcls train labels.csv --model linear --out runs/csv""",
+    "eval": """examples:
+  imgcls eval runs/knn fashion-mnist
+  imgcls eval runs/knn/model.safetensors photos/ --out runs/knn/eval-photos""",
+    "predict": """examples:
+  imgcls predict runs/knn shoe.png
+  imgcls predict runs/knn photos/ --top-k 3 --json""",
+    "data": """examples:
+  imgcls data info fashion-mnist
+  imgcls data info photos/ --out photos-info""",
+    "models": """examples:
+  imgcls models""",
+}
+
+# Model hyperparameters that are not per-model flags: they come from run-wide flags.
+_RUN_WIDE = {"seed"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except ImgclsError as exc:
+        print(f"imgcls: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Image classification: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = _command(commands, "train", "train a classifier, evaluate it on the test split, save model and reports")
+    train.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    train.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)")
+    train.add_argument("--out", default=None, help="run folder for model and reports (default: runs/<model>)")
+    _add_data_flags(train)
+    _add_model_flags(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = _command(commands, "eval", "evaluate a saved model on a dataset's test split")
+    evaluate.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
+    evaluate.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
+    evaluate.add_argument("--out", default=None, help="folder for report.json/html (default: print only)")
+    _add_data_flags(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
+    predict = _command(commands, "predict", "class probabilities for image files and folders")
+    predict.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
+    predict.add_argument("inputs", metavar="IMAGE_OR_FOLDER", nargs="+", help="folders are searched recursively")
+    predict.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.set_defaults(handler=_predict)
+
+    data = _command(commands, "data", "inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    info = _command(data_commands, "info", "counts per class, image size and mode, skipped files, sample grid",
+                    epilog_key="data")
+    info.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    info.add_argument("--out", default=None, help="folder for info.json and samples.png (default: ./<name>-info)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_data_flags(info)
+    info.set_defaults(handler=_data_info)
+
+    models = _command(commands, "models", "list the models in the registry")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def _command(commands, name: str, help_text: str, epilog_key: str | None = None) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                               epilog=EXAMPLES.get(epilog_key or name),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--seed", type=int, default=0, help="seed for splits and training (default: 0)")
+    group.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    group.add_argument("--test-fraction", type=float, default=0.2, help="test share, where the data has no test split")
+    group.add_argument("--image-size", type=int, default=None, help="side in pixels for image files")
+    group.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB)")
+    group.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
+                       help="how differently sized images reach --image-size (default: crop)")
+    group.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them")
+    group.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 coarse superclasses")
+
+
+def _data_options(args) -> "DataOptions":
+    from imgcls.data.load import DataOptions
+    return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                       size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
+                       coarse=args.coarse)
+
+
+def _model_fields() -> dict[str, tuple[type, list[str]]]:
+    """Every hyperparameter of every registered model: name -> (type, models having it)."""
+    from imgcls.models import list_models
+    fields: dict[str, tuple[type, list[str]]] = {}
+    for name, cls in list_models().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in _RUN_WIDE:
+                kind = hints[f.name] if hints[f.name] in (int, float, str, bool) else str
+                fields.setdefault(f.name, (kind, []))[1].append(name)
+    return fields
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
+    for name, (kind, owners) in sorted(_model_fields().items()):
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind, default=None,
+                           metavar=kind.__name__.upper(), help=f"({', '.join(owners)})")
+
+
+def _model_params(args) -> dict:
+    from imgcls.models.registry import model_class
+    cls = model_class(args.model)
+    own = {f.name for f in dataclasses.fields(cls) if f.init}
+    given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise ImgclsError(f"--{foreign[0].replace('_', '-')} does not apply to model {args.model!r} "
+                          f"(its parameters: {', '.join(sorted(own - _RUN_WIDE))})")
+    return {**given, **({"seed": args.seed} if "seed" in own else {})}
+
+
+def _train(args) -> int:
+    from imgcls.runs import TrainConfig, train
+    config = TrainConfig(data=args.data, model=args.model, params=_model_params(args),
+                         out=args.out or f"runs/{args.model}", data_options=_data_options(args))
+    result = train(config)
+    print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")
+    return 0
+
+
+def _eval(args) -> int:
+    from imgcls.runs import evaluate_saved
+    result = evaluate_saved(args.model, args.data, _data_options(args), args.out, split=args.split)
+    if result.report_paths:
+        print(f"report: {result.report_paths['html']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from imgcls.inference import find_images, predict_files
+    from imgcls.models import load_model
+    if args.top_k < 1:
+        raise ImgclsError("--top-k must be at least 1")
+    model = load_model(args.model)
+    predictions, failures = predict_files(model, find_images(args.inputs), k=args.top_k)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            ranked = ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
+            print(f"{p.path}: {ranked}")
+    for path, reason in failures:
+        print(f"imgcls: skipped {path}: {reason}", file=sys.stderr)
+    return 1 if failures and not predictions else 0
+
+
+def _data_info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from imgcls.data.inspect import describe, sample_grid
+    from imgcls.data.load import load_dataset
+    splits = load_dataset(args.data, _data_options(args))
+    info = describe(splits)
+    out = Path(args.out or f"{splits.name.replace('/', '_')}-info")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    grid = sample_grid(splits.train, out / "samples.png", seed=args.seed)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = Console()
+    split_names = list(info["sizes"])
+    table = Table(title=f"{info['name']}: {info['classes']} classes, {info['mode']} "
+                        f"{info['image_size'][0]}x{info['image_size'][1]}", title_justify="left")
+    table.add_column("class")
+    for split in split_names:
+        table.add_column(split, justify="right")
+    for name, counts in info["counts"].items():
+        table.add_row(name, *(f"{counts.get(s, 0):,}" for s in split_names))
+    table.add_section()
+    table.add_row("total", *(f"{info['sizes'][s]:,}" for s in split_names))
+    console.print(table)
+    console.print(f"pixel mean {info['pixels']['mean']}, std {info['pixels']['std']} (0..1 scale)")
+    for s in info["skipped_files"]:
+        console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+    console.print(f"samples: {grid}\ninfo:    {out / 'info.json'}")
+    return 0
+
+
+def _models(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from imgcls.models import list_models
+    table = Table(title="imgcls models", title_justify="left")
+    for column in ("name", "description", "parameters (defaults)"):
+        table.add_column(column)
+    for name, cls in list_models().items():
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.init)
+        table.add_row(name, cls.description, defaults)
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Runs: train a model on a dataset, evaluate it, and write everything into one run folder.
+
+A run folder holds model.safetensors (the self-describing model), config.json (the resolved
+settings), report.json / report.html / confusion_matrix.png, and history.json where the model
+records one. The test split is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgcls import __version__
+from imgcls.data.dataset import DatasetSplits
+from imgcls.data.load import DataOptions, load_dataset
+from imgcls.errors import ImgclsError
+from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.models.artifact import load_model, save_model
+from imgcls.models.registry import create_model
+from imgcls.progress import console, stdout
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    model: str = "knn"
+    params: dict = field(default_factory=dict)
+    out: str = "runs/latest"
+    data_options: DataOptions = field(default_factory=DataOptions)
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "model": self.model, "params": self.params, "out": self.out,
+                "data_options": dataclasses.asdict(self.data_options), "imgcls_version": __version__}
+
+
+@dataclass
+class RunResult:
+    out: Path
+    model_path: Path
+    report_paths: dict[str, Path]
+    metrics: dict
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Load data, fit the model on train, report on val and test, save model and reports."""
+    model = create_model(config.model, **config.params)   # bad names fail before data loads
+    splits = load_dataset(config.data, config.data_options)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
+
+    start = time.perf_counter()
+    model.fit(splits.train)
+    fit_seconds = time.perf_counter() - start
+    extra = {}
+    if splits.val is not None and len(splits.val):
+        val_eval, _ = evaluate_model(model, splits.val)
+        extra["val_accuracy"] = val_eval.accuracy
+    test_eval, predict_seconds = evaluate_model(model, splits.test)
+    if getattr(model, "history_", None):
+        (out / "history.json").write_text(json.dumps(model.history_, indent=2))
+
+    model.metrics_ = {**test_eval.headline(), **extra, "evaluated_on": f"{splits.name} test"}
+    model_path = save_model(model, out)
+    info = RunInfo(title=f"{config.model} on {splits.name}", model=config.model, params=model.get_params(),
+                   dataset=splits.name, sizes=splits.summary(),
+                   timings={"fit_seconds": fit_seconds, "predict_seconds": predict_seconds},
+                   skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
+                   config=config.to_dict())
+    print_report(test_eval, info, stdout)
+    paths = write_report(test_eval, info, out)
+    return RunResult(out, model_path, paths, model.metrics_)
+
+
+def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,
+                   split: str = "test") -> RunResult:
+    """Evaluate a saved model on a dataset's split (files are decoded with the model's preprocessing)."""
+    model = load_model(model_path)
+    prep = model.preprocessing_
+    options = dataclasses.replace(options, size=options.size or prep.size, channels=options.channels or prep.channels,
+                                  resize=prep.resize)
+    splits = load_dataset(data, options)
+    part = getattr(splits, split)
+    if part is None:
+        raise ImgclsError(f"{data} has no {split} split")
+    evaluation, predict_seconds = evaluate_model(model, part)
+    info = RunInfo(title=f"{model.model_name} on {splits.name}", model=model.model_name, params=model.get_params(),
+                   dataset=splits.name, split=split, sizes=splits.summary(),
+                   timings={"predict_seconds": predict_seconds},
+                   skipped_files=[s.to_dict() for s in splits.skipped])
+    print_report(evaluation, info, stdout)
+    paths = write_report(evaluation, info, out) if out else {}
+    return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
+
+
+def _sizes_text(splits: DatasetSplits) -> str:
+    return ", ".join(f"{n:,} {name}" for name, n in splits.summary().items())
