@@ -207,8 +207,9 @@ def _data_info(args) -> int:
         return 0
     console = Console()
     split_names = list(info["sizes"])
-    table = Table(title=f"{info['name']}: {info['classes']} classes, {info['mode']} "
-                        f"{info['image_size'][0]}x{info['image_size'][1]}", title_justify="left")
+    console.print(f"[bold]{info['name']}[/]: {info['classes']} classes, {info['mode']} "
+                  f"{info['image_size'][0]}x{info['image_size'][1]}", highlight=False)
+    table = Table()
     table.add_column("class")
     for split in split_names:
         table.add_column(split, justify="right")

@@ -24,6 +24,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ImgclsError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ImgclsError(f"{path}: IDX file is truncated (header of {ndim} dimensions incomplete)")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -109,4 +111,5 @@ def read_cifar(folder: Path, coarse: bool = False):
         x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches]).reshape(-1, 3, 32, 32)
         y = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
         return x, y
-    return (*stack(train), *stack(test), [str(n) for n in names])
+    # Files re-pickled by Python 3 hold the names as bytes (the official Python 2 ones load as str).
+    return (*stack(train), *stack(test), [n.decode() if isinstance(n, bytes) else str(n) for n in names])

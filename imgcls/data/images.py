@@ -9,7 +9,6 @@ and images of another size are brought to the target size by the resize policy.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -69,6 +68,7 @@ def probe_image(path: Path | str) -> tuple[int, int, bool]:
     """Height, width (after EXIF rotation) and whether the image is grayscale, from the header only."""
     try:
         with Image.open(path) as img:
+            _check_pixels(img)
             width, height = img.size
             if _exif_rotates(img):
                 width, height = height, width
@@ -80,15 +80,13 @@ def probe_image(path: Path | str) -> tuple[int, int, bool]:
 def decode_image(source: Path | str | bytes, prep: Preprocessing) -> np.ndarray:
     """Decode one file (or its bytes) into a uint8 array of shape (channels, height, width)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_mode(img, "L" if prep.channels == 1 else "RGB")
-                img = _resize(img, prep.size, prep.resize)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            _check_pixels(img)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_mode(img, "L" if prep.channels == 1 else "RGB")
+            img = _resize(img, prep.size, prep.resize)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(_reason(exc)) from exc
     array = np.asarray(img, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -118,11 +116,20 @@ def decode_many(paths: Sequence[Path], prep: Preprocessing, progress=None) -> tu
     return out[ok], ok, bad
 
 
+def _check_pixels(img: Image.Image) -> None:
+    # PIL only warns between the limit and twice the limit. An explicit check, not a warnings filter:
+    # warnings.catch_warnings changes process-wide state, and decode_many runs in threads.
+    if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{img.width * img.height} pixels")
+
+
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     if img.mode.startswith("I;16") or img.mode == "I":
-        # 16-bit grayscale: keep the top 8 bits (PIL's convert would clip at 255 instead).
+        # 16-bit grayscale: keep the top 8 bits (PIL's convert would clip at 255 instead). Only 32-bit
+        # "I" leaves the depth unknown; a dark 16-bit image must stay dark, so I;16 always shifts.
         array = np.asarray(img, dtype=np.uint32)
-        img = Image.fromarray((array >> 8).clip(0, 255).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8))
+        sixteen_bit = img.mode.startswith("I;16") or array.max() > 255
+        img = Image.fromarray((array >> 8 if sixteen_bit else array).clip(0, 255).astype(np.uint8))
     elif img.mode == "F":
         array = np.asarray(img, dtype=np.float32)
         scale = 255.0 if array.max() <= 1.0 else 1.0
@@ -154,8 +161,8 @@ def _exif_rotates(img: Image.Image) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"too many pixels (limit {MAX_PIXELS:,})"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too many pixels (limit {Image.MAX_IMAGE_PIXELS:,})"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file"
     text = str(exc).split("\n")[0] or type(exc).__name__

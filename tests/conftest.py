@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny images written into tmp_path, so every test builds its own data in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def quiet_and_isolated(monkeypatch, tmp_path):
+    """No progress bars, and named datasets never come from (or go to) the user's own cache."""
+    monkeypatch.setenv("IMGCLS_PROGRESS", "0")
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
+
+
+def colour(label: int, index: int) -> tuple[int, int, int]:
+    """A colour that encodes its class in red (label * 40) and the image's index in green."""
+    return (40 * label, 10 * index, 200)
+
+
+@pytest.fixture
+def write_image():
+    """write_image(path, array or PIL image, **save_options) -> path; parent folders are created."""
+    def write(path: Path, image, **options) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        image.save(path, **options)
+        return path
+    return write
+
+
+@pytest.fixture
+def class_tree(write_image):
+    """class_tree(root, {class: count}) writes 8x8 PNGs whose colour encodes the class (see `colour`).
+
+    The last image of every class goes into a nested sub-folder, which must count for that class.
+    """
+    def make(root: Path, counts: dict[str, int], size: tuple[int, int] = (8, 8)) -> Path:
+        for label, (name, count) in enumerate(sorted(counts.items())):
+            for i in range(count):
+                folder = root / name / ("nested" / Path("deeper") if i == count - 1 else Path())
+                write_image(folder / f"{name}{i}.png", np.full((*size, 3), colour(label, i), dtype=np.uint8))
+        return root
+    return make
