@@ -16,9 +16,14 @@ def quiet_and_isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
 
 
-def colour(label: int, index: int) -> tuple[int, int, int]:
-    """A colour that encodes its class in red (label * 40) and the image's index in green."""
+def _colour(label: int, index: int) -> tuple[int, int, int]:
     return (40 * label, 10 * index, 200)
+
+
+@pytest.fixture
+def colour():
+    """colour(label, index): encodes the class in red (label * 40) and the image's index in green."""
+    return _colour
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def class_tree(write_image):
     def make(root: Path, counts: dict[str, int], size: tuple[int, int] = (8, 8)) -> Path:
         for label, (name, count) in enumerate(sorted(counts.items())):
             for i in range(count):
-                folder = root / name / ("nested" / Path("deeper") if i == count - 1 else Path())
-                write_image(folder / f"{name}{i}.png", np.full((*size, 3), colour(label, i), dtype=np.uint8))
+                folder = root / name / (Path("nested", "deeper") if i == count - 1 else Path())
+                write_image(folder / f"{name}{i}.png", np.full((*size, 3), _colour(label, i), dtype=np.uint8))
         return root
     return make

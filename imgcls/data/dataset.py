@@ -32,7 +32,7 @@ class ImageDataset:
     paths: list[str] | None = None
 
     def __post_init__(self) -> None:
-        self.images = _as_uint8_nchw(self.images)
+        self.images = as_image_tensor(self.images)
         self.labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.int64).reshape(-1)
         if len(self.images) != len(self.labels):
             raise ImgclsError(f"{len(self.images)} images but {len(self.labels)} labels")
@@ -107,7 +107,8 @@ def check_classes(class_names: list[str], labels: np.ndarray, where: str) -> Non
                           f"images: {', '.join(empty)}")
 
 
-def _as_uint8_nchw(images) -> torch.Tensor:
+def as_image_tensor(images) -> torch.Tensor:
+    """Images as a contiguous uint8 tensor (N, C, H, W), from (N, H, W), (N, C, H, W) or (N, H, W, C)."""
     if not isinstance(images, torch.Tensor):
         images = np.asarray(images)
         images = torch.from_numpy(images if images.flags.writeable and images.flags.c_contiguous

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation.metrics import Evaluation, confusion_matrix, evaluate, top_k_accuracy
@@ -31,7 +33,6 @@ def align_classes(data: ImageDataset, class_names: list[str]) -> ImageDataset:
         raise ImgclsError(f"unknown label(s) for this model: {', '.join(unknown)}; "
                           f"the model knows: {', '.join(class_names)}")
     mapping = [class_names.index(n) if n in class_names else -1 for n in data.class_names]
-    import torch
     labels = torch.as_tensor(mapping)[data.labels]
     return ImageDataset(data.images, labels, class_names, data.paths)
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from imgcls.data.dataset import ImageDataset
+from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 
@@ -96,7 +96,7 @@ class Classifier:
     def _images(self, X) -> torch.Tensor:
         if not self.is_fitted:
             raise ImgclsError(f"this {self.model_name} model is not fitted yet; call fit() first")
-        images = X.images if isinstance(X, ImageDataset) else ImageDataset.from_arrays(X, np.zeros(len(X), int), ["x"]).images
+        images = X.images if isinstance(X, ImageDataset) else as_image_tensor(X)
         expected = (self.preprocessing_.channels, *self.preprocessing_.size)
         if tuple(images.shape[1:]) != expected:
             raise ImgclsError(f"images of shape {tuple(images.shape[1:])} given to a model trained on {expected} "
