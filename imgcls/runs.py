@@ -72,7 +72,7 @@ def train(config: TrainConfig) -> RunResult:
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
                    config=config.to_dict())
     print_report(test_eval, info, stdout)
-    paths = write_report(test_eval, info, out)
+    paths = write_report(test_eval, info, out, images=splits.test.images)
     return RunResult(out, model_path, paths, model.metrics_)
 
 
@@ -93,7 +93,7 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    timings={"predict_seconds": predict_seconds},
                    skipped_files=[s.to_dict() for s in splits.skipped])
     print_report(evaluation, info, stdout)
-    paths = write_report(evaluation, info, out) if out else {}
+    paths = write_report(evaluation, info, out, images=part.images) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
 
 

@@ -21,6 +21,18 @@ class Evaluation:
     macro_avg: dict[str, float]
     weighted_avg: dict[str, float]
     extra: dict = field(default_factory=dict)
+    # The raw predictions behind the numbers, for figures; not written to report.json.
+    y_true: np.ndarray | None = field(default=None, repr=False)
+    y_pred: np.ndarray | None = field(default=None, repr=False)
+    proba: np.ndarray | None = field(default=None, repr=False)
+
+    def most_confused(self, n: int = 5) -> list[tuple[str, str, int]]:
+        """The n largest off-diagonal cells: (true class, predicted class, count)."""
+        off = self.confusion_matrix.copy()
+        np.fill_diagonal(off, 0)
+        cells = np.argsort(-off, axis=None, kind="stable")[:n]
+        pairs = [np.unravel_index(c, off.shape) for c in cells]
+        return [(self.class_names[i], self.class_names[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
 
     @property
     def support(self) -> int:
@@ -35,6 +47,7 @@ class Evaluation:
             "confusion_matrix": self.confusion_matrix.tolist(),
             "class_names": self.class_names,
             "support": self.support,
+            "most_confused": [{"true": t, "predicted": p, "count": c} for t, p, c in self.most_confused()],
         }
         if self.top5_accuracy is not None:
             out["top5_accuracy"] = self.top5_accuracy
@@ -91,4 +104,5 @@ def evaluate(y_true, proba: np.ndarray, class_names: list[str], y_pred=None) -> 
         per_class=per_class,
         macro_avg=average(np.full(present.sum(), 1 / max(present.sum(), 1))),
         weighted_avg=average(weights),
+        y_true=y_true, y_pred=y_pred, proba=proba,
     )

@@ -56,8 +56,10 @@ def print_report(ev: Evaluation, info: RunInfo, console: Console | None = None) 
         console.print(f"[yellow]{len(info.skipped_files)} unreadable file(s) skipped[/] (listed in the report)")
 
 
-def write_report(ev: Evaluation, info: RunInfo, out_dir: str | Path, *, figures: dict[str, Path] | None = None) -> dict[str, Path]:
-    """Write report.json, confusion_matrix.png and report.html into out_dir; return their paths."""
+def write_report(ev: Evaluation, info: RunInfo, out_dir: str | Path, *, images=None,
+                 figures: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Write report.json, confusion_matrix.png, mistakes.png (given the evaluated images) and
+    report.html into out_dir; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",
@@ -68,8 +70,11 @@ def write_report(ev: Evaluation, info: RunInfo, out_dir: str | Path, *, figures:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     paths["json"].write_text(json.dumps(data, indent=2))
     plot_confusion_matrix(ev, paths["confusion_matrix"])
-    images = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
-    paths["html"].write_text(render_html(ev, info, data, images))
+    shown = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
+    if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, out_dir / "mistakes.png"):
+        paths["mistakes"] = shown["Most confident mistakes: true class → predicted class (confidence)"] = \
+            out_dir / "mistakes.png"
+    paths["html"].write_text(render_html(ev, info, data, shown))
     return paths
 
 
@@ -100,6 +105,34 @@ def plot_confusion_matrix(ev: Evaluation, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_mistakes(ev: Evaluation, images, path: Path, n: int = 24) -> Path | None:
+    """A grid of the most confident mistakes: each image titled 'true -> predicted (confidence)'."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wrong = np.flatnonzero(ev.y_pred != ev.y_true)
+    if len(wrong) == 0:
+        return None
+    confidence = ev.proba[wrong, ev.y_pred[wrong]]
+    chosen = wrong[np.argsort(-confidence, kind="stable")[:n]]
+    cols = min(8, len(chosen))
+    rows = (len(chosen) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen):
+        image = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(f"{ev.class_names[ev.y_true[i]]}\n→ {ev.class_names[ev.y_pred[i]]} "
+                     f"({ev.proba[i, ev.y_pred[i]]:.0%})", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 _ENV = Environment(loader=PackageLoader("imgcls", "evaluation/templates"), autoescape=select_autoescape())
