@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
@@ -65,8 +66,13 @@ def test_report_files(tmp_path):
     info = RunInfo(title="test run", model="knn", params={"k": 5}, dataset="synthetic", sizes={"test": 200},
                    skipped_files=[{"path": "bad.jpg", "reason": "not an image file"}],
                    extra_metrics={"val_accuracy": 0.5})
-    paths = write_report(ev, info, tmp_path)
+    images = torch.zeros(200, 1, 8, 8, dtype=torch.uint8)
+    paths = write_report(ev, info, tmp_path, images=images)
     data = json.loads(paths["json"].read_text())
+    off_diagonal = ev.confusion_matrix - np.diag(np.diag(ev.confusion_matrix))
+    assert data["most_confused"][0]["count"] == off_diagonal.max()
+    with Image.open(paths["mistakes"]) as png:
+        assert png.format == "PNG"
     for key in ("accuracy", "top5_accuracy", "per_class", "macro_avg", "weighted_avg", "confusion_matrix",
                 "class_names", "skipped_files"):
         assert key in data
