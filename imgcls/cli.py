@@ -18,6 +18,11 @@ from imgcls.errors import ImgclsError
 EXAMPLES = {
     "train": """examples:
   imgcls train fashion-mnist --model knn --k 5 --metric l1 --out runs/knn
+  imgcls train fashion-mnist --model resnet20 --epochs 15 --opt sgd --lr 0.1 --schedule onecycle \\
+      --augment crop,flip --seed 0 --out runs/r20
+  imgcls train fashion-mnist --model resnet20 ... --out runs/r20 --resume   # continue a killed run
+  imgcls train fashion-mnist --config recipe.yaml --out runs/recipe
+  imgcls train fashion-mnist --model cnn --nproc 2 --out runs/ddp           # 2 processes (torchrun)
   imgcls train fashion-mnist --model linear --loss svm --epochs 20 --out runs/svm
   imgcls train photos/ --model knn --image-size 32 --strict --out runs/photos
   imgcls train labels.csv --model linear --out runs/csv""",
@@ -32,6 +37,8 @@ EXAMPLES = {
   imgcls data info photos/ --out photos-info""",
     "models": """examples:
   imgcls models""",
+    "lr-find": """examples:
+  imgcls lr-find fashion-mnist --model resnet20 --augment crop,flip --out runs/lr""",
 }
 
 # Model hyperparameters that are not per-model flags: they come from run-wide flags.
@@ -41,6 +48,13 @@ _RUN_WIDE = {"seed"}
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        try:
+            args = _apply_config_file(parser, args, argv)
+        except ImgclsError as exc:
+            print(f"imgcls: error: {exc}", file=sys.stderr)
+            return 2
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -63,9 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
     train.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)")
     train.add_argument("--out", default=None, help="run folder for model and reports (default: runs/<model>)")
+    train.add_argument("--config", default=None, metavar="FILE",
+                       help="YAML file of settings (keys as the flags, e.g. lr: 0.1); flags override it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--nproc", type=int, default=1, help="train with N processes on this machine (torchrun)")
     _add_data_flags(train)
     _add_model_flags(train)
     train.set_defaults(handler=_train)
+
+    lr_find = _command(commands, "lr-find", "learning-rate range test: plot loss against learning rate, suggest one")
+    lr_find.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    lr_find.add_argument("--model", default="cnn", help="network from `imgcls models` (default: cnn)")
+    lr_find.add_argument("--out", default=None, help="folder for lr_find.png/json (default: runs/lr-find-<model>)")
+    lr_find.add_argument("--steps", type=int, default=100, help="number of learning rates tried (default: 100)")
+    lr_find.add_argument("--min-lr", type=float, default=1e-6)
+    lr_find.add_argument("--max-lr", type=float, default=10.0)
+    _add_data_flags(lr_find)
+    _add_model_flags(lr_find)
+    lr_find.set_defaults(handler=_lr_find)
 
     evaluate = _command(commands, "eval", "evaluate a saved model on a dataset's test split")
     evaluate.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
@@ -95,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     models = _command(commands, "models", "list the models in the registry")
     models.set_defaults(handler=_models)
     return parser
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, args, argv) -> argparse.Namespace:
+    """Settings from a YAML file become the train command's defaults; unknown keys are errors."""
+    import yaml
+    path = Path(args.config)
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ImgclsError(f"{path}: cannot read config ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(settings, dict):
+        raise ImgclsError(f"{path}: a config file must be a mapping of setting: value")
+    train = parser._subparsers._group_actions[0].choices["train"]
+    known = {a.dest: a for a in train._actions}
+    defaults = {}
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        dest = dest if dest in known and not dest.startswith("param_") else f"param_{dest}"
+        if dest not in known or dest in ("config", "help", "data"):
+            raise ImgclsError(f"{path}: unknown setting {key!r}")
+        action = known[dest]
+        defaults[dest] = action.type(str(value).lower() if isinstance(value, bool) else str(value)) \
+            if action.type and value is not None else value
+    train.set_defaults(**defaults)
+    return parser.parse_args(argv)
 
 
 def _command(commands, name: str, help_text: str, epilog_key: str | None = None) -> argparse.ArgumentParser:
@@ -132,6 +186,7 @@ def _model_fields() -> dict[str, tuple[type, list[str]]]:
         for f in dataclasses.fields(cls):
             if f.init and f.name not in _RUN_WIDE:
                 kind = hints[f.name] if hints[f.name] in (int, float, str, bool) else str
+                kind = _yes_no if kind is bool else kind
                 fields.setdefault(f.name, (kind, []))[1].append(name)
     return fields
 
@@ -140,7 +195,19 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
     for name, (kind, owners) in sorted(_model_fields().items()):
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind, default=None,
-                           metavar=kind.__name__.upper(), help=f"({', '.join(owners)})")
+                           metavar="yes|no" if kind is _yes_no else kind.__name__.upper(),
+                           help=f"({_owners_text(owners)})")
+
+
+def _owners_text(owners: list[str]) -> str:
+    return "all neural networks" if len(owners) > 4 else ", ".join(owners)
+
+
+def _yes_no(text: str) -> bool:
+    value = text.lower()
+    if value not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
+    return value in ("yes", "true", "on", "1")
 
 
 def _model_params(args) -> dict:
@@ -157,10 +224,43 @@ def _model_params(args) -> dict:
 
 def _train(args) -> int:
     from imgcls.runs import TrainConfig, train
+    if args.nproc > 1:
+        return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=_model_params(args),
                          out=args.out or f"runs/{args.model}", data_options=_data_options(args))
-    result = train(config)
-    print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")
+    result = train(config, resume=args.resume)
+    if result is not None:
+        print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int, argv_of_this_command: list[str]) -> int:
+    """Run this same command under torchrun with nproc processes (and without --nproc)."""
+    import subprocess
+    argv, skip = [], False
+    for arg in argv_of_this_command:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "imgcls.cli", *argv]
+    return subprocess.call(command)
+
+
+def _lr_find(args) -> int:
+    from imgcls.data.load import load_dataset
+    from imgcls.models.registry import create_model
+    from imgcls.training.lr_find import lr_find
+    model = create_model(args.model, **_model_params(args))
+    if not hasattr(model, "training_config"):
+        raise ImgclsError(f"lr-find needs a neural network; {args.model!r} is not trained by gradient descent")
+    splits = load_dataset(args.data, _data_options(args))
+    out = Path(args.out or f"runs/lr-find-{args.model.replace(':', '-')}")
+    result = lr_find(model, splits.train, out, steps=args.steps, min_lr=args.min_lr, max_lr=args.max_lr)
+    print(f"suggested learning rate: {result['suggested_lr']:.3g}  (plot: {out / 'lr_find.png'})")
     return 0
 
 
@@ -229,14 +329,21 @@ def _models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from imgcls.models import list_models
-    table = Table(title="imgcls models", title_justify="left")
-    for column in ("name", "description", "parameters (defaults)"):
-        table.add_column(column)
+    from imgcls.models import list_models, parameter_count
+    from imgcls.training.config import TrainingConfig
+    shared = {f.name for f in dataclasses.fields(TrainingConfig)}
+    table = Table(title="imgcls models (parameters counted for 1x28x28 input, 10 classes)", title_justify="left")
+    for column, justify in (("name", "left"), ("description", "left"), ("parameters", "right"), ("options", "left")):
+        table.add_column(column, justify=justify)
     for name, cls in list_models().items():
-        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.init)
-        table.add_row(name, cls.description, defaults)
-    Console().print(table)
+        options = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)
+                            if f.init and (f.name not in shared or not hasattr(cls, "training_config")))
+        table.add_row(name, cls.description, f"{parameter_count(name, (1, 28, 28), 10):,}", options)
+    console = Console()
+    console.print(table)
+    console.print("Neural networks also take the training options: "
+                  + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainingConfig)), highlight=False)
+    console.print("Any timm architecture: --model timm:NAME (e.g. timm:resnet18).", highlight=False)
     return 0
 
 

@@ -1,8 +1,10 @@
 """Runs: train a model on a dataset, evaluate it, and write everything into one run folder.
 
-A run folder holds model.safetensors (the self-describing model), config.json (the resolved
-settings), report.json / report.html / confusion_matrix.png, and history.json where the model
-records one. The test split is evaluated once, at the end.
+A run folder holds model.safetensors (the self-describing model), config.json and config.yaml
+(the resolved settings), report.json / report.html / confusion_matrix.png / mistakes.png, and for
+models trained by gradient descent history.json / history.csv / curves.png and checkpoints/.
+The test split is evaluated once, at the end. Under torchrun every process trains; rank 0 alone
+evaluates and writes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+
+import yaml
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_repor
 from imgcls.models.artifact import load_model, save_model
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
+from imgcls.training import distributed
+from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
 
 
 @dataclass
@@ -44,25 +50,37 @@ class RunResult:
     metrics: dict
 
 
-def train(config: TrainConfig) -> RunResult:
-    """Load data, fit the model on train, report on val and test, save model and reports."""
+def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
+    """Load data, fit the model on train, report on val and test, save model and reports.
+    Returns None on the ranks other than 0 of a distributed run."""
     model = create_model(config.model, **config.params)   # bad names fail before data loads
+    rank = distributed.setup()
+    try:
+        return _train(config, model, resume, rank)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | None:
     splits = load_dataset(config.data, config.data_options)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
-
+    if rank == 0:
+        _write_config(config, out, resume)
+        console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
+    hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
     start = time.perf_counter()
-    model.fit(splits.train)
+    model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)
     fit_seconds = time.perf_counter() - start
+    if rank != 0:
+        return None
     extra = {}
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val)
         extra["val_accuracy"] = val_eval.accuracy
     test_eval, predict_seconds = evaluate_model(model, splits.test)
+    figures = {}
     if getattr(model, "history_", None):
-        (out / "history.json").write_text(json.dumps(model.history_, indent=2))
+        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]
 
     model.metrics_ = {**test_eval.headline(), **extra, "evaluated_on": f"{splits.name} test"}
     model_path = save_model(model, out)
@@ -72,8 +90,24 @@ def train(config: TrainConfig) -> RunResult:
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
                    config=config.to_dict())
     print_report(test_eval, info, stdout)
-    paths = write_report(test_eval, info, out, images=splits.test.images)
+    paths = write_report(test_eval, info, out, images=splits.test.images, figures=figures)
     return RunResult(out, model_path, paths, model.metrics_)
+
+
+def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
+    """config.json / config.yaml: the resolved settings. Resuming requires the same ones."""
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = config.to_dict()
+    previous = out / "config.json"
+    if resume and previous.is_file():
+        before = json.loads(previous.read_text())
+        keys = ("data", "model", "data_options")
+        changed = [k for k in keys if before.get(k) != resolved.get(k)]
+        if changed:
+            raise ImgclsError(f"{out}: cannot resume with different {', '.join(changed)}; "
+                              "use the same command, or a new --out")
+    previous.write_text(json.dumps(resolved, indent=2))
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
 def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,

@@ -31,7 +31,7 @@ def test_learns_digits(loss):
     splits = load_dataset("digits")
     model = create_model("linear", loss=loss, epochs=20).fit(splits.train)
     assert model.score(splits.test) > 0.9
-    losses = [h["loss"] for h in model.history_]
+    losses = [h["train_loss"] for h in model.history_]
     assert losses[-1] < losses[0] / 2
     proba = model.predict_proba(splits.test)
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)

@@ -35,13 +35,16 @@ class Classifier:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     # -- the contract ---------------------------------------------------------------------
-    def fit(self, X, y=None, *, class_names: list[str] | None = None) -> Classifier:
+    def fit(self, X, y=None, *, class_names: list[str] | None = None, validation: ImageDataset | None = None,
+            **fit_options) -> Classifier:
+        """Learn from (X, y) or an ImageDataset. `validation` and `fit_options` (run_dir, resume, ...)
+        are used by classifiers trained by gradient descent and ignored by the others."""
         self.check_params()
         data = as_dataset(X, y, class_names)
         self.class_names_ = list(data.class_names)
         self.preprocessing_ = data.preprocessing
         self.metrics_ = {}
-        self._fit(data)
+        self._fit(data, validation=validation, **fit_options)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -75,7 +78,7 @@ class Classifier:
         return model
 
     # -- what each classifier implements ----------------------------------------------------
-    def _fit(self, data: ImageDataset) -> None:
+    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **fit_options) -> None:
         raise NotImplementedError
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ class KNNClassifier(Classifier):
         if self.weights not in WEIGHTS:
             raise ImgclsError(f"unknown weights {self.weights!r}; valid: {', '.join(WEIGHTS)}")
 
-    def _fit(self, data: ImageDataset) -> None:
+    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
         self.reference_ = data.images.reshape(len(data), -1).contiguous()
         self.labels_ = data.labels.clone()
         self._search = None

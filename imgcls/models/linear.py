@@ -49,7 +49,7 @@ class LinearClassifier(Classifier):
         if self.lr <= 0 or self.reg < 0 or not 0 <= self.momentum < 1:
             raise ImgclsError("need lr > 0, reg >= 0 and 0 <= momentum < 1")
 
-    def _fit(self, data: ImageDataset) -> None:
+    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         x = data.images.reshape(len(data), -1)
         self.mean_ = (x.double().mean(0) / 255).float()
@@ -73,7 +73,7 @@ class LinearClassifier(Classifier):
                     loss.backward()
                     optimizer.step()
                     total += loss.item() * len(batch)
-                self.history_.append({"epoch": epoch + 1, "loss": total / len(data)})
+                self.history_.append({"epoch": epoch + 1, "train_loss": total / len(data)})
                 advance()
         self.weight_, self.bias_ = weight.detach(), bias.detach()
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from imgcls.errors import ImgclsError
 
 _REGISTRY: dict[str, type] = {}
+_PREFIXES: dict[str, Callable[[str], type]] = {}   # "timm:" -> makes a class for "timm:<name>"
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -22,15 +23,26 @@ def register(name: str) -> Callable[[type], type]:
     return add
 
 
+def register_prefix(prefix: str, make_class: Callable[[str], type]) -> None:
+    """Names starting with prefix are built on first use by make_class(name), e.g. timm:resnet18."""
+    _PREFIXES[prefix] = make_class
+
+
 def list_models() -> dict[str, type]:
     return dict(sorted(_REGISTRY.items()))
 
 
 def model_class(name: str) -> type:
+    prefix = next((p for p in _PREFIXES if name.startswith(p) and len(name) > len(p)), None)
+    if name not in _REGISTRY and prefix:
+        cls = _PREFIXES[prefix](name)
+        cls.model_name = name
+        return cls
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ImgclsError(f"unknown model {name!r}{hint}; valid models: {', '.join(sorted(_REGISTRY))}")
+        prefixes = "".join(f", {p}NAME" for p in _PREFIXES)
+        raise ImgclsError(f"unknown model {name!r}{hint}; valid models: {', '.join(sorted(_REGISTRY))}{prefixes}")
     return _REGISTRY[name]
 
 

@@ -1,0 +1,299 @@
+"""Plain torch networks for small images, each split like timm's models.
+
+Every network maps a normalised float batch (N, in_chans, H, W) to logits (N, num_classes) and has
+`forward_features`, `forward_head(x, pre_logits=False)`, `reset_classifier(num_classes)` and
+`num_features` (the embedding size), so transfer learning and embeddings work the same for these
+and for `timm_network` models. Builders take `(in_chans, num_classes, *, image_size, **options)`.
+
+Smallest input side each network accepts (28 and 32 always work):
+  mlp 1, lenet5 4, cnn 4, vgg 2**stages (8 by default), resnet20 / resnet56 / resnet18 1
+(global average pooling fits any size, but below 8px there is little left to learn from).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.errors import ImgclsError
+
+ImageSize = tuple[int, int]
+
+
+class Network(nn.Module):
+    """A feature extractor followed by (global average pool,) dropout and one linear classifier."""
+
+    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.features = features
+        self.num_features = num_features
+        self.head_drop = nn.Dropout(dropout)
+        self.reset_classifier(num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map (N, C, h, w) for convolutional trunks, embedding (N, num_features) otherwise."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits, or with pre_logits=True the embedding (N, num_features) the classifier reads."""
+        if x.ndim == 4:
+            x = x.mean((2, 3))  # global average pool: any map size, any memory format
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh linear classifier; 0 classes makes forward return the embedding, as in timm."""
+        self.num_classes = num_classes
+        like = next(self.features.parameters(), None)  # keep the model's device and dtype
+        options = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+        self.head = nn.Linear(self.num_features, num_classes, **options) if num_classes > 0 else nn.Identity()
+
+
+class Maxout(nn.Module):
+    """Maximum over groups of `pieces` adjacent features: (N, pieces * k) -> (N, k)."""
+
+    def __init__(self, pieces: int = 2):
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (-1, self.pieces)).amax(-1)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU, "gelu": nn.GELU, "maxout": Maxout,
+}
+
+
+def activation_layer(name: str, valid: tuple[str, ...] = tuple(ACTIVATIONS)) -> nn.Module:
+    if name not in valid:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(valid)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(in_chans: int, num_classes: int, *, image_size: ImageSize, hidden: str = "512,256",
+        activation: str = "relu", dropout: float = 0.0, batchnorm: bool = False) -> Network:
+    """Fully connected network on the flattened pixels; `hidden` lists layer widths ("" = softmax regression).
+
+    Each hidden layer is linear (-> batch norm) -> activation; maxout layers compute twice the width
+    and keep the larger of each pair. Any image size.
+    """
+    widths = _widths(hidden, "hidden", allow_empty=True)
+    activation_layer(activation)  # fail before building anything
+    pieces = 2 if activation == "maxout" else 1
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_chans * image_size[0] * image_size[1]
+    for i, out in enumerate(widths):
+        if i:  # dropout before every linear layer but the first; the head adds the last one
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(width, out * pieces, bias=not batchnorm))  # batch norm has its own bias
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(out * pieces))
+        layers.append(activation_layer(activation))
+        width = out
+    return Network(nn.Sequential(*layers), width, num_classes, dropout)
+
+
+def lenet5(in_chans: int, num_classes: int, *, image_size: ImageSize, activation: str = "relu") -> Network:
+    """LeNet-5: conv5x5 6 -> pool -> conv5x5 16 -> pool -> 120 -> 84 -> classes; 61,706 weights (1 channel, 10 classes).
+
+    A 5x5 conv is zero-padded by 2 when its input is smaller than in the original 32px net
+    (32px for the first, 14px for the second), so 28px images get exactly LeNet-5's layer sizes
+    and images down to 4px (8px digits included) still fit.
+    """
+    act = functools.partial(activation_layer, activation, ("relu", "tanh"))
+    pad1 = tuple(2 if n < 32 else 0 for n in image_size)
+    size1 = [(n + 2 * p - 4) // 2 for n, p in zip(image_size, pad1)]
+    pad2 = tuple(2 if n < 14 else 0 for n in size1)
+    size2 = [(n + 2 * p - 4) // 2 for n, p in zip(size1, pad2)]
+    if min(size2) < 1:
+        raise ValueError(f"lenet5 needs images of at least 4x4 pixels, got {image_size}")
+    features = nn.Sequential(
+        # Average pooling, like the original's subsampling layers.
+        nn.Conv2d(in_chans, 6, 5, padding=pad1), act(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=pad2), act(), nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * size2[0] * size2[1], 120), act(),
+        nn.Linear(120, 84), act(),
+    )
+    return _init_weights(Network(features, 84, num_classes))
+
+
+def cnn(in_chans: int, num_classes: int, *, image_size: ImageSize, dropout: float = 0.25,
+        batchnorm: bool = True) -> Network:
+    """The Keras course CNN: 2 x (two conv3x3 -> max pool -> dropout), dense 512, dropout 0.5, classes.
+
+    Widths 32, 32, 64, 64; padded convs, so only the two pools shrink the image (at least 4px).
+    """
+    if min(image_size) < 4:
+        raise ValueError(f"cnn needs images of at least 4x4 pixels, got {image_size}")
+    features = nn.Sequential(
+        *_conv_bn_relu(in_chans, 32, batchnorm), *_conv_bn_relu(32, 32, batchnorm),
+        nn.MaxPool2d(2), nn.Dropout(dropout),
+        *_conv_bn_relu(32, 64, batchnorm), *_conv_bn_relu(64, 64, batchnorm),
+        nn.MaxPool2d(2), nn.Dropout(dropout),
+        nn.Flatten(),
+        nn.Linear(64 * (image_size[0] // 4) * (image_size[1] // 4), 512), nn.ReLU(),
+    )
+    return _init_weights(Network(features, 512, num_classes, dropout=0.5))
+
+
+def vgg(in_chans: int, num_classes: int, *, image_size: ImageSize, widths: str = "64,128,256",
+        dropout: float = 0.3) -> Network:
+    """VGG-style: per width, two conv3x3-BN-ReLU then max pool; global average pool; linear head.
+
+    Each stage halves the image, so it needs at least 2**stages pixels (8 for three widths).
+    """
+    stage_widths = _widths(widths, "widths")
+    if min(image_size) < 2 ** len(stage_widths):
+        raise ValueError(f"vgg with {len(stage_widths)} stages needs images of at least "
+                         f"{2 ** len(stage_widths)} pixels a side, got {image_size}")
+    layers: list[nn.Module] = []
+    width = in_chans
+    for out in stage_widths:
+        layers += [*_conv_bn_relu(width, out), *_conv_bn_relu(out, out), nn.MaxPool2d(2)]
+        width = out
+    return _init_weights(Network(nn.Sequential(*layers), width, num_classes, dropout))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)).
+
+    The shortcut is the identity, or a 1x1 conv + BN projection (He et al.'s option B) when the
+    stride or width changes.
+    """
+
+    def __init__(self, in_width: int, width: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_width, width, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_width != width:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_width, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet_cifar(in_chans: int, num_classes: int, *, image_size: ImageSize | None = None,
+                 depth: int = 20) -> Network:
+    """CIFAR ResNet (He et al. 2016, section 4.2): depth = 6n + 2, three stages of n blocks, widths 16/32/64.
+
+    `image_size` is unused (global average pooling fits any size); it is accepted so that every
+    builder shares one call signature.
+    """
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
+    n = (depth - 2) // 6
+    return _resnet(in_chans, num_classes, stem=16, widths=(16, 32, 64), depths=(n, n, n))
+
+
+def resnet20(in_chans: int, num_classes: int, *, image_size: ImageSize | None = None) -> Network:
+    """CIFAR ResNet-20: 3 stages of 3 blocks, about 0.27M weights."""
+    return resnet_cifar(in_chans, num_classes, image_size=image_size, depth=20)
+
+
+def resnet56(in_chans: int, num_classes: int, *, image_size: ImageSize | None = None) -> Network:
+    """CIFAR ResNet-56: 3 stages of 9 blocks, about 0.85M weights."""
+    return resnet_cifar(in_chans, num_classes, image_size=image_size, depth=56)
+
+
+def resnet18(in_chans: int, num_classes: int, *, image_size: ImageSize | None = None) -> Network:
+    """ResNet-18 for 28-32px images: 3x3 stride-1 stem and no max pool, then the usual 4 stages (~11.2M weights).
+
+    `image_size` is unused, as for `resnet_cifar`.
+    """
+    return _resnet(in_chans, num_classes, stem=64, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2))
+
+
+def timm_network(name: str, in_chans: int, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
+    """A timm model by name (weights are downloaded when pretrained=True); unknown names are ImgclsErrors."""
+    try:
+        import timm
+    except ImportError:
+        raise ImgclsError(f"timm model {name!r} needs the timm package: pip install timm") from None
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except RuntimeError as error:
+        if not str(error).startswith("Unknown model"):
+            raise
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    family = re.match(r"[A-Za-z]*", name).group() or name
+    raise ImgclsError(f"unknown timm model {name!r}{hint}; see timm.list_models('*{family}*')") from None
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of weights, trainable or not (buffers such as BN running statistics excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "mlp": (mlp, "fully connected network on pixels, choice of activation (maxout included)"),
+    "lenet5": (lenet5, "LeNet-5 convolutional network (LeCun et al. 1998)"),
+    "cnn": (cnn, "Keras course CNN: two conv-conv-pool blocks, dense 512"),
+    "vgg": (vgg, "VGG-style conv3x3-BN-ReLU stages, global average pool"),
+    "resnet20": (resnet20, "CIFAR ResNet-20 (He et al. 2016), 0.27M weights"),
+    "resnet56": (resnet56, "CIFAR ResNet-56 (He et al. 2016), 0.85M weights"),
+    "resnet18": (resnet18, "ResNet-18 with a 3x3 stem for 28-32px images, 11.2M weights"),
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _widths(spec: str, option: str, allow_empty: bool = False) -> list[int]:
+    try:
+        widths = [int(w) for w in spec.split(",") if w.strip()]
+    except ValueError:
+        widths = [0]
+    if (not widths and not allow_empty) or any(w < 1 for w in widths):
+        raise ValueError(f"{option} must be comma-separated positive widths such as '64,128', got {spec!r}")
+    return widths
+
+
+def _conv_bn_relu(in_width: int, width: int, batchnorm: bool = True) -> list[nn.Module]:
+    norm = [nn.BatchNorm2d(width)] if batchnorm else []
+    return [nn.Conv2d(in_width, width, 3, padding=1, bias=not batchnorm), *norm, nn.ReLU()]
+
+
+def _resnet(in_chans: int, num_classes: int, *, stem: int, widths: tuple[int, ...],
+            depths: tuple[int, ...]) -> Network:
+    layers: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(*_conv_bn_relu(in_chans, stem)))]
+    width = stem
+    for i, (out, depth) in enumerate(zip(widths, depths)):
+        blocks = [BasicBlock(width if j == 0 else out, out, 2 if i and j == 0 else 1) for j in range(depth)]
+        layers.append((f"stage{i + 1}", nn.Sequential(*blocks)))
+        width = out
+    net = _init_weights(Network(nn.Sequential(OrderedDict(layers)), width, num_classes))
+    for block in net.modules():
+        if isinstance(block, BasicBlock):
+            # Zero gamma makes every residual branch output 0, so each block starts as the identity
+            # and the deep net trains like a shallow one at first (Goyal et al. 2017): faster, steadier.
+            nn.init.zeros_(block.bn2.weight)
+    return net
+
+
+def _init_weights(net: Network) -> Network:
+    """Kaiming-normal convs (fan_out, for ReLU), BN as the identity; linear layers keep torch's default."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net

@@ -1,0 +1,169 @@
+"""Neural classifiers: a network from imgcls.models.networks (or timm) behind the classifier contract.
+
+Every network is wrapped with its input normalisation, so it takes uint8 (or 0..255 float)
+images and the mean/std travel inside the saved weights: prediction, serving and export
+never re-declare preprocessing. `fit` hands the work to imgcls.training.Trainer (imported
+there, since training sits above models in the layering).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.models import networks
+from imgcls.models.base import Classifier
+from imgcls.models.registry import register, register_prefix
+from imgcls.training.config import TrainingConfig
+
+
+class Normalize(nn.Module):
+    """0..255 pixels -> (x / 255 - mean) / std, per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() if not x.is_floating_point() else x
+        return (x * (1 / 255) - self.mean) / self.std
+
+
+class ImageNetwork(nn.Module):
+    """Normalisation + a network with the forward_features / forward_head split."""
+
+    def __init__(self, body: nn.Module, channels: int):
+        super().__init__()
+        self.normalize = Normalize(channels)
+        self.body = body
+
+    @property
+    def num_features(self) -> int:
+        return self.body.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_features(self.normalize(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.body.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+
+@dataclass
+class NeuralClassifier(Classifier, TrainingConfig):
+    """Hyperparameters: the TrainingConfig fields plus the network's own options."""
+
+    builder: ClassVar = None
+
+    def check_params(self) -> None:
+        self.training_config().check()
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingConfig)})
+
+    def network_options(self) -> dict:
+        own = {f.name for f in dataclasses.fields(TrainingConfig)}
+        return {k: v for k, v in self.get_params().items() if k not in own}
+
+    def build_network(self, channels: int, num_classes: int, size: tuple[int, int]) -> ImageNetwork:
+        kwargs = dict(self.network_options())
+        if "image_size" in inspect.signature(self.builder).parameters:
+            kwargs["image_size"] = tuple(size)
+        try:
+            body = self.builder(channels, num_classes, **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise ImgclsError(f"cannot build {self.model_name} for {channels}x{size[0]}x{size[1]} images: {exc}") from exc
+        return ImageNetwork(body, channels)
+
+    def network_for(self, data: ImageDataset) -> ImageNetwork:
+        """A freshly initialised network (seeded) for data's shape and classes, normalised by its pixel statistics."""
+        prep = data.preprocessing
+        torch.manual_seed(self.seed)
+        net = self.build_network(prep.channels, data.num_classes, prep.size)
+        pixels = data.images.float() / 255
+        net.normalize.mean.copy_(pixels.mean(dim=(0, 2, 3)).view(1, -1, 1, 1))
+        net.normalize.std.copy_(pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1))
+        return net
+
+    # -- the contract -------------------------------------------------------------------------
+    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, *, run_dir=None,
+             resume: bool = False, hooks=(), **_) -> None:
+        from imgcls.training.trainer import Trainer
+        net = self.network_for(data)
+        trainer = Trainer(net, self.training_config(), run_dir=run_dir, hooks=hooks)
+        state = trainer.fit(data, validation if validation is not None and len(validation) else None, resume=resume)
+        self.net_, self.history_ = net.cpu().eval(), state.history
+        self.train_state_ = state
+
+    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images).softmax(1)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last
+        device = resolve_device(self.device)
+        net = self.net_.to(device)
+        channels_last = use_channels_last(self.channels_last, device, net)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return predict_logits(net, images, device=device, bf16=use_bf16(self.bf16, device),
+                              channels_last=channels_last)
+
+    @torch.no_grad()
+    def embed(self, X, batch_size: int = 512) -> np.ndarray:
+        """Pre-logit features (N, num_features): the network's image embedding."""
+        images = self._images(X)
+        self.net_.eval()
+        chunks = [self.net_.forward_head(self.net_.forward_features(images[i:i + batch_size]), pre_logits=True)
+                  for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks).float().numpy()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous() for k, v in self.net_.state_dict().items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        prep = self.preprocessing_
+        self.net_ = self.build_network(prep.channels, len(self.class_names_), prep.size)
+        self.net_.load_state_dict(tensors)
+        self.net_.eval()
+
+    @property
+    def parameter_count(self) -> int | None:
+        net = getattr(self, "net_", None)
+        return sum(p.numel() for p in net.parameters()) if net is not None else None
+
+
+def _network_class(name: str, builder, description: str) -> type:
+    """A NeuralClassifier subclass whose extra dataclass fields are the builder's keyword options."""
+    options = [(p.name, p.annotation if isinstance(p.annotation, type) else type(p.default),
+                dataclasses.field(default=p.default))
+               for p in inspect.signature(builder).parameters.values()
+               if p.kind is p.KEYWORD_ONLY and p.name != "image_size"]
+    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,))
+    cls.builder, cls.description = staticmethod(builder), description
+    return cls
+
+
+for _name, (_builder, _description) in networks.BUILDERS.items():
+    register(_name)(_network_class(_name, _builder, _description))
+
+
+def _timm_class(name: str) -> type:
+    timm_name = name.split(":", 1)[1]
+
+    def builder(in_chans: int, num_classes: int, **kwargs) -> nn.Module:
+        return networks.timm_network(timm_name, in_chans, num_classes, **kwargs)
+    return _network_class(name, builder, f"timm's {timm_name}")
+
+
+register_prefix("timm:", _timm_class)

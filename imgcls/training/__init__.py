@@ -1,0 +1,1 @@
+"""Training: the optimisation loop for neural classifiers, with schedules, checkpoints and hooks."""

@@ -1,0 +1,55 @@
+"""Typed training settings, shared by every neural classifier (they are its hyperparameters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgcls.errors import ImgclsError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MONITORS = ("val_accuracy", "val_loss")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    opt: str = "sgd"                 # sgd (with momentum/nesterov), adam, adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_norms: bool = False        # also decay norm weights and biases (off: the usual practice)
+    schedule: str = "onecycle"       # constant, step, cosine, onecycle
+    warmup: float = 0.0              # epochs of linear warm-up (onecycle: 0 means a fifth of training)
+    step_every: int = 0              # step schedule: decay every N epochs (0: at 50% and 75%)
+    gamma: float = 0.1               # step schedule: decay factor
+    label_smoothing: float = 0.0
+    clip_grad: float = 0.0           # max gradient norm; 0 = off
+    ema: float = 0.0                 # decay of an exponential moving average of weights; 0 = off
+    augment: str = "none"            # e.g. "crop,flip" (see imgcls.training.augment)
+    patience: int = 0                # early stopping after N epochs without improvement; 0 = off
+    monitor: str = "val_accuracy"
+    channels_last: str = "auto"      # auto, on, off
+    bf16: str = "auto"               # auto, on, off
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ImgclsError(message)
+        need(self.opt in OPTIMIZERS, f"unknown optimiser {self.opt!r}; valid: {', '.join(OPTIMIZERS)}")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
+        need(self.device in DEVICES or self.device.startswith("cuda:"),
+             f"unknown device {self.device!r}; valid: {', '.join(DEVICES)} or cuda:N")
+        for name in ("channels_last", "bf16"):
+            need(getattr(self, name) in ("auto", "on", "off"), f"{name} must be auto, on or off")
+        need(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be at least 1")
+        need(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")
+        need(0 <= self.label_smoothing < 1 and 0 <= self.ema < 1, "label_smoothing and ema must lie in [0, 1)")
+        from imgcls.training.augment import AugmentConfig
+        AugmentConfig.from_spec(self.augment)

@@ -1,0 +1,76 @@
+"""Learning-rate range test (Smith 2015, as in fastai's lr_find): raise the learning rate
+exponentially over a few hundred steps, record the loss, and suggest the rate where the loss
+falls fastest."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.progress import progress_bar
+from imgcls.training.trainer import Trainer
+
+
+def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min_lr: float = 1e-6,
+            max_lr: float = 10.0) -> dict:
+    """Run the test for a neural classifier on data; write lr_find.png and lr_find.json into out."""
+    if not 0 < min_lr < max_lr or steps < 10:
+        raise ImgclsError("lr-find needs 0 < min-lr < max-lr and at least 10 steps")
+    cfg = model.training_config()
+    trainer = Trainer(model.network_for(data), cfg)
+    trainer.setup(len(data))
+    images, labels = data.images.to(trainer.device), data.labels.to(trainer.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    trainer.net.train()
+    lrs, losses, smoothed, best = [], [], 0.0, math.inf
+    with progress_bar(steps, "lr-find") as advance:
+        for i in range(steps):
+            lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
+            batch = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).to(trainer.device)
+            loss, _ = trainer.step(trainer.augmented(images, batch, gen), labels[batch], lr)
+            smoothed = 0.9 * smoothed + 0.1 * loss
+            value = smoothed / (1 - 0.9 ** (i + 1))     # bias-corrected running mean
+            lrs.append(lr)
+            losses.append(value)
+            best = min(best, value)
+            advance()
+            if not math.isfinite(value) or value > 4 * best:
+                break                                    # diverged: the rest says nothing
+    result = {"lrs": lrs, "losses": losses, "suggested_lr": suggest(lrs, losses)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
+    _plot(result, out / "lr_find.png")
+    return result
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float:
+    """The rate of steepest descent of the loss against log(lr), before the loss minimum."""
+    lowest = int(np.argmin(losses))
+    if lowest < 2:
+        return lrs[lowest] / 10
+    slopes = np.gradient(np.asarray(losses[: lowest + 1]), np.log(np.asarray(lrs[: lowest + 1])))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    ax.plot(result["lrs"], result["losses"])
+    ax.axvline(result["suggested_lr"], color="tab:red", linestyle="--",
+               label=f"suggested lr {result['suggested_lr']:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="Learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,297 @@
+"""The training loop for neural classifiers.
+
+Data stays on the device as uint8 tensors; each batch is gathered by index, augmented as a
+whole (imgcls.training.augment) and normalised inside the network. Every random draw of
+epoch e comes from generators seeded with (seed, e), so a run resumed from the checkpoint
+written at the end of epoch e - 1 replays epoch e exactly. Under torchrun, each process takes
+its shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone
+writes checkpoints and history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.training import checkpoint as ckpt
+from imgcls.training.augment import AugmentConfig, augment_batch
+from imgcls.training.config import TrainingConfig
+from imgcls.training.schedule import lr_at
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                   # epochs completed
+    step: int = 0                    # optimiser steps taken
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+class Hook:
+    """Extras (progress, history files) subscribe to the loop's events."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_batch_end(self, trainer: Trainer, batch_size: int, loss: float, correct: int) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class Trainer:
+    def __init__(self, net: nn.Module, cfg: TrainingConfig, run_dir: str | Path | None = None,
+                 hooks: list[Hook] | tuple = ()):
+        self.cfg, self.net, self.hooks = cfg, net, list(hooks)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.device = resolve_device(cfg.device)
+        self.bf16 = use_bf16(cfg.bf16, self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, net)
+        self.augment = AugmentConfig.from_spec(cfg.augment)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.state = TrainState()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
+        self.setup(len(train))
+        if resume:
+            self._restore()
+        images, labels = train.images.to(self.device), train.labels.to(self.device)
+        self._emit("on_train_begin")
+        while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+            start = time.perf_counter()
+            record = self._train_epoch(images, labels)
+            record["seconds"] = time.perf_counter() - start
+            record["images_per_second"] = len(train) / record["seconds"]
+            if val is not None and len(val):
+                record.update(self.evaluate(val))
+            self._end_epoch(record)
+        self._load_best()
+        self._emit("on_train_end")
+        return self.state
+
+    def _train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        epoch, cfg = self.state.epoch, self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + self.rank)   # dropout and friends
+        order = torch.randperm(len(images), generator=gen).to(self.device)
+        self.net.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            if len(batch) < 2 * self.world:      # a lone sample breaks batch norm; skip the scrap
+                break
+            x, y = self.augmented(images, batch, gen), labels[batch]
+            x, y = x[self.rank::self.world], y[self.rank::self.world]
+            loss, correct = self.step(x, y, self._lr())
+            total_loss, total_correct, seen = total_loss + loss * len(y), total_correct + correct, seen + len(y)
+            self._emit("on_batch_end", len(y), loss, correct)
+        return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": total_loss / max(seen, 1),
+                "train_accuracy": total_correct / max(seen, 1)}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
+        """One optimiser step on a batch at learning rate lr; returns (loss, number correct)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self._autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+        self.state.step += 1
+        return loss.item(), int((logits.argmax(1) == y).sum())
+
+    def _end_epoch(self, record: dict) -> None:
+        state = self.state
+        state.epoch += 1
+        state.history.append(record)
+        improved = self._track_best(record)
+        if improved and not self.run_dir:
+            self._best_weights = {k: v.detach().clone() for k, v in self.eval_net.state_dict().items()}
+        if self.rank == 0 and self.run_dir:
+            if improved:
+                self._save("best")
+            self._save("last")
+        self._emit("on_epoch_end", record)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, data: ImageDataset) -> dict:
+        logits = predict_logits(self.eval_net, data.images, device=self.device, bf16=self.bf16,
+                                channels_last=self.channels_last)
+        labels = data.labels
+        return {"val_loss": F.cross_entropy(logits, labels).item(),
+                "val_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+    # -- pieces -------------------------------------------------------------------------------
+    def setup(self, n_train: int) -> None:
+        torch.manual_seed(self.cfg.seed)
+        self.net.to(self.device)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.net, self.cfg)
+        self.ema = None
+        if self.cfg.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+        self.model = self.net
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.steps_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
+        self.total_steps = self.steps_per_epoch * self.cfg.epochs
+
+    def augmented(self, images: torch.Tensor, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = images[batch]
+        x = x.float() if self.augment.is_identity else augment_batch(x, self.augment, gen)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _lr(self) -> float:
+        return lr_at(min(self.state.step, self.total_steps - 1), self.total_steps, self.steps_per_epoch, self.cfg)
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _track_best(self, record: dict) -> bool:
+        state, key = self.state, self.cfg.monitor
+        if key not in record:     # no validation data: the last epoch is the best
+            state.best_epoch = state.epoch
+            return True
+        value = record[key] if key.endswith("accuracy") else -record[key]
+        if state.best is None or value > state.best:
+            state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            return True
+        state.bad_epochs += 1
+        if self.cfg.patience and state.bad_epochs >= self.cfg.patience:
+            state.stopped_early = True
+        return False
+
+    def _emit(self, event: str, *args) -> None:
+        if self.rank == 0:
+            for hook in self.hooks:
+                getattr(hook, event)(self, *args)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_path(self, which: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{which}.safetensors"
+
+    def _save(self, which: str) -> None:
+        opt_tensors, groups = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        tensors = {**ckpt.prefixed("net", self.net.state_dict()), **opt_tensors}
+        if self.ema is not None:
+            tensors |= ckpt.prefixed("ema", self.ema.state_dict())
+        meta = {"state": asdict(self.state), "param_groups": groups, "config": asdict(self.cfg)}
+        ckpt.save_checkpoint(self.checkpoint_path(which), tensors, meta)
+
+    def _restore(self) -> None:
+        path = self.checkpoint_path("last") if self.run_dir else None
+        if path is None or not path.is_file():
+            return          # nothing to resume: start from scratch
+        tensors, meta = ckpt.load_checkpoint(path)
+        changed = {k for k, v in meta["config"].items()
+                   if getattr(self.cfg, k, v) != v and k not in ("epochs", "device")}
+        if changed:
+            raise ImgclsError(f"{self.run_dir}: the checkpoint was trained with other settings "
+                              f"({', '.join(sorted(changed))}); use a new --out or the same settings")
+        self.net.load_state_dict(ckpt.unprefixed("net", tensors))
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["param_groups"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.unprefixed("ema", tensors))
+        self.state = TrainState(**meta["state"])
+
+    def _load_best(self) -> None:
+        """End with the best epoch's weights (the EMA's when on): the saved model is the best one."""
+        if self.state.best_epoch != self.state.epoch:
+            if self.run_dir and self.checkpoint_path("best").is_file():
+                tensors, _ = ckpt.load_checkpoint(self.checkpoint_path("best"))
+                self.net.load_state_dict(ckpt.unprefixed("net", tensors))
+                if self.ema is not None:
+                    self.ema.load_state_dict(ckpt.unprefixed("ema", tensors))
+            elif hasattr(self, "_best_weights"):
+                self.eval_net.load_state_dict(self._best_weights)
+        if self.ema is not None:
+            self.net.load_state_dict(self.ema.module.state_dict())
+
+
+def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only, unless decay_norms: decaying norm scales
+    and biases only fights the normalisation."""
+    decay, no_decay = [], []
+    for p in net.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 or cfg.decay_norms else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.opt == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device, bf16: bool, channels_last: bool,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Float32 logits on the CPU for uint8 images (N, C, H, W), in batches."""
+    net.eval()
+    outputs = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            outputs.append(net(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = dist.get_rank() % torch.cuda.device_count() if dist.is_initialized() else 0
+            return torch.device("cuda", local)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ImgclsError(f"--device {name}: no CUDA device is available here")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ImgclsError("--device mps: no MPS device is available here")
+    return torch.device(name)
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """auto: bf16 where the hardware has native bf16 matrix units (CPU with AMX, CUDA with bf16)."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cpu":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def use_channels_last(setting: str, device: torch.device, net: nn.Module) -> bool:
+    """auto: channels_last for convolutional networks on CPU and CUDA."""
+    if setting != "auto":
+        return setting == "on"
+    has_conv = any(isinstance(m, nn.Conv2d) for m in net.modules())
+    return has_conv and device.type in ("cpu", "cuda")
