@@ -87,13 +87,13 @@ def test_zero_rotation_changes_nothing_and_large_rotations_change_pixels():
 def test_rotation_turns_images_rigidly_within_the_limit(size):
     h, w = size
     image = torch.zeros(1, 1, h, w)
-    image[..., h // 2 - 1:h // 2 + 2, w // 2 + 9:w // 2 + 12] = 255  # a blob 10 px right of the centre
+    image[..., h // 2 + 5:h // 2 + 8, w // 2 + 7:w // 2 + 10] = 255  # a blob 10 px from the centre, at (6, 8)
     out = augment(image.expand(128, -1, -1, -1), AugmentConfig(rotation=30.0, pad_mode="zeros"))[:, 0]
     ys, xs = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
     mass = out.sum((1, 2))
     cy, cx = (out * ys).sum((1, 2)) / mass, (out * xs).sum((1, 2)) / mass
     torch.testing.assert_close(torch.hypot(cy, cx), torch.full((128,), 10.0), atol=0.25, rtol=0)
-    angles = torch.rad2deg(torch.atan2(cy, cx))
+    angles = torch.rad2deg(torch.atan2(cy, cx) - math.atan2(6, 8))
     assert angles.abs().max() <= 30.5
     assert angles.min() < -20 and angles.max() > 20
 
@@ -120,26 +120,43 @@ def _contrast_base(image: torch.Tensor) -> torch.Tensor:
     return gray.mean().expand_as(image)
 
 
-COLOUR_OPS = {
+COLOUR_OPS = {  # op: (torchvision's op, the image it blends with)
+    "brightness": (TF.adjust_brightness, torch.zeros_like),
     "contrast": (TF.adjust_contrast, _contrast_base),
     "saturation": (TF.adjust_saturation, lambda image: TF.rgb_to_grayscale(image).expand_as(image)),
     "sharpness": (TF.adjust_sharpness, lambda image: TF.adjust_sharpness(image, 0.0)),
 }
 
 
-@pytest.mark.parametrize("op, channels", [("contrast", 1), ("contrast", 3), ("saturation", 3), ("sharpness", 1),
-                                          ("sharpness", 3)])
+def _recovered_factors(op: str, images: torch.Tensor, out: torch.Tensor) -> list[float]:
+    return [_least_squares_factor(augmented, image, COLOUR_OPS[op][1](image)) for image, augmented in zip(images, out)]
+
+
+@pytest.mark.parametrize("op, channels", [("brightness", 3), ("contrast", 1), ("contrast", 3), ("saturation", 3),
+                                          ("sharpness", 1), ("sharpness", 3)])
 def test_colour_ops_match_torchvision(op, channels):
     """Recover each image's factor from the output, then ask torchvision for that factor's result."""
-    reference, base = COLOUR_OPS[op]
     images = pixels((24, channels, 16, 16), low=64, high=193).float() / 255  # mid-range: nothing clamps
     out = augment(images * 255, AugmentConfig(**{op: 0.3})) / 255
-    factors = []
-    for image, augmented in zip(images, out):
-        factor = _least_squares_factor(augmented, image, base(image))
-        torch.testing.assert_close(augmented, reference(image, factor), atol=2e-5, rtol=0)
-        factors.append(factor)
+    factors = _recovered_factors(op, images, out)
+    for image, augmented, factor in zip(images, out, factors):
+        torch.testing.assert_close(augmented, COLOUR_OPS[op][0](image, factor), atol=2e-5, rtol=0)
     assert 0.7 - 1e-4 <= min(factors) < 0.85 and 1.15 < max(factors) <= 1.3 + 1e-4
+
+
+def test_colour_ops_compose_in_order_each_with_its_own_draws():
+    """All four together equal torchvision's ops in turn, with the factors each op draws when alone."""
+    ops = ("brightness", "contrast", "saturation", "sharpness")
+    images = pixels((16, 3, 16, 16), low=80, high=177).float() / 255
+    factors = {op: _recovered_factors(op, images, augment(images * 255, AugmentConfig(**{op: 0.15}), 7) / 255)
+               for op in ops}
+    out = augment(images * 255, AugmentConfig(**dict.fromkeys(ops, 0.15)), 7) / 255
+    assert out.max() < 1  # nothing clamped, as torchvision clamps after every op
+    for i, (image, augmented) in enumerate(zip(images, out)):
+        expected = image
+        for op in ops:
+            expected = COLOUR_OPS[op][0](expected, factors[op][i])
+        torch.testing.assert_close(augmented, expected, atol=5e-5, rtol=0)
 
 
 def test_saturation_leaves_single_channel_images_alone():
@@ -158,6 +175,8 @@ def test_erasing_zeroes_one_rectangle_of_2_to_33_percent():
         box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
         assert mask.sum() == box  # one filled rectangle
         assert 0.02 * h * w <= box <= 0.33 * h * w
+    areas = zero.flatten(1).float().mean(1)
+    assert areas.min() < 0.05 and areas.max() > 0.28  # the whole range is drawn
     half = augment(torch.full((512, 1, h, w), 255.0), AugmentConfig(erasing=0.5))
     assert 0.4 * 512 <= (half == 0).flatten(1).any(1).sum() <= 0.6 * 512
 

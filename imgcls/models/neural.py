@@ -113,11 +113,11 @@ class NeuralClassifier(Classifier, TrainingConfig):
         from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last
         device = resolve_device(self.device)
         net = self.net_.to(device)
-        channels_last = use_channels_last(self.channels_last, device, net)
+        bf16 = use_bf16(self.bf16, device)
+        channels_last = use_channels_last(self.channels_last, device, net, bf16)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        return predict_logits(net, images, device=device, bf16=use_bf16(self.bf16, device),
-                              channels_last=channels_last)
+        return predict_logits(net, images, device=device, bf16=bf16, channels_last=channels_last)
 
     @torch.no_grad()
     def embed(self, X, batch_size: int = 512) -> np.ndarray:

@@ -131,8 +131,9 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     conversion as is (the input itself when it is already float32). Random parameters are drawn on
     the generator's device and moved to images.device in one small copy, so a CPU generator serves
     CUDA images too and gives the same draws on any device (a CUDA generator also works). Op order:
-    crop, flip, rotation, brightness, contrast, saturation, sharpness, erasing; the result is clamped
-    once at the end. A channels_last input gives a channels_last output.
+    crop, flip, rotation, brightness, contrast, saturation, sharpness, erasing; each reads its own
+    columns of one (N, 13) draw, so turning an op on or off leaves the others' draws as they were.
+    The result is clamped once at the end. A channels_last input gives a channels_last output.
     """
     if images.dim() != 4:
         raise ImgclsError(f"augment_batch expects a batch shaped (N, C, H, W), got shape {tuple(images.shape)}")
@@ -145,10 +146,8 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
         x = _shift_flip(x, shift, flip if cfg.flip else None, cfg.crop_padding, cfg.pad_mode)
     if cfg.rotation:
         x = _rotate(x, (2 * angle - 1) * cfg.rotation, cfg.pad_mode)
-    if cfg.brightness:
-        x = x * _factors(bright, cfg.brightness)
-    if cfg.contrast:
-        x = torch.lerp(_gray(x).mean((1, 2, 3), keepdim=True), x, _factors(contrast, cfg.contrast))
+    if cfg.brightness or cfg.contrast:
+        x = _brightness_contrast(x, bright, contrast, cfg.brightness, cfg.contrast)
     if cfg.saturation and x.size(1) == 3:
         x = torch.lerp(_gray(x), x, _factors(saturation, cfg.saturation))
     if cfg.sharpness:
@@ -166,6 +165,17 @@ def _is_channels_last(images: torch.Tensor) -> bool:
 def _factors(u: torch.Tensor, amount: float) -> torch.Tensor:
     """Per-image factors uniform in [1 - amount, 1 + amount], shaped to broadcast over (C, H, W)."""
     return (1 + amount * (2 * u - 1)).view(-1, 1, 1, 1)
+
+
+def _brightness_contrast(x: torch.Tensor, u_brightness: torch.Tensor, u_contrast: torch.Tensor,
+                         brightness: float, contrast: float) -> torch.Tensor:
+    """Scale by a brightness factor, then blend with the image's mean luminance by a contrast factor.
+
+    Luminance is linear, so both together are one affine map per image, applied in a single pass.
+    """
+    b, c = _factors(u_brightness, brightness), _factors(u_contrast, contrast)
+    mean = _gray(x).mean((1, 2, 3), keepdim=True) if contrast else 0.0
+    return torch.addcmul((1 - c) * b * mean, x, c * b)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +215,7 @@ def _shift_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor | None,
 def _reflect(position: torch.Tensor, size: int) -> torch.Tensor:
     """Map positions in [-size + 1, 2 * size - 2] into the image by mirroring at the edge pixels, like F.pad reflect."""
     position = position.abs()
-    return torch.where(position >= size, 2 * size - 1 - position, position)
+    return torch.where(position >= size, 2 * (size - 1) - position, position)
 
 
 def _rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str) -> torch.Tensor:
@@ -214,11 +224,12 @@ def _rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str) -> torch.Tensor:
     radians = torch.deg2rad(degrees).view(n, 1, 1)
     cos, sin = radians.cos(), radians.sin()
     # Pixel centres in grid_sample's [-1, 1] coordinates. Built here rather than by affine_grid, whose
-    # batched matmul costs more than the sampling itself on the CPU.
+    # batched matmul costs more than the sampling itself on the CPU; stacking on dim 1 and permuting
+    # (grid_sample takes the strided view) is faster than stacking on the last dim.
     xs = torch.linspace(1 / w - 1, 1 - 1 / w, w, device=x.device)
     ys = torch.linspace(1 / h - 1, 1 - 1 / h, h, device=x.device).view(h, 1)
     # The h / w factors keep non-square images turning rigidly instead of shearing.
-    grid = torch.stack([cos * xs - sin * (h / w) * ys, sin * (w / h) * xs + cos * ys], dim=-1)
+    grid = torch.stack([cos * xs - sin * (h / w) * ys, sin * (w / h) * xs + cos * ys], dim=1).permute(0, 2, 3, 1)
     padding = "reflection" if mode == "reflect" else "zeros"
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 

@@ -108,7 +108,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

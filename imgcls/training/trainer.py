@@ -56,7 +56,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = resolve_device(cfg.device)
         self.bf16 = use_bf16(cfg.bf16, self.device)
-        self.channels_last = use_channels_last(cfg.channels_last, self.device, net)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, net, self.bf16)
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
@@ -289,9 +289,11 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def use_channels_last(setting: str, device: torch.device, net: nn.Module) -> bool:
-    """auto: channels_last for convolutional networks on CPU and CUDA."""
+def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
+    """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
+    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it can be
+    slower, so auto leaves it off there."""
     if setting != "auto":
         return setting == "on"
     has_conv = any(isinstance(m, nn.Conv2d) for m in net.modules())
-    return has_conv and device.type in ("cpu", "cuda")
+    return has_conv and bf16 and device.type in ("cpu", "cuda")

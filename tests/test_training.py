@@ -1,0 +1,182 @@
+"""The trainer: schedules, optimiser groups, exact resume (kill -9 included), early stopping, EMA,
+checkpoints, YAML config, lr-find, and two-process DistributedDataParallel."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgcls.cli import main
+from imgcls.data import load_dataset
+from imgcls.errors import ImgclsError
+from imgcls.models import create_model, load_model
+from imgcls.training import checkpoint as ckpt
+from imgcls.training.config import TrainingConfig
+from imgcls.training.lr_find import lr_find
+from imgcls.training.schedule import lr_at
+from imgcls.training.trainer import Hook, build_optimizer
+
+IMGCLS = Path(sys.executable).with_name("imgcls")
+FAST = dict(epochs=3, batch_size=64, bf16="off", hidden="64")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_onecycle_cosine_and_step_schedules():
+    one = TrainingConfig(lr=1.0, schedule="onecycle")
+    lrs = [lr_at(s, 100, 10, one) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 20
+    assert lrs[-1] == pytest.approx(1 / 80) and all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+    cos = TrainingConfig(lr=1.0, schedule="cosine", warmup=1)
+    assert [lr_at(s, 100, 10, cos) for s in (0, 9)] == pytest.approx([0.1, 1.0])
+    assert lr_at(55, 100, 10, cos) == pytest.approx(0.5, abs=0.02)
+    step = TrainingConfig(lr=1.0, schedule="step", step_every=3, gamma=0.5)
+    assert [lr_at(e * 10, 100, 10, step) for e in (0, 2, 3, 6, 9)] == pytest.approx([1, 1, 0.5, 0.25, 0.125])
+
+
+def test_weight_decay_skips_norms_and_biases():
+    net = create_model("cnn").build_network(1, 10, (28, 28))
+    decay, no_decay = build_optimizer(net, TrainingConfig(weight_decay=0.1)).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+
+
+def test_mlp_learns_and_roundtrips(digits, tmp_path):
+    model = create_model("mlp", **FAST, lr=0.1).fit(digits.train, validation=digits.val, run_dir=tmp_path)
+    assert model.score(digits.test) > 0.9
+    assert [r["epoch"] for r in model.history_] == [1, 2, 3]
+    assert model.history_[-1]["train_loss"] < model.history_[0]["train_loss"]
+    loaded = load_model(model.save(tmp_path / "m.safetensors"))
+    np.testing.assert_allclose(loaded.predict_proba(digits.test), model.predict_proba(digits.test), atol=1e-6)
+    assert model.embed(digits.test).shape == (len(digits.test), 64)
+
+
+class StopAfter(Hook):
+    """Simulates a crash right after an epoch's checkpoint was written."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("options", [dict(augment="crop,flip", dropout=0.2), dict(ema=0.9, opt="adamw", lr=3e-3)])
+def test_resume_is_exact(digits, tmp_path, options):
+    params = {**FAST, "epochs": 4, **options}
+    whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                          hooks=[StopAfter(2)])
+    resumed = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                                resume=True)
+    for (name, a), b in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["val_loss"] for r in resumed.history_] == [r["val_loss"] for r in whole.history_]
+
+
+def test_resume_refuses_other_settings(digits, tmp_path):
+    create_model("mlp", **FAST).fit(digits.train, validation=digits.val, run_dir=tmp_path)
+    with pytest.raises(ImgclsError, match="other settings.*lr"):
+        create_model("mlp", **{**FAST, "lr": 0.3}).fit(digits.train, run_dir=tmp_path, resume=True)
+
+
+def test_early_stopping_keeps_the_best_epoch(digits, tmp_path):
+    model = create_model("mlp", **{**FAST, "epochs": 8}, lr=1e-9, schedule="constant", patience=2)
+    model.fit(digits.train, validation=digits.val, run_dir=tmp_path)
+    state = model.train_state_
+    assert state.stopped_early and state.epoch == 3 and state.best_epoch == 1
+
+
+def test_checkpoints_are_atomic_and_checked(tmp_path):
+    path = tmp_path / "last.safetensors"
+    ckpt.save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 1})
+    tensors, meta = ckpt.load_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]    # no temp file left behind
+    path.write_bytes(path.read_bytes()[:-7])                                # a torn write
+    with pytest.raises(ImgclsError, match="unreadable checkpoint"):
+        ckpt.load_checkpoint(path)
+
+
+def test_optimizer_state_survives_flattening():
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    tensors, groups = ckpt.flatten_optimizer(opt.state_dict())
+    restored = ckpt.unflatten_optimizer(tensors, json.loads(json.dumps(groups)))
+    for key, value in opt.state_dict()["state"][0].items():
+        assert torch.equal(torch.as_tensor(value), restored["state"][0][key])
+
+
+def test_lr_find_suggests_a_rate_in_range(digits, tmp_path):
+    result = lr_find(create_model("mlp", **FAST), digits.train, tmp_path, steps=60, min_lr=1e-5, max_lr=10)
+    assert 1e-5 <= result["suggested_lr"] <= 10
+    assert (tmp_path / "lr_find.png").is_file() and len(json.loads((tmp_path / "lr_find.json").read_text())["lrs"]) > 10
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: mlp\nepochs: 2\nhidden: '32'\nlr: 0.2\nbf16: 'off'\nbatch_size: 64\n")
+    out = tmp_path / "run"
+    assert main(["train", "digits", "--config", str(recipe), "--lr", "0.05", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "mlp" and config["params"]["epochs"] == 2 and config["params"]["lr"] == 0.05
+    assert (out / "config.yaml").is_file() and (out / "curves.png").is_file() and (out / "history.csv").is_file()
+    recipe.write_text("model: mlp\nlearning_rate: 0.1\n")
+    assert main(["train", "digits", "--config", str(recipe), "--out", str(out)]) == 2
+
+
+def _train_cli(out, *extra, epochs=6, augment="crop"):
+    return [str(IMGCLS), "train", "digits", "--model", "mlp", "--hidden", "64", "--epochs", str(epochs), "--lr", "0.1",
+            "--batch-size", "32", "--bf16", "off", "--augment", augment, "--out", str(out), *extra]
+
+
+def test_kill_minus_nine_then_resume_matches(tmp_path):
+    env = {**os.environ, "IMGCLS_PROGRESS": "0"}
+    subprocess.run(_train_cli(tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)
+    victim = subprocess.Popen(_train_cli(tmp_path / "killed", epochs=6), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        if last.is_file() and ckpt.load_checkpoint(last)[1]["state"]["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert victim.poll() is None, "training finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "report.json").exists()
+    subprocess.run(_train_cli(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True, timeout=300)
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert resumed["confusion_matrix"] == whole["confusion_matrix"]
+    assert json.loads((tmp_path / "killed" / "history.json").read_text())[-1]["val_loss"] == \
+        json.loads((tmp_path / "whole" / "history.json").read_text())[-1]["val_loss"]
+
+
+def test_two_processes_match_one(tmp_path):
+    env = {**os.environ, "IMGCLS_PROGRESS": "0"}
+    subprocess.run(_train_cli(tmp_path / "one", epochs=4, augment="none"), check=True, env=env,
+                   capture_output=True, timeout=300)
+    result = subprocess.run(_train_cli(tmp_path / "two", "--nproc", "2", epochs=4, augment="none"), env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "report.json").read_text())["accuracy"]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())["accuracy"]
+    assert two > 0.85 and abs(one - two) < 0.04
+    assert len(json.loads((tmp_path / "two" / "history.json").read_text())) == 4   # rank 0 alone wrote it
