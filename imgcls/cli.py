@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgcls: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("imgcls: interrupted", file=sys.stderr)
+        hint = "; rerun the same command with --resume to continue" if args.command == "train" else ""
+        print(f"imgcls: interrupted{hint}", file=sys.stderr)
         return 130
 
 
@@ -331,7 +332,7 @@ def _models(args) -> int:
 
     from imgcls.models import list_models, parameter_count
     from imgcls.training.config import TrainingConfig
-    shared = {f.name for f in dataclasses.fields(TrainingConfig)}
+    shared = {f.name for f in dataclasses.fields(TrainingConfig)} | {"tta"}
     table = Table(title="imgcls models (parameters counted for 1x28x28 input, 10 classes)", title_justify="left")
     for column, justify in (("name", "left"), ("description", "left"), ("parameters", "right"), ("options", "left")):
         table.add_column(column, justify=justify)
@@ -342,7 +343,8 @@ def _models(args) -> int:
     console = Console()
     console.print(table)
     console.print("Neural networks also take the training options: "
-                  + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainingConfig)), highlight=False)
+                  + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainingConfig))
+                  + ", and tta=none|flip (test-time augmentation)", highlight=False)
     console.print("Any timm architecture: --model timm:NAME (e.g. timm:resnet18).", highlight=False)
     return 0
 

@@ -67,6 +67,8 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     if rank == 0:
         _write_config(config, out, resume)
         console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
+        if resume and not (out / "checkpoints" / "last.safetensors").is_file():
+            console.print(f"[yellow]note:[/] no checkpoint in {out}/checkpoints to resume from; starting afresh")
     hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
     start = time.perf_counter()
     model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)

@@ -63,6 +63,17 @@ def test_mlp_learns_and_roundtrips(digits, tmp_path):
     assert model.embed(digits.test).shape == (len(digits.test), 64)
 
 
+def test_flip_tta_averages_image_and_mirror(digits):
+    model = create_model("mlp", **{**FAST, "epochs": 1}).fit(digits.train)
+    images = digits.test.images[:20]
+    plain = model.predict_proba(images)
+    mirrored = model.predict_proba(images.flip(3))
+    model.tta = "flip"
+    np.testing.assert_allclose(model.predict_proba(images), (plain + mirrored) / 2, atol=1e-6)
+    with pytest.raises(ImgclsError, match="unknown tta"):
+        create_model("mlp", tta="rotate")
+
+
 class StopAfter(Hook):
     """Simulates a crash right after an epoch's checkpoint was written."""
 
@@ -148,8 +159,8 @@ def _train_cli(out, *extra, epochs=6, augment="crop"):
 
 def test_kill_minus_nine_then_resume_matches(tmp_path):
     env = {**os.environ, "IMGCLS_PROGRESS": "0"}
-    subprocess.run(_train_cli(tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)
-    victim = subprocess.Popen(_train_cli(tmp_path / "killed", epochs=6), env=env,
+    subprocess.run(_train_cli(tmp_path / "whole", epochs=20), check=True, env=env, capture_output=True, timeout=300)
+    victim = subprocess.Popen(_train_cli(tmp_path / "killed", epochs=20), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
     deadline = time.time() + 240
@@ -161,7 +172,8 @@ def test_kill_minus_nine_then_resume_matches(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "killed" / "report.json").exists()
-    subprocess.run(_train_cli(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(_train_cli(tmp_path / "killed", "--resume", epochs=20), check=True, env=env, capture_output=True,
+                   timeout=300)
     whole = json.loads((tmp_path / "whole" / "report.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert resumed["confusion_matrix"] == whole["confusion_matrix"]
@@ -180,3 +192,16 @@ def test_two_processes_match_one(tmp_path):
     two = json.loads((tmp_path / "two" / "report.json").read_text())["accuracy"]
     assert two > 0.85 and abs(one - two) < 0.04
     assert len(json.loads((tmp_path / "two" / "history.json").read_text())) == 4   # rank 0 alone wrote it
+
+
+def test_timm_models_go_through_the_same_contract(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(48) % 3
+    model = create_model("timm:resnet10t", epochs=1, batch_size=16, bf16="off").fit(images, labels)
+    assert model.predict_proba(images[:4]).shape == (4, 3)
+    loaded = load_model(model.save(tmp_path / "timm.safetensors"))
+    assert loaded.model_name == "timm:resnet10t"
+    np.testing.assert_allclose(loaded.predict_proba(images[:4]), model.predict_proba(images[:4]), atol=1e-5)
+    with pytest.raises(ImgclsError, match="unknown timm model"):
+        create_model("timm:resnet10tt").fit(images, labels)

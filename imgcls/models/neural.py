@@ -60,20 +60,30 @@ class ImageNetwork(nn.Module):
         return self.body(self.normalize(x))
 
 
+TTA_MODES = ("none", "flip")
+
+
 @dataclass
 class NeuralClassifier(Classifier, TrainingConfig):
-    """Hyperparameters: the TrainingConfig fields plus the network's own options."""
+    """Hyperparameters: the TrainingConfig fields, `tta`, and the network's own options.
 
+    tta="flip" averages the predictions for each image and its mirror image (test-time
+    augmentation): worth it where flipping keeps the meaning (clothes, objects; not digits).
+    """
+
+    tta: str = "none"
     builder: ClassVar = None
 
     def check_params(self) -> None:
         self.training_config().check()
+        if self.tta not in TTA_MODES:
+            raise ImgclsError(f"unknown tta {self.tta!r}; valid: {', '.join(TTA_MODES)}")
 
     def training_config(self) -> TrainingConfig:
         return TrainingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingConfig)})
 
     def network_options(self) -> dict:
-        own = {f.name for f in dataclasses.fields(TrainingConfig)}
+        own = {f.name for f in dataclasses.fields(TrainingConfig)} | {"tta"}
         return {k: v for k, v in self.get_params().items() if k not in own}
 
     def build_network(self, channels: int, num_classes: int, size: tuple[int, int]) -> ImageNetwork:
@@ -107,7 +117,10 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.train_state_ = state
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(images).softmax(1)
+        proba = self.logits(images).softmax(1)
+        if self.tta == "flip":
+            proba = (proba + self.logits(images.flip(3)).softmax(1)) / 2
+        return proba
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last

@@ -68,16 +68,18 @@ class Trainer:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
         self._emit("on_train_begin")
-        while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
-            start = time.perf_counter()
-            record = self._train_epoch(images, labels)
-            record["seconds"] = time.perf_counter() - start
-            record["images_per_second"] = len(train) / record["seconds"]
-            if val is not None and len(val):
-                record.update(self.evaluate(val))
-            self._end_epoch(record)
+        try:
+            while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+                start = time.perf_counter()
+                record = self._train_epoch(images, labels)
+                record["seconds"] = time.perf_counter() - start
+                record["images_per_second"] = len(train) / record["seconds"]
+                if val is not None and len(val):
+                    record.update(self.evaluate(val))
+                self._end_epoch(record)
+        finally:
+            self._emit("on_train_end")     # also when interrupted: hooks close their displays
         self._load_best()
-        self._emit("on_train_end")
         return self.state
 
     def _train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
