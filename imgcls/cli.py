@@ -30,7 +30,9 @@ EXAMPLES = {
   imgcls eval runs/knn fashion-mnist
   imgcls eval runs/knn/model.safetensors photos/ --out runs/knn/eval-photos""",
     "predict": """examples:
-  imgcls predict runs/knn shoe.png
+  imgcls predict photo.jpg                      # the pretrained ImageNet model (EfficientNet-Lite0)
+  imgcls predict --model efficientnet_lite2 photo.jpg
+  imgcls predict runs/knn shoe.png              # a saved model (run folder or .safetensors file)
   imgcls predict runs/knn photos/ --top-k 3 --json""",
     "data": """examples:
   imgcls data info fashion-mnist
@@ -106,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     predict = _command(commands, "predict", "class probabilities for image files and folders")
-    predict.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
-    predict.add_argument("inputs", metavar="IMAGE_OR_FOLDER", nargs="+", help="folders are searched recursively")
+    predict.add_argument("inputs", metavar="[MODEL] IMAGE_OR_FOLDER", nargs="+",
+                         help="an optional saved model (run folder or .safetensors file) first, then images; "
+                              "folders are searched recursively")
+    predict.add_argument("--model", default=None, help="saved model or pretrained name (default: efficientnet_lite0)")
     predict.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     predict.set_defaults(handler=_predict)
@@ -275,11 +279,15 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     from imgcls.inference import find_images, predict_files
-    from imgcls.models import load_model
+    from imgcls.models import resolve_model
+    from imgcls.models.artifact import is_saved_model
     if args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")
-    model = load_model(args.model)
-    predictions, failures = predict_files(model, find_images(args.inputs), k=args.top_k)
+    inputs, spec = args.inputs, args.model
+    if spec is None and len(inputs) > 1 and is_saved_model(inputs[0]):
+        spec, inputs = inputs[0], inputs[1:]
+    model = resolve_model(spec)
+    predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:

@@ -114,8 +114,10 @@ def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
 
 def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,
                    split: str = "test") -> RunResult:
-    """Evaluate a saved model on a dataset's split (files are decoded with the model's preprocessing)."""
-    model = load_model(model_path)
+    """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
+    preprocessing)."""
+    from imgcls.models.pretrained import resolve_model
+    model = resolve_model(str(model_path))
     prep = model.preprocessing_
     options = dataclasses.replace(options, size=options.size or prep.size, channels=options.channels or prep.channels,
                                   resize=prep.resize)

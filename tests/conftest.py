@@ -14,6 +14,7 @@ def quiet_and_isolated(monkeypatch, tmp_path):
     """No progress bars, and named datasets never come from (or go to) the user's own cache."""
     monkeypatch.setenv("IMGCLS_PROGRESS", "0")
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMGCLS_MODELS", str(tmp_path / "models"))
 
 
 def _colour(label: int, index: int) -> tuple[int, int, int]:

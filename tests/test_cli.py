@@ -42,7 +42,8 @@ def test_train_writes_a_complete_run(knn_run):
     meta = read_metadata(knn_run)
     assert meta["model"] == "knn" and meta["params"] == {"k": 3, "metric": "l1", "weights": "uniform"}
     assert meta["class_names"] == [str(d) for d in range(10)]
-    assert meta["preprocessing"] == {"channels": 1, "size": [8, 8], "resize": "crop"}
+    assert meta["preprocessing"] == {"channels": 1, "size": [8, 8], "resize": "crop", "crop_pct": 1.0,
+                                     "interpolation": "bilinear"}
     assert meta["metrics"]["accuracy"] == pytest.approx(report["accuracy"])
     config = json.loads((knn_run / "config.json").read_text())
     assert config["data_options"]["seed"] == 0
@@ -82,8 +83,9 @@ def test_predict_text_and_unreadable_file(knn_run, digit_pngs, tmp_path, capsys)
     (["train", "no/such/folder"], "no such file or folder"),
     (["train", "digits", "--model", "knm"], "unknown model 'knm' (did you mean knn?)"),
     (["train", "digits", "--model", "knn", "--lr", "0.1"], "--lr does not apply to model 'knn'"),
-    (["predict", "no/such/model", "x.png"], "no saved model there"),
-    (["eval", "no/such/model", "digits"], "no saved model there"),
+    (["predict", "no/such/model", "x.png"], "no/such/model: no such file or folder"),
+    (["predict", "--model", "no/such/model", "x.png"], "neither a saved model"),
+    (["eval", "no/such/model", "digits"], "neither a saved model"),
 ])
 def test_bad_input_gets_one_line_errors(argv, message, capsys):
     assert main(argv) == 2

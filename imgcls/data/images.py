@@ -30,22 +30,33 @@ RESIZE_POLICIES = {
     "pad": "keep the aspect ratio, resize the long side to the target, pad the rest with black",
     "stretch": "resize both sides to the target, distorting the aspect ratio",
 }
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a file becomes a model input: channel count, size (height, width) and resize policy."""
+    """How a file becomes a model input: channel count, size (height, width) and resize policy.
+
+    crop_pct < 1 (with the crop policy) takes the centre crop covering that share of the image
+    before resizing, as ImageNet evaluation does (0.875 for 224 px: resize 256, crop 224).
+    """
 
     channels: int
     size: tuple[int, int]
     resize: str = "crop"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ImgclsError(f"channels must be 1 or 3, not {self.channels}")
         if self.resize not in RESIZE_POLICIES:
             raise ImgclsError(f"unknown resize policy {self.resize!r}; valid: {', '.join(RESIZE_POLICIES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ImgclsError(f"unknown interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        if not 0 < self.crop_pct <= 1:
+            raise ImgclsError(f"crop_pct must lie in (0, 1], not {self.crop_pct}")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
 
     def to_dict(self) -> dict:
@@ -53,7 +64,8 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(channels=int(d["channels"]), size=tuple(d["size"]), resize=d.get("resize", "crop"))
+        return cls(channels=int(d["channels"]), size=tuple(d["size"]), resize=d.get("resize", "crop"),
+                   crop_pct=float(d.get("crop_pct", 1.0)), interpolation=d.get("interpolation", "bilinear"))
 
 
 class UnreadableImage(Exception):
@@ -85,7 +97,7 @@ def decode_image(source: Path | str | bytes, prep: Preprocessing) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             img = _to_mode(img, "L" if prep.channels == 1 else "RGB")
-            img = _resize(img, prep.size, prep.resize)
+            img = _resize(img, prep)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(_reason(exc)) from exc
     array = np.asarray(img, dtype=np.uint8)
@@ -142,15 +154,22 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def _resize(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
-    height, width = size
-    if img.size == (width, height):
+def _resize(img: Image.Image, prep: Preprocessing) -> Image.Image:
+    height, width = prep.size
+    method = INTERPOLATIONS[prep.interpolation]
+    if img.size == (width, height) and prep.crop_pct == 1:
         return img
-    if policy == "stretch":
-        return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    if policy == "crop":
-        return ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
-    return ImageOps.pad(img, (width, height), Image.Resampling.BILINEAR, color=0)
+    if prep.resize == "stretch":
+        return img.resize((width, height), method, reducing_gap=3.0)
+    if prep.resize == "pad":
+        return ImageOps.pad(img, (width, height), method, color=0)
+    if prep.crop_pct == 1:
+        return ImageOps.fit(img, (width, height), method)
+    # The centred box of the target's aspect ratio, shrunk to crop_pct, resized in one step.
+    scale = min(img.width / width, img.height / height) * prep.crop_pct
+    box_w, box_h = width * scale, height * scale
+    left, top = (img.width - box_w) / 2, (img.height - box_h) / 2
+    return img.resize((width, height), method, box=(left, top, left + box_w, top + box_h), reducing_gap=3.0)
 
 
 def _exif_rotates(img: Image.Image) -> bool:

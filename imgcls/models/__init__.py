@@ -1,6 +1,7 @@
 """Models: one registry, one factory, one classifier contract."""
 
 from imgcls.models import knn as _knn, linear as _linear, neural as _neural  # noqa: F401  (registers the models)
+from imgcls.models import pretrained as _pretrained  # noqa: F401,E402
 from imgcls.models.artifact import load_model, read_metadata, save_model
 from imgcls.models.base import Classifier
 from imgcls.models.knn import KNNClassifier
@@ -19,5 +20,7 @@ def parameter_count(name: str, shape: tuple[int, int, int], num_classes: int) ->
     return 0   # kNN learns no parameters: it memorises the training set
 
 
-__all__ = ["parameter_count", "Classifier", "KNNClassifier", "LinearClassifier", "create_model", "list_models", "load_model",
+from imgcls.models.pretrained import pretrained_model, resolve_model  # noqa: E402
+
+__all__ = ["parameter_count", "pretrained_model", "resolve_model", "Classifier", "KNNClassifier", "LinearClassifier", "create_model", "list_models", "load_model",
            "read_metadata", "register", "save_model"]

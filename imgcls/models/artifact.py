@@ -61,6 +61,12 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
+def is_saved_model(path: str | Path) -> bool:
+    """Whether path is a model file (.safetensors) or a folder holding model.safetensors."""
+    path = Path(path).expanduser()
+    return (path.is_file() and path.suffix == ".safetensors") or (path / MODEL_FILE).is_file()
+
+
 def read_metadata(path: str | Path) -> dict:
     path = resolve_model_path(path)
     try:
