@@ -185,8 +185,9 @@ def _data_options(args) -> "DataOptions":
 def _model_fields() -> dict[str, tuple[type, list[str]]]:
     """Every hyperparameter of every registered model: name -> (type, models having it)."""
     from imgcls.models import list_models
+    from imgcls.models.transfer import TransferClassifier
     fields: dict[str, tuple[type, list[str]]] = {}
-    for name, cls in list_models().items():
+    for name, cls in {**list_models(), "transfer:NAME": TransferClassifier}.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init and f.name not in _RUN_WIDE:

@@ -1,7 +1,7 @@
 """Models: one registry, one factory, one classifier contract."""
 
 from imgcls.models import knn as _knn, linear as _linear, neural as _neural  # noqa: F401  (registers the models)
-from imgcls.models import pretrained as _pretrained  # noqa: F401,E402
+from imgcls.models import pretrained as _pretrained, transfer as _transfer  # noqa: F401,E402
 from imgcls.models.artifact import load_model, read_metadata, save_model
 from imgcls.models.base import Classifier
 from imgcls.models.knn import KNNClassifier

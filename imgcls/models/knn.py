@@ -55,30 +55,19 @@ class KNNClassifier(Classifier):
 
     def predict(self, X) -> np.ndarray:
         votes, first_rank = self._votes(self._images(X))
-        return _decide(votes, first_rank).numpy()
+        return decide(votes, first_rank).numpy()
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         votes, first_rank = self._votes(self._images(X))
-        return _decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
+        return decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         votes, _ = self._votes(images)
         return votes / votes.sum(1, keepdim=True)
 
     def _votes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per class: summed vote weight, and the rank of the class's nearest neighbour (k if none)."""
-        k = min(self.k, len(self.labels_))
-        distances, indices = self._neighbours(images, k)
-        labels = self.labels_[indices]
-        weights = torch.ones_like(distances)
-        if self.weights == "distance":
-            exact = distances == 0
-            weights = torch.where(exact.any(1, keepdim=True), exact.double(), 1 / distances.clamp_min(1e-300))
-        n_classes = len(self.class_names_)
-        votes = torch.zeros(len(images), n_classes, dtype=torch.float64).scatter_add_(1, labels, weights)
-        ranks = torch.arange(k).expand_as(labels)
-        first_rank = torch.full((len(images), n_classes), k).scatter_reduce_(1, labels, ranks, "amin")
-        return votes, first_rank
+        distances, indices = self._neighbours(images, min(self.k, len(self.labels_)))
+        return vote(distances, self.labels_[indices], len(self.class_names_), self.weights)
 
     def _neighbours(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if getattr(self, "_search", None) is None:
@@ -95,7 +84,25 @@ class KNNClassifier(Classifier):
         self._search = None
 
 
-def _decide(votes: torch.Tensor, first_rank: torch.Tensor) -> torch.Tensor:
+def vote(distances: torch.Tensor, labels: torch.Tensor, n_classes: int, weights: str = "uniform"
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query and class: summed vote weight, and the rank of the class's nearest neighbour (k if none).
+
+    distances and labels are (Q, k), nearest first. weights="distance" weighs by 1/distance;
+    neighbours at distance 0, if any, take the whole vote (as scikit-learn does).
+    """
+    k = labels.shape[1]
+    weight = torch.ones_like(distances, dtype=torch.float64)
+    if weights == "distance":
+        exact = distances == 0
+        weight = torch.where(exact.any(1, keepdim=True), exact.double(), 1 / distances.double().clamp_min(1e-300))
+    votes = torch.zeros(len(labels), n_classes, dtype=torch.float64).scatter_add_(1, labels, weight)
+    ranks = torch.arange(k).expand_as(labels)
+    first_rank = torch.full((len(labels), n_classes), k).scatter_reduce_(1, labels, ranks, "amin")
+    return votes, first_rank
+
+
+def decide(votes: torch.Tensor, first_rank: torch.Tensor) -> torch.Tensor:
     """Argmax of votes; among tied classes, the one whose nearest member ranks first."""
     best = votes.max(1, keepdim=True).values
     tied = torch.isclose(votes, best, rtol=1e-12, atol=0)

@@ -104,7 +104,7 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
         """One optimiser step on a batch at learning rate lr; returns (loss, number correct)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with self._autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
@@ -238,12 +238,17 @@ class Trainer:
 
 def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only, unless decay_norms: decaying norm scales
-    and biases only fights the normalisation."""
-    decay, no_decay = [], []
+    and biases only fights the normalisation. A parameter with an `lr_scale` attribute (a
+    fine-tuned body, say) learns at that fraction of the scheduled rate."""
+    by_group: dict[tuple[float, bool], list] = {}
     for p in net.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 or cfg.decay_norms else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            key = (getattr(p, "lr_scale", 1.0), p.ndim > 1 or cfg.decay_norms)
+            by_group.setdefault(key, []).append(p)
+    by_group.setdefault((1.0, True), [])
+    by_group.setdefault((1.0, False), [])
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale}
+              for (scale, decays), params in sorted(by_group.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
     if cfg.opt == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.opt == "adam":
@@ -253,9 +258,11 @@ def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimize
 
 @torch.no_grad()
 def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device, bf16: bool, channels_last: bool,
-                   batch_size: int = 512) -> torch.Tensor:
-    """Float32 logits on the CPU for uint8 images (N, C, H, W), in batches."""
+                   batch_size: int = 512, forward=None, progress=None) -> torch.Tensor:
+    """Float32 outputs on the CPU of forward (default: the network itself, giving logits) for
+    uint8 images (N, C, H, W), in batches."""
     net.eval()
+    forward = forward or net
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for start in range(0, len(images), batch_size):
@@ -263,7 +270,9 @@ def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            outputs.append(net(x).float().cpu())
+            outputs.append(forward(x).float().cpu())
+        if progress is not None:
+            progress(len(x))
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

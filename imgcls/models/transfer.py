@@ -1,0 +1,234 @@
+"""Transfer learning from an ImageNet-pretrained backbone: `transfer:<backbone>` in the registry.
+
+Three modes, one network (adapter -> pretrained body -> new head), so prediction, saving and
+export work the same for all of them:
+
+- probe: embeddings from the frozen body, then a linear softmax head fitted on them;
+- knn: the training embeddings are memorised and queries vote among their k nearest
+  (cosine distance: L2 on unit-length embeddings), the course's "kNN on ConvNet features";
+- finetune: a new head trained with the body frozen (head_epochs), then everything trained
+  with the body at body_lr times the learning rate (as fastai's fine_tune).
+
+The adapter repeats grayscale to three channels and resizes to input_size inside the network,
+so small datasets (28 px Fashion-MNIST) keep their in-memory uint8 form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.data.dataset import ImageDataset
+from imgcls.errors import ImgclsError
+from imgcls.models.distance import ExactSearch
+from imgcls.models.knn import decide, vote
+from imgcls.models.neural import ImageNetwork, NeuralClassifier
+from imgcls.models.registry import register_prefix
+from imgcls.progress import progress_bar
+
+MODES = ("probe", "knn", "finetune")
+
+
+class Adapter(nn.Module):
+    """Grayscale -> 3 channels, and any size -> size x size (bilinear with antialiasing)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() if not x.is_floating_point() else x
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+
+class TransferNetwork(nn.Module):
+    def __init__(self, backbone: ImageNetwork, size: int):
+        super().__init__()
+        self.adapter, self.backbone = Adapter(size), backbone
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(self.adapter(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+
+@dataclass
+class TransferClassifier(NeuralClassifier):
+    """Training options (epochs, lr, batch_size, augment, ...) apply to finetune (and lr/epochs
+    to the probe's head); defaults suit fine-tuning with AdamW."""
+
+    opt: str = "adamw"         # fine-tuning defaults, in place of the from-scratch ones
+    lr: float = 1e-3
+    epochs: int = 3
+    mode: str = "probe"
+    input_size: int = 0        # side fed to the backbone; 0: its pretrained size (smaller is faster)
+    k: int = 10                # knn mode
+    head_epochs: int = 1       # finetune: epochs with the body frozen
+    body_lr: float = 0.1       # finetune: the body's learning rate as a fraction of lr
+    backbone: ClassVar[str] = ""
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.mode not in MODES:
+            raise ImgclsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.input_size < 0 or self.k < 1 or self.head_epochs < 0 or not 0 <= self.body_lr <= 1:
+            raise ImgclsError("need input_size >= 0, k >= 1, head_epochs >= 0 and 0 <= body_lr <= 1")
+        from imgcls.models.pretrained import PRETRAINED
+        if self.backbone not in PRETRAINED:
+            raise ImgclsError(f"no pretrained backbone {self.backbone!r}; available: {', '.join(PRETRAINED)}")
+
+    def network_options(self) -> dict:
+        return {}
+
+    def _side(self) -> int:
+        from imgcls.models.pretrained import PRETRAINED
+        return self.input_size or PRETRAINED[self.backbone].size
+
+    def new_network(self, num_classes: int, pretrained: bool) -> TransferNetwork:
+        from imgcls.models.pretrained import pretrained_model
+        from imgcls.models.registry import create_model
+        if pretrained:
+            body = pretrained_model(self.backbone).net_
+        else:
+            body = create_model(self.backbone).build_network(3, 1000, (self._side(),) * 2)
+        body.body.reset_classifier(num_classes)
+        return TransferNetwork(body, self._side())
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, *, run_dir=None,
+             resume: bool = False, hooks=(), **_) -> None:
+        torch.manual_seed(self.seed)
+        self.net_ = self.new_network(data.num_classes, pretrained=True)
+        if self.mode == "finetune":
+            self._finetune(data, validation, run_dir, resume, hooks)
+        else:
+            embeddings = self.embeddings(data.images)
+            if self.mode == "knn":
+                self.reference_, self.labels_ = _unit(embeddings), data.labels.clone()
+            else:
+                self._fit_probe(embeddings, data.labels, data.num_classes)
+        self.net_.eval()
+
+    def _fit_probe(self, embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
+        """Multinomial logistic regression on the embeddings: full-batch L-BFGS, L2 penalty."""
+        head = nn.Linear(embeddings.shape[1], n_classes)
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=200, history_size=20,
+                                      line_search_fn="strong_wolfe")
+        penalty = self.weight_decay or 1e-4
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(head(embeddings), labels, label_smoothing=self.label_smoothing)
+            loss = loss + penalty * head.weight.square().sum()
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+        classifier = self.net_.backbone.body.get_classifier()
+        classifier.load_state_dict(head.state_dict())
+        self.history_ = [{"epoch": 1, "train_loss": float(closure().detach())}]
+
+    def _finetune(self, data, validation, run_dir, resume, hooks) -> None:
+        from pathlib import Path
+
+        from imgcls.training.trainer import Trainer
+        body_params = [p for n, p in self.net_.named_parameters() if not _is_head(n)]
+        stages = [("head", self.head_epochs, 0.0), ("all", self.epochs, self.body_lr)]
+        self.history_ = []
+        for stage, epochs, body_scale in stages:
+            if epochs == 0:
+                continue
+            for p in body_params:
+                p.requires_grad_(body_scale > 0)
+                p.lr_scale = body_scale
+            cfg = self.training_config()
+            cfg.epochs = epochs
+            stage_dir = Path(run_dir) / f"stage-{stage}" if run_dir else None
+            state = Trainer(self.net_, cfg, run_dir=stage_dir, hooks=hooks).fit(data, validation, resume=resume)
+            self.history_ += [{**r, "stage": stage} for r in state.history]
+        for p in body_params:
+            p.requires_grad_(True)
+
+    # -- prediction ---------------------------------------------------------------------------
+    def embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone embeddings (N, num_features) of uint8 images, in bf16 where the CPU is fast at it."""
+        from imgcls.training.trainer import predict_logits, resolve_device, use_bf16
+        device = resolve_device(self.device)
+        net = self.net_.to(device)
+        bf16 = use_bf16(self.bf16, device)
+        with progress_bar(len(images) if len(images) > 256 else 0, f"embedding with {self.backbone}") as advance:
+            return predict_logits(net, images, device=device, bf16=bf16, channels_last=bf16, batch_size=128,
+                                  forward=net.embed, progress=advance)
+
+    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mode != "knn":
+            return super()._predict_proba(images)
+        votes, _ = self._knn_votes(images)
+        return (votes / votes.sum(1, keepdim=True)).float()
+
+    def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode != "knn":
+            return super().predict_with_proba(X)
+        votes, first_rank = self._knn_votes(self._images(X))
+        return decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_with_proba(X)[0]
+
+    def _knn_votes(self, images: torch.Tensor):
+        search = getattr(self, "_search", None) or ExactSearch(self.reference_, "l2")
+        self._search = search
+        distances, indices = search.search(_unit(self.embeddings(images)), min(self.k, len(self.labels_)))
+        return vote(distances, self.labels_[indices], len(self.class_names_))
+
+    # -- saving -------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super().state_tensors()
+        if self.mode == "knn":
+            tensors |= {"knn.reference": self.reference_, "knn.labels": self.labels_}
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.net_ = self.new_network(len(self.class_names_), pretrained=False)
+        if self.mode == "knn":
+            self.reference_, self.labels_ = tensors.pop("knn.reference"), tensors.pop("knn.labels")
+            self._search = None
+        self.net_.load_state_dict(tensors)
+        self.net_.eval()
+
+
+def _unit(embeddings: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeddings.float(), dim=1)
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith("backbone.body.classifier")
+
+
+def _transfer_class(name: str) -> type:
+    backbone = name.split(":", 1)[1]
+    cls = type(f"Transfer_{backbone}", (TransferClassifier,), {"backbone": backbone,
+               "description": f"transfer learning from ImageNet-pretrained {backbone} (probe, knn, finetune)"})
+    return dataclass(cls)
+
+
+register_prefix("transfer:", _transfer_class)
