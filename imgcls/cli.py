@@ -1,4 +1,4 @@
-"""The `imgcls` command line: train, eval, predict, data info, models.
+"""The `imgcls` command line: train, eval, predict, export, data info, models.
 
 Flags are read here and only here, turned into typed config, and handed to the library.
 """
@@ -33,7 +33,14 @@ EXAMPLES = {
   imgcls predict photo.jpg                      # the pretrained ImageNet model (EfficientNet-Lite0)
   imgcls predict --model efficientnet_lite2 photo.jpg
   imgcls predict runs/knn shoe.png              # a saved model (run folder or .safetensors file)
-  imgcls predict runs/knn photos/ --top-k 3 --json""",
+  imgcls predict runs/knn photos/ --top-k 3 --json
+  imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model""",
+    "export": """examples:
+  imgcls export runs/cnn                                    # runs/cnn/model.onnx
+  imgcls export runs/cnn --int8 --calibrate photos/         # runs/cnn/model.int8.onnx (ONNX Runtime int8)
+  imgcls export efficientnet_lite0 --int8 --calibrate photos/ --out lite0.int8.onnx
+  imgcls export runs/cnn/model.safetensors --format torchscript   # runs/cnn/model.torchscript
+  imgcls predict --model runs/cnn/model.onnx photo.jpg      # an exported ONNX model predicts like the original""",
     "data": """examples:
   imgcls data info fashion-mnist
   imgcls data info photos/ --out photos-info""",
@@ -114,7 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default=None, help="saved model or pretrained name (default: efficientnet_lite0)")
     predict.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument("--csv", default=None, metavar="FILE",
+                         help="also write rows path,label1,score1,label2,score2,... to FILE")
     predict.set_defaults(handler=_predict)
+
+    export = _command(commands, "export", "export a neural network to ONNX or TorchScript for fast inference")
+    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors model file or pretrained name")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="(default: onnx)")
+    export.add_argument("--int8", action="store_true",
+                        help="ONNX only: static int8 quantisation (ONNX Runtime), calibrated on --calibrate")
+    export.add_argument("--calibrate", default=None, metavar="DATA",
+                        help="dataset whose training images calibrate the int8 ranges (decoded at the model's size)")
+    export.add_argument("--calibration-images", type=int, default=200, metavar="N",
+                        help="calibration images drawn from DATA's training split (default: 200)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    export.add_argument("--out", default=None, metavar="PATH",
+                        help="output file (default: beside the model, e.g. <run>/model.onnx, model.int8.onnx, "
+                             "model.torchscript; ./<name>.onnx for a pretrained name)")
+    export.set_defaults(handler=_export)
 
     data = _command(commands, "data", "inspect datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -185,9 +209,11 @@ def _data_options(args) -> "DataOptions":
 def _model_fields() -> dict[str, tuple[type, list[str]]]:
     """Every hyperparameter of every registered model: name -> (type, models having it)."""
     from imgcls.models import list_models
+    from imgcls.models.registry import model_class
     from imgcls.models.transfer import TransferClassifier
     fields: dict[str, tuple[type, list[str]]] = {}
-    for name, cls in {**list_models(), "transfer:NAME": TransferClassifier}.items():
+    prefixed = {"timm:NAME": model_class("timm:NAME"), "transfer:NAME": TransferClassifier}
+    for name, cls in {**list_models(), **prefixed}.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init and f.name not in _RUN_WIDE:
@@ -285,10 +311,12 @@ def _predict(args) -> int:
     if args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")
     inputs, spec = args.inputs, args.model
-    if spec is None and len(inputs) > 1 and is_saved_model(inputs[0]):
+    if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or inputs[0].lower().endswith(".onnx")):
         spec, inputs = inputs[0], inputs[1:]
     model = resolve_model(spec)
     predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
+    if args.csv:
+        _write_predictions_csv(predictions, Path(args.csv))
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -298,6 +326,55 @@ def _predict(args) -> int:
     for path, reason in failures:
         print(f"imgcls: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failures and not predictions else 0
+
+
+def _write_predictions_csv(predictions, path: Path) -> None:
+    import csv
+    k = max((len(p.labels) for p in predictions), default=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *(f"{kind}{i}" for i in range(1, k + 1) for kind in ("label", "score"))])
+        for p in predictions:
+            writer.writerow([p.path, *(v for pair in zip(p.labels, (f"{s:.6g}" for s in p.scores)) for v in pair)])
+
+
+def _export(args) -> int:
+    from imgcls.data.load import DataOptions, load_dataset
+    from imgcls.inference.export import check_exportable, export_model
+    from imgcls.models import resolve_model
+    if args.int8 and args.format != "onnx":
+        raise ImgclsError("--int8 applies to --format onnx only")
+    if args.int8 and not args.calibrate:
+        raise ImgclsError("--int8 needs --calibrate DATA: images to measure the activation ranges on")
+    if args.calibrate and not args.int8:
+        raise ImgclsError("--calibrate applies only with --int8")
+    if args.calibration_images < 1:
+        raise ImgclsError("--calibration-images must be at least 1")
+    model = resolve_model(args.model)
+    check_exportable(model)
+    calibration = None
+    if args.calibrate:
+        prep = model.preprocessing_
+        splits = load_dataset(args.calibrate, DataOptions(size=prep.size, channels=prep.channels, resize=prep.resize))
+        calibration = splits.train
+    out = Path(args.out) if args.out else _export_path(args.model, args.format, args.int8)
+    path = export_model(model, out, args.format, int8=args.int8, calibration=calibration,
+                        calibration_images=args.calibration_images, opset=args.opset)
+    kind = "int8 onnx" if args.int8 else args.format
+    print(f"{kind}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _export_path(spec: str, format: str, int8: bool) -> Path:
+    """Beside the model: <run>/model.onnx, <dir>/<stem>.int8.onnx; ./<name>.onnx for a pretrained name."""
+    suffix = ".int8.onnx" if int8 else {"onnx": ".onnx", "torchscript": ".torchscript"}[format]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path / f"model{suffix}"
+    if path.suffix == ".safetensors":
+        return path.with_name(path.stem + suffix)
+    return Path(spec + suffix)
 
 
 def _data_info(args) -> int:

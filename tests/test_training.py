@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from imgcls.cli import main
-from imgcls.data import load_dataset
+from imgcls.data import ImageDataset, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model, load_model
 from imgcls.training import checkpoint as ckpt
@@ -205,3 +205,20 @@ def test_timm_models_go_through_the_same_contract(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(images[:4]), model.predict_proba(images[:4]), atol=1e-5)
     with pytest.raises(ImgclsError, match="unknown timm model"):
         create_model("timm:resnet10tt").fit(images, labels)
+
+
+def test_timm_pretrained_weights_from_a_file_or_a_clear_error(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = timm.create_model("resnet10t", num_classes=1000)
+    weights = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
+    model = create_model("timm:resnet10t", weights=str(weights))
+    images, labels = np.zeros((8, 3, 32, 32), dtype=np.uint8), np.arange(8) % 2
+    net = model.network_for(ImageDataset.from_arrays(images, labels))
+    assert torch.equal(net.body.conv1[0].weight, source.conv1[0].weight)        # body from the file
+    assert net.body.fc.out_features == 2                                         # a new head
+    torch.testing.assert_close(net.normalize.mean.flatten(), torch.tensor(source.pretrained_cfg["mean"]))
+    with pytest.raises(ImgclsError, match="--weights FILE"):
+        create_model("timm:resnet10t", pretrained=True).fit(images, labels)

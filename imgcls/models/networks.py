@@ -17,6 +17,7 @@ import functools
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -220,21 +221,42 @@ def resnet18(in_chans: int, num_classes: int, *, image_size: ImageSize | None = 
     return _resnet(in_chans, num_classes, stem=64, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2))
 
 
-def timm_network(name: str, in_chans: int, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
-    """A timm model by name (weights are downloaded when pretrained=True); unknown names are ImgclsErrors."""
+def timm_network(name: str, in_chans: int, num_classes: int, pretrained: bool = False, weights: str = "",
+                 **kwargs) -> nn.Module:
+    """A timm model by name; unknown names are ImgclsErrors.
+
+    pretrained=True takes timm's weights from the Hugging Face cache, downloading them when there
+    is a network; weights=FILE takes them from a local .safetensors/.pth state dict instead.
+    """
     try:
         import timm
     except ImportError:
         raise ImgclsError(f"timm model {name!r} needs the timm package: pip install timm") from None
+    if weights:
+        if not Path(weights).is_file():
+            raise ImgclsError(f"--weights {weights}: no such file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return timm.create_model(name, pretrained=pretrained or bool(weights), num_classes=num_classes,
+                                 in_chans=in_chans, **kwargs)
     except RuntimeError as error:
         if not str(error).startswith("Unknown model"):
+            raise _weights_error(name, error) from None
+    except Exception as error:  # no network, no cached file, a file of another architecture...
+        if not (pretrained or weights):
             raise
+        raise _weights_error(name, error) from None
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     family = re.match(r"[A-Za-z]*", name).group() or name
     raise ImgclsError(f"unknown timm model {name!r}{hint}; see timm.list_models('*{family}*')") from None
+
+
+def _weights_error(name: str, error: Exception) -> ImgclsError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return ImgclsError(f"cannot load pretrained weights for timm model {name!r} ({reason}); without internet, "
+                       "pass --weights FILE (its state dict as .safetensors or .pth), or put timm's weights "
+                       "in the Hugging Face cache (HF_HOME)")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -86,8 +86,13 @@ class NeuralClassifier(Classifier, TrainingConfig):
         own = {f.name for f in dataclasses.fields(TrainingConfig)} | {"tta"}
         return {k: v for k, v in self.get_params().items() if k not in own}
 
-    def build_network(self, channels: int, num_classes: int, size: tuple[int, int]) -> ImageNetwork:
+    def build_network(self, channels: int, num_classes: int, size: tuple[int, int],
+                      initial_weights: bool = True) -> ImageNetwork:
+        """The network; with initial_weights=False, pretrained weights are not fetched (loading a
+        saved model brings its own)."""
         kwargs = dict(self.network_options())
+        if not initial_weights:
+            kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_OPTIONS}
         if "image_size" in inspect.signature(self.builder).parameters:
             kwargs["image_size"] = tuple(size)
         try:
@@ -101,9 +106,18 @@ class NeuralClassifier(Classifier, TrainingConfig):
         prep = data.preprocessing
         torch.manual_seed(self.seed)
         net = self.build_network(prep.channels, data.num_classes, prep.size)
-        pixels = data.images.float() / 255
-        net.normalize.mean.copy_(pixels.mean(dim=(0, 2, 3)).view(1, -1, 1, 1))
-        net.normalize.std.copy_(pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1))
+        options = self.network_options()
+        if options.get("pretrained") or options.get("weights"):
+            # Pretrained weights expect the statistics they were trained with, not this dataset's.
+            cfg = net.body.pretrained_cfg
+            mean, std = torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
+            if prep.channels == 1:
+                mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+        else:
+            pixels = data.images.float() / 255
+            mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        net.normalize.mean.copy_(mean.view(1, -1, 1, 1))
+        net.normalize.std.copy_(std.view(1, -1, 1, 1))
         return net
 
     # -- the contract -------------------------------------------------------------------------
@@ -146,7 +160,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         prep = self.preprocessing_
-        self.net_ = self.build_network(prep.channels, len(self.class_names_), prep.size)
+        self.net_ = self.build_network(prep.channels, len(self.class_names_), prep.size, initial_weights=False)
         self.net_.load_state_dict(tensors)
         self.net_.eval()
 
@@ -171,11 +185,14 @@ for _name, (_builder, _description) in networks.BUILDERS.items():
     register(_name)(_network_class(_name, _builder, _description))
 
 
+_WEIGHT_OPTIONS = ("pretrained", "weights")
+
+
 def _timm_class(name: str) -> type:
     timm_name = name.split(":", 1)[1]
 
-    def builder(in_chans: int, num_classes: int, **kwargs) -> nn.Module:
-        return networks.timm_network(timm_name, in_chans, num_classes, **kwargs)
+    def builder(in_chans: int, num_classes: int, *, pretrained: bool = False, weights: str = "") -> nn.Module:
+        return networks.timm_network(timm_name, in_chans, num_classes, pretrained=pretrained, weights=weights)
     return _network_class(name, builder, f"timm's {timm_name}")
 
 
