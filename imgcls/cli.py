@@ -37,8 +37,8 @@ EXAMPLES = {
   imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model""",
     "export": """examples:
   imgcls export runs/cnn                                    # runs/cnn/model.onnx
-  imgcls export runs/cnn --int8 --calibrate photos/         # runs/cnn/model.int8.onnx (ONNX Runtime int8)
-  imgcls export efficientnet_lite0 --int8 --calibrate photos/ --out lite0.int8.onnx
+  imgcls export runs/cnn --int8 --calibrate fashion-mnist   # runs/cnn/model.int8.onnx, on 200 training images
+  imgcls export efficientnet_lite0 --int8 --calibrate photos/ --out lite0.int8.onnx   # photos/<class>/...
   imgcls export runs/cnn/model.safetensors --format torchscript   # runs/cnn/model.torchscript
   imgcls predict --model runs/cnn/model.onnx photo.jpg      # an exported ONNX model predicts like the original""",
     "data": """examples:
@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = _command(commands, "predict", "class probabilities for image files and folders")
     predict.add_argument("inputs", metavar="[MODEL] IMAGE_OR_FOLDER", nargs="+",
-                         help="an optional saved model (run folder or .safetensors file) first, then images; "
-                              "folders are searched recursively")
-    predict.add_argument("--model", default=None, help="saved model or pretrained name (default: efficientnet_lite0)")
+                         help="an optional saved model (run folder, .safetensors or exported .onnx file) first, "
+                              "then images; folders are searched recursively")
+    predict.add_argument("--model", default=None,
+                         help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
     predict.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     predict.add_argument("--csv", default=None, metavar="FILE",

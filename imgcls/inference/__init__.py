@@ -1,5 +1,7 @@
-"""Inference: saved models applied to image files."""
+"""Inference: saved models applied to image files, and models exported for fast inference (ONNX, TorchScript)."""
 
+from imgcls.inference.export import export_model, quantize_onnx
+from imgcls.inference.onnx_model import OnnxClassifier
 from imgcls.inference.predict import find_images, predict_files
 
-__all__ = ["find_images", "predict_files"]
+__all__ = ["OnnxClassifier", "export_model", "find_images", "predict_files", "quantize_onnx"]

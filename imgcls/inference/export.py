@@ -1,0 +1,194 @@
+"""Neural classifiers exported for fast inference: ONNX (optionally int8) and TorchScript.
+
+The whole ImageNetwork is exported, normalisation included, so an exported file takes the same
+input as the PyTorch model: float32 images N x C x H x W with pixels in 0..255. It is
+self-describing: class names, preprocessing and model name travel inside it as JSON (ONNX:
+metadata_props["imgcls"]; TorchScript: the extra file imgcls.json), so prediction from an
+exported file never re-declares them.
+
+int8 is ONNX Runtime's static post-training quantisation: QDQ format, int8 weights per output
+channel, uint8 activations whose ranges come from calibration images (MinMax). On x86 ONNX
+Runtime runs uint8 x int8 products with VNNI/AMX instructions, which is where the speed comes from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls import __version__
+from imgcls.data.dataset import ImageDataset, as_image_tensor
+from imgcls.errors import ImgclsError
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEY = "imgcls"
+TORCHSCRIPT_METADATA = "imgcls.json"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# The torch.export-based exporter writes opset 18 natively; lower opsets go through a version
+# converter that cannot convert every operator (Pad, for the TensorFlow-style padded convolutions).
+DEFAULT_OPSET = 18
+CALIBRATION_IMAGES = 200
+
+
+def export_metadata(model) -> dict:
+    """What an exported file carries about its model: enough to predict from it alone."""
+    return {"format": "imgcls-export", "format_version": 1, "imgcls_version": __version__,
+            "model": model.model_name, "params": model.get_params(), "class_names": list(model.class_names_),
+            "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
+            "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
+
+
+def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = False, calibration=None,
+                 calibration_images: int = CALIBRATION_IMAGES, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the network of a neural classifier to path (ONNX or TorchScript) and return path.
+
+    int8=True (ONNX only) writes a statically quantised model instead of the fp32 one, calibrated
+    on up to `calibration_images` of `calibration` (an ImageDataset or uint8 images N x C x H x W
+    at the model's preprocessing size, chosen at random with a fixed seed).
+    """
+    net = _network(model)
+    if format not in FORMATS:
+        raise ImgclsError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise ImgclsError("int8 export is for ONNX (ONNX Runtime quantisation); use format='onnx'")
+    if int8 and calibration is None:
+        raise ImgclsError("int8 export needs calibration images (an ImageDataset or uint8 images)")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prep = model.preprocessing_
+    example = torch.randint(0, 256, (2, prep.channels, *prep.size)).float()
+    if format == "torchscript":
+        return _export_torchscript(net, example, export_metadata(model), path)
+    if not int8:
+        return _export_onnx(net, example, export_metadata(model), path, opset)
+    images = calibration_subset(model, calibration, calibration_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = _export_onnx(net, example, export_metadata(model), Path(tmp) / "fp32.onnx", opset)
+        return quantize_onnx(fp32, path, images)
+
+
+def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor | np.ndarray,
+                  batch_size: int = 16) -> Path:
+    """Static int8 quantisation of an exported fp32 ONNX model, calibrated on uint8 images N x C x H x W."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+    if images.ndim != 4 or not len(images):
+        raise ImgclsError(f"calibration needs images N x C x H x W, got shape {images.shape}")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(images[i:i + batch_size] for i in range(0, len(images), batch_size))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    metadata = json.loads(_onnx_metadata(onnx.load(str(fp32_path), load_external_data=False)))
+    with tempfile.TemporaryDirectory() as tmp:
+        # Shape inference first, so the quantiser knows every tensor's type and rank.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), Batches(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibration_providers=["CPUExecutionProvider"])
+        quantized = onnx.load(str(Path(tmp) / "int8.onnx"))
+    metadata["quantization"] = {"scheme": "int8 static, QDQ, per-channel int8 weights, uint8 activations",
+                                "calibration_images": len(images)}
+    _set_onnx_metadata(quantized, json.dumps(metadata))
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantized, str(int8_path))
+    return int8_path
+
+
+def calibration_subset(model, calibration, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """Up to `count` uint8 images from an ImageDataset or image array, checked against the model's input."""
+    images = calibration.images if isinstance(calibration, ImageDataset) else as_image_tensor(calibration)
+    prep = model.preprocessing_
+    if tuple(images.shape[1:]) != (prep.channels, *prep.size):
+        raise ImgclsError(f"calibration images of shape {tuple(images.shape[1:])} do not fit the model's input "
+                          f"{(prep.channels, *prep.size)} (channels, height, width)")
+    if count < 1 or not len(images):
+        raise ImgclsError("int8 calibration needs at least one image")
+    if len(images) > count:
+        # A random subset: datasets are often ordered by class.
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]]
+    return images
+
+
+def check_exportable(model) -> None:
+    """Raise ImgclsError unless model is a fitted neural classifier (it has a PyTorch network)."""
+    from imgcls.inference.onnx_model import OnnxClassifier
+    if isinstance(model, OnnxClassifier):
+        raise ImgclsError(f"{model.path} is already an exported model; export the original model")
+    if getattr(model, "net_", None) is None:
+        name = getattr(model, "model_name", type(model).__name__)
+        if hasattr(model, "build_network"):
+            raise ImgclsError(f"this {name} model is not fitted yet; nothing to export")
+        raise ImgclsError(f"{name} models cannot be exported: export needs a neural network "
+                          "(kNN and linear models have none)")
+
+
+def _network(model) -> torch.nn.Module:
+    check_exportable(model)
+    # A copy, in fp32 and the default memory format, whatever prediction did to the original.
+    return copy.deepcopy(model.net_).cpu().float().to(memory_format=torch.contiguous_format).eval()
+
+
+def _export_onnx(net: torch.nn.Module, example: torch.Tensor, metadata: dict, path: Path, opset: int) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                    dynamo=True, external_data=False, verbose=False)
+    produced = program.model.opset_imports.get("")
+    if produced != opset:
+        raise ImgclsError(f"the ONNX exporter could not write opset {opset} for this network "
+                          f"(it wrote {produced}); export with opset {produced}")
+    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def _export_torchscript(net: torch.nn.Module, example: torch.Tensor, metadata: dict, path: Path) -> Path:
+    with warnings.catch_warnings(), torch.no_grad():
+        # Tracing fixes shape arithmetic (TensorFlow-style "same" padding) at the model's own input
+        # size, which is the only size it takes. torch 2.14 also marks TorchScript as deprecated
+        # (in favour of torch.export); the format is still what C++ and mobile runtimes load.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+    return path
+
+
+def _onnx_metadata(proto) -> str:
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return prop.value
+    raise ImgclsError("an ONNX model without imgcls metadata")
+
+
+def _set_onnx_metadata(proto, value: str) -> None:
+    for prop in list(proto.metadata_props):
+        if prop.key == METADATA_KEY:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, value
+
+
+def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """A TorchScript export and its imgcls metadata."""
+    extra = {TORCHSCRIPT_METADATA: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra[TORCHSCRIPT_METADATA])

@@ -1,0 +1,91 @@
+"""Exported ONNX models (imgcls.inference.export) run by ONNX Runtime, behind the classifier contract.
+
+An exported file carries its class names, preprocessing and model name, so `imgcls predict`,
+`imgcls eval` and serving take a .onnx file wherever they take a saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.data.images import Preprocessing
+from imgcls.errors import ImgclsError
+from imgcls.inference.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+from imgcls.models.base import Classifier
+
+FORMAT_VERSION = 1
+
+
+class OnnxClassifier(Classifier):
+    """The prediction half of the contract (predict / predict_proba / predict_with_proba / score)
+    for an exported .onnx file. It is not fitted or saved: it is already a file; export again instead."""
+
+    description = "an exported ONNX model, run by ONNX Runtime"
+
+    def __init__(self, session, metadata: dict, path: Path, batch_size: int = 64):
+        self.session_, self.metadata_, self.path, self.batch_size = session, metadata, path, batch_size
+        self.model_name = metadata["model"]
+        self.class_names_ = list(metadata["class_names"])
+        self.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
+        self.metrics_ = metadata.get("metrics", {})
+        self.quantization = metadata.get("quantization")
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> OnnxClassifier:
+        """Open an exported model with ONNX Runtime's CPU provider on all of this process's CPUs."""
+        import onnxruntime as ort
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ImgclsError(f"{path}: no such ONNX file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or _cpu_count()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:   # onnxruntime's own exception types are not public
+            raise ImgclsError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from exc
+        raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise ImgclsError(f"{path}: an ONNX model, but not one exported by imgcls (no imgcls metadata)")
+        metadata = json.loads(raw)
+        if metadata.get("format_version", 0) > FORMAT_VERSION:
+            raise ImgclsError(f"{path}: export format {metadata.get('format_version')} is newer than this imgcls "
+                              "reads; upgrade imgcls")
+        return cls(session, metadata, path)
+
+    def get_params(self) -> dict:
+        return dict(self.metadata_.get("params", {}))
+
+    def fit(self, *args, **kwargs):
+        raise ImgclsError(f"{self.path} is an exported model and cannot be trained; train the original model "
+                          "and export it again")
+
+    def save(self, path):
+        raise ImgclsError(f"{self.path} is an exported model; copy the file instead of saving it")
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        """Float32 logits for uint8 images (N, C, H, W), in batches."""
+        outputs = [self.session_.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + self.batch_size].numpy()
+                                                     .astype(np.float32)})[0]
+                   for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(outputs) if outputs else np.empty((0, len(self.class_names_)), np.float32)
+
+    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        proba = _softmax(self.logits(images))
+        if self.get_params().get("tta") == "flip":   # as the original NeuralClassifier predicts
+            proba = (proba + _softmax(self.logits(images.flip(3)))) / 2
+        return torch.from_numpy(proba)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,183 @@
+"""Exported models (ONNX, int8 ONNX, TorchScript) against the PyTorch models they came from,
+run by ONNX Runtime and torch.jit; the export command and predicting from an exported file."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from imgcls.cli import main
+from imgcls.data import load_dataset
+from imgcls.data.images import decode_image
+from imgcls.errors import ImgclsError
+from imgcls.inference import OnnxClassifier, export_model
+from imgcls.inference.export import read_torchscript
+from imgcls.models import create_model, resolve_model
+from imgcls.models.pretrained import pretrained_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """Tiny networks, one epoch each, predicting in fp32 (bf16 off) so PyTorch is the exact reference."""
+    return {"mlp": create_model("mlp", epochs=1, hidden="32", bf16="off").fit(digits.train),
+            "cnn": create_model("cnn", epochs=1, bf16="off").fit(digits.train)}
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exported")
+    return {name: export_model(model, folder / f"{name}.onnx") for name, model in trained.items()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_onnx_runtime_matches_pytorch(name, trained, exported, digits):
+    model, onnx_model = trained[name], OnnxClassifier.load(exported[name])
+    images = digits.test.images
+    expected = model.logits(images).numpy()
+    for batch in (images[:1], images):   # the batch axis is dynamic
+        got = onnx_model.logits(batch)
+        np.testing.assert_allclose(got, expected[:len(batch)], atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(onnx_model.predict_proba(digits.test), model.predict_proba(digits.test), atol=1e-5)
+    assert (onnx_model.predict(digits.test) == model.predict(digits.test)).all()
+    assert onnx_model.score(digits.test) == model.score(digits.test)
+
+
+def test_metadata_round_trips(trained, exported):
+    model, path = trained["cnn"], exported["cnn"]
+    onnx_model = resolve_model(str(path))
+    assert isinstance(onnx_model, OnnxClassifier)
+    assert onnx_model.model_name == "cnn" and onnx_model.class_names_ == model.class_names_
+    assert onnx_model.preprocessing_ == model.preprocessing_ and onnx_model.get_params() == model.get_params()
+    proto = onnx.load(str(path))
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}["imgcls"])
+    assert metadata["preprocessing"] == model.preprocessing_.to_dict() and metadata["model"] == "cnn"
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["logits"]
+    with pytest.raises(ImgclsError, match="cannot be trained"):
+        onnx_model.fit(None)
+
+
+def test_flip_tta_is_kept(trained, digits, tmp_path):
+    model = create_model("mlp", **{**trained["mlp"].get_params(), "tta": "flip"})
+    model.class_names_, model.preprocessing_, model.net_ = (trained["mlp"].class_names_,
+                                                           trained["mlp"].preprocessing_, trained["mlp"].net_)
+    onnx_model = OnnxClassifier.load(export_model(model, tmp_path / "flip.onnx"))
+    np.testing.assert_allclose(onnx_model.predict_proba(digits.test), model.predict_proba(digits.test), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_torchscript_matches_pytorch(name, trained, digits, tmp_path):
+    model = trained[name]
+    module, metadata = read_torchscript(export_model(model, tmp_path / "m.torchscript", format="torchscript"))
+    with torch.no_grad():
+        got = module(digits.test.images.float())
+    expected = model.logits(digits.test.images)
+    torch.testing.assert_close(got, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
+    assert metadata["class_names"] == model.class_names_ and metadata["model"] == name
+
+
+def test_int8_agrees_with_fp32(trained, digits, tmp_path):
+    model = trained["mlp"]
+    path = export_model(model, tmp_path / "mlp.int8.onnx", int8=True, calibration=digits.train)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = OnnxClassifier.load(path)
+    assert int8.quantization["calibration_images"] == 200 and int8.class_names_ == model.class_names_
+    agreement = (int8.predict(digits.test) == model.predict(digits.test)).mean()
+    assert agreement >= 0.9, agreement
+
+
+def test_export_refuses_what_it_cannot_export(digits, trained, tmp_path, exported):
+    knn = create_model("knn", k=3).fit(digits.train)
+    with pytest.raises(ImgclsError, match="knn models cannot be exported"):
+        export_model(knn, tmp_path / "knn.onnx")
+    with pytest.raises(ImgclsError, match="not fitted"):
+        export_model(create_model("mlp"), tmp_path / "mlp.onnx")
+    with pytest.raises(ImgclsError, match="unknown export format"):
+        export_model(trained["mlp"], tmp_path / "mlp.tf", format="tflite")
+    with pytest.raises(ImgclsError, match="for ONNX"):
+        export_model(trained["mlp"], tmp_path / "mlp.pt", format="torchscript", int8=True, calibration=digits.train)
+    with pytest.raises(ImgclsError, match="do not fit"):
+        export_model(trained["mlp"], tmp_path / "mlp.onnx", int8=True, calibration=torch.zeros(4, 3, 8, 8))
+    with pytest.raises(ImgclsError, match="already an exported model"):
+        export_model(OnnxClassifier.load(exported["mlp"]), tmp_path / "again.onnx")
+    (tmp_path / "broken.onnx").write_text("not a model")
+    with pytest.raises(ImgclsError, match="not a readable ONNX model"):
+        OnnxClassifier.load(tmp_path / "broken.onnx")
+
+
+@pytest.fixture(scope="module")
+def digit_pngs(tmp_path_factory, digits):
+    folder = tmp_path_factory.mktemp("pngs")
+    for i in range(20):
+        Image.fromarray(digits.test.images[i, 0].numpy()).save(folder / f"digit{i:02d}.png")
+    return folder
+
+
+def test_export_command_and_predict_from_the_export(trained, digits, digit_pngs, tmp_path, capsys):
+    run = tmp_path / "run"
+    trained["cnn"].save(run)
+    assert main(["export", str(run)]) == 0
+    assert main(["export", str(run), "--int8", "--calibrate", "digits", "--calibration-images", "100"]) == 0
+    assert main(["export", str(run / "model.safetensors"), "--format", "torchscript"]) == 0
+    for name in ("model.onnx", "model.int8.onnx", "model.torchscript"):
+        assert (run / name).is_file(), name
+    assert OnnxClassifier.load(run / "model.int8.onnx").quantization["calibration_images"] == 100
+    capsys.readouterr()
+
+    def top_labels(*argv):
+        assert main(["predict", *argv, str(digit_pngs), "--json"]) == 0
+        return [(p["path"], p["predictions"][0]["label"]) for p in json.loads(capsys.readouterr().out)]
+
+    pytorch = top_labels(str(run))
+    assert top_labels("--model", str(run / "model.onnx")) == pytorch
+    assert top_labels(str(run / "model.onnx")) == pytorch   # a positional model, as for .safetensors
+    assert len(pytorch) == 20
+
+    csv_path = tmp_path / "predictions.csv"
+    assert main(["predict", "--model", str(run / "model.onnx"), str(digit_pngs), "--top-k", "2",
+                 "--csv", str(csv_path)]) == 0
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "path,label1,score1,label2,score2" and len(lines) == 21
+    first = lines[1].split(",")
+    assert (first[0], first[1]) == pytorch[0] and float(first[2]) >= float(first[4])
+
+
+def test_eval_takes_an_exported_model(trained, exported, digits, capsys):
+    assert main(["eval", str(exported["cnn"]), "digits"]) == 0
+    assert f"accuracy {trained['cnn'].score(digits.test):.2%}" in capsys.readouterr().out
+
+
+def test_export_of_knn_is_a_one_line_error(digits, tmp_path, capsys):
+    create_model("knn", k=3).fit(digits.train).save(tmp_path / "knn")
+    assert main(["export", str(tmp_path / "knn")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls: error: knn models cannot be exported") and err.count("\n") == 1
+    assert main(["export", str(tmp_path / "knn"), "--int8"]) == 2
+    assert "--int8 needs --calibrate" in capsys.readouterr().err
+    assert not list(tmp_path.glob("knn/*.onnx"))
+
+
+def test_pretrained_efficientnet_exports_faithfully(tmp_path):
+    model = pretrained_model("efficientnet_lite0")
+    model.bf16 = "off"
+    onnx_model = OnnxClassifier.load(export_model(model, tmp_path / "lite0.onnx"))
+    photos = []
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.jpg", quality=95)
+        photos.append(decode_image(tmp_path / f"{name}.jpg", model.preprocessing_))
+    images = torch.from_numpy(np.stack(photos))
+    expected, got = model.logits(images).numpy(), onnx_model.logits(images)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+    top1 = [onnx_model.class_names_[i] for i in got.argmax(1)]
+    assert top1 == [model.class_names_[i] for i in expected.argmax(1)]
+    assert top1[0] in {"tabby", "tiger cat", "Egyptian cat"} and top1[1] == "espresso"
+    assert onnx_model.preprocessing_ == model.preprocessing_
