@@ -46,6 +46,11 @@ EXAMPLES = {
   imgcls data info photos/ --out photos-info""",
     "models": """examples:
   imgcls models""",
+    "serve": """examples:
+  imgcls serve                                  # the pretrained ImageNet model on http://127.0.0.1:8000
+  imgcls serve runs/cnn --port 8080             # a saved model
+  imgcls serve lite0.int8.onnx --max-batch 64   # an exported model
+  curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify""",
     "lr-find": """examples:
   imgcls lr-find fashion-mnist --model resnet20 --augment crop,flip --out runs/lr""",
 }
@@ -150,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_data_flags(info)
     info.set_defaults(handler=_data_info)
+
+    serve = _command(commands, "serve", "serve a model over HTTP: JSON API and a drag-and-drop web page")
+    serve.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                       help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=32, help="images per forward pass (1: no micro-batching)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
+    serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 503 (default: 256)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default: 20)")
+    serve.add_argument("--top-k", type=int, default=5)
+    serve.set_defaults(handler=_serve)
 
     models = _command(commands, "models", "list the models in the registry")
     models.set_defaults(handler=_models)
@@ -410,6 +427,19 @@ def _data_info(args) -> int:
     for s in info["skipped_files"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
     console.print(f"samples: {grid}\ninfo:    {out / 'info.json'}")
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from imgcls.models import resolve_model
+    from imgcls.serving.app import create_app
+    model = resolve_model(args.model)
+    app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                     max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k)
+    print(f"serving {getattr(model, 'model_name', args.model)} on http://{args.host}:{args.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
