@@ -157,6 +157,7 @@ def test_oversized_streamed_body_is_cut_off(server):
     ({"content": b"raw bytes", "headers": {"content-type": "application/octet-stream"}}, 415),
     ({"json": {"images": ["not base64!"]}}, 400),
     ({"json": {"pictures": []}}, 400),
+    ({"json": {"images": [base64.b64encode(digit_png(1)).decode()], "top_k": 0}}, 400),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
 ])
 def test_bad_requests_get_4xx_json(server, request_kwargs, status):

@@ -164,9 +164,12 @@ def _int(value, default: int) -> int:
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        raise BadInput(400, f"top_k must be a whole number, not {value!r}") from None
+        number = 0
+    if number < 1:
+        raise BadInput(400, f"top_k must be a whole number of at least 1, not {value!r}")
+    return number
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,139 @@
+"""The web page in a real headless Chromium, against the real server and the pretrained model."""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import skimage.data
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
+uvicorn = pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    """The real app on uvicorn in a thread; yields its base URL."""
+    from imgcls.models import pretrained_model
+    from imgcls.serving.app import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(pretrained_model("efficientnet_lite0")), host="127.0.0.1", port=port,
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the server did not answer /healthz within 30 s")
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def page(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def _photo(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.jpg"
+    Image.fromarray(getattr(skimage.data, name)()).save(path, quality=92)
+    return path
+
+
+def _newest(page):
+    """The newest card (cards are listed newest first)."""
+    return page.locator(".result").first
+
+
+def test_upload_errors_and_drop_in_a_real_browser(page, tmp_path):
+    sync_api.expect(page.locator("#model")).to_contain_text("efficientnet_lite0")
+    sync_api.expect(page.locator("#model")).to_contain_text("1,000 classes")
+
+    # A real photo through the file chooser: the label comes from the model, the score is a percentage.
+    page.set_input_files("input[type=file]", _photo(tmp_path, "coffee"))
+    top = _newest(page).locator(".top-label")
+    sync_api.expect(top).to_have_text("espresso")
+    score = _newest(page).locator(".top-score").inner_text()
+    assert score.endswith("%") and 50 < float(score[:-1]) <= 100
+    assert _newest(page).locator(".predictions li").count() == 5
+
+    # Text under an image name: the browser calls it image/png, so only the server can refuse it,
+    # and its JSON error must reach the card.
+    notes = tmp_path / "notes.png"
+    notes.write_text("shopping list: milk, coffee beans\n")
+    page.set_input_files("input[type=file]", notes)
+    sync_api.expect(page.locator(".result")).to_have_count(2)
+    error = _newest(page).locator(".error")
+    sync_api.expect(error).to_contain_text("not an image file")
+    assert _newest(page).locator(".top-label").count() == 0
+
+    # The page still works after the error.
+    page.set_input_files("input[type=file]", _photo(tmp_path, "chelsea"))
+    sync_api.expect(page.locator(".result")).to_have_count(3)
+    sync_api.expect(_newest(page).locator(".top-label")).to_have_text(re.compile(f"^({'|'.join(CATS)})$"))
+
+    # Drag and drop of three files at once, as a synthetic drop event carrying Files built in the page:
+    # the photo's bytes, a text file, and 25 MB of zeros under an image name. The page must refuse the
+    # last two itself, without uploading them.
+    answers = []
+    page.on("response", lambda r: answers.append(r) if r.url.endswith("/v1/classify") else None)
+    jpeg = base64.b64encode((tmp_path / "coffee.jpg").read_bytes()).decode()
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        transfer.items.add(new File(["just words"], "readme.txt", {type: "text/plain"}));
+        transfer.items.add(new File([new Uint8Array(25 * 2 ** 20)], "huge.jpg", {type: "image/jpeg"}));
+        const zone = document.querySelector(".drop");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }
+    }""", jpeg)
+    sync_api.expect(page.locator(".result")).to_have_count(6)
+    card = page.locator(".result", has_text="dropped.jpg")
+    sync_api.expect(card.locator(".top-label")).to_have_text("espresso")
+    sync_api.expect(page.locator(".result", has_text="readme.txt").locator(".error")).to_contain_text(
+        "not an image file")
+    sync_api.expect(page.locator(".result", has_text="huge.jpg").locator(".error")).to_contain_text(
+        "too large: 25.0 MB, limit 20 MB")
+    assert len(answers) == 1 and answers[0].json()["results"][0]["filename"] == "dropped.jpg"
+
+    shot = page.screenshot(path=tmp_path / "page.png", full_page=True)
+    assert shot.startswith(b"\x89PNG\r\n\x1a\n") and (tmp_path / "page.png").stat().st_size > 10_000
+    with Image.open(tmp_path / "page.png") as image:
+        assert image.width == 1100 and image.height >= 900
