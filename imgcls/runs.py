@@ -69,6 +69,12 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
         console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
         if resume and not (out / "checkpoints" / "last.safetensors").is_file():
             console.print(f"[yellow]note:[/] no checkpoint in {out}/checkpoints to resume from; starting afresh")
+    return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank)
+
+
+def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
+                   rank: int = 0, print_table: bool = True) -> RunResult | None:
+    """Fit on train (validating on val), evaluate once on test, save the model and the reports in out."""
     hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
     start = time.perf_counter()
     model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)
@@ -86,14 +92,14 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
 
     model.metrics_ = {**test_eval.headline(), **extra, "evaluated_on": f"{splits.name} test"}
     model_path = save_model(model, out)
-    info = RunInfo(title=f"{config.model} on {splits.name}", model=config.model, params=model.get_params(),
-                   dataset=splits.name, sizes=splits.summary(),
-                   timings={"fit_seconds": fit_seconds, "predict_seconds": predict_seconds},
-                   skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
-                   config=config.to_dict())
-    print_report(test_eval, info, stdout)
+    timings = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
+    info = RunInfo(title=f"{name} on {splits.name}", model=name, params=model.get_params(), dataset=splits.name,
+                   sizes=splits.summary(), timings=timings, skipped_files=[s.to_dict() for s in splits.skipped],
+                   extra_metrics=extra, config=config)
+    if print_table:
+        print_report(test_eval, info, stdout)
     paths = write_report(test_eval, info, out, images=splits.test.images, figures=figures)
-    return RunResult(out, model_path, paths, model.metrics_)
+    return RunResult(out, model_path, paths, {**model.metrics_, **timings, "macro_f1": test_eval.macro_avg["f1"]})
 
 
 def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
