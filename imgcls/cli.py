@@ -46,11 +46,17 @@ EXAMPLES = {
   imgcls data info photos/ --out photos-info""",
     "models": """examples:
   imgcls models""",
+    "compare": """examples:
+  imgcls compare fashion-mnist --models knn,linear,mlp,cnn,transfer:efficientnet_lite0 --out runs/ladder
+  imgcls compare digits --models knn,linear,mlp --epochs 5 --out runs/digits-ladder""",
     "serve": """examples:
   imgcls serve                                  # the pretrained ImageNet model on http://127.0.0.1:8000
   imgcls serve runs/cnn --port 8080             # a saved model
   imgcls serve lite0.int8.onnx --max-batch 64   # an exported model
   curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify""",
+    "tune": """examples:
+  imgcls tune fashion-mnist --model knn --grid k=1,3,5,7,9,11,15 --grid metric=l1,l2 --cv 5 --out runs/knn-tuned
+  imgcls tune digits --grid k=1,3,5 --grid weights=uniform,distance --cv 10 --seed 1 --out runs/digits-tuned""",
     "lr-find": """examples:
   imgcls lr-find fashion-mnist --model resnet20 --augment crop,flip --out runs/lr""",
 }
@@ -99,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(train)
     _add_model_flags(train)
     train.set_defaults(handler=_train)
+
+    tune = _command(commands, "tune", "choose hyperparameters by cross-validation on train+val, refit the best, "
+                    "evaluate it once on the test split")
+    tune.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    tune.add_argument("--model", default="knn", help="model to tune (default: knn; the only one for now)")
+    tune.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                      help="values to try, repeatable; keys k, metric, weights "
+                           "(default: k=1,3,5,7,9,11,15 metric=l1,l2 weights=uniform)")
+    tune.add_argument("--cv", type=int, default=5, metavar="FOLDS", help="stratified folds (default: 5)")
+    tune.add_argument("--out", default=None, help="folder for cv results, model and report (default: runs/tune-<model>)")
+    _add_data_flags(tune)
+    tune.set_defaults(handler=_tune)
 
     lr_find = _command(commands, "lr-find", "learning-rate range test: plot loss against learning rate, suggest one")
     lr_find.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
@@ -167,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default: 20)")
     serve.add_argument("--top-k", type=int, default=5)
     serve.set_defaults(handler=_serve)
+
+    comparison = _command(commands, "compare", "train several models on identical splits; one leaderboard")
+    comparison.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    comparison.add_argument("--models", required=True, help="comma-separated model names, e.g. knn,linear,mlp,cnn")
+    comparison.add_argument("--out", default="runs/compare", help="folder for the runs and compare.html")
+    comparison.add_argument("--epochs", type=int, default=None, help="epochs for every model trained by gradient descent")
+    _add_data_flags(comparison)
+    comparison.set_defaults(handler=_compare)
 
     models = _command(commands, "models", "list the models in the registry")
     models.set_defaults(handler=_models)
@@ -300,6 +326,20 @@ def _relaunch_with_torchrun(nproc: int, argv_of_this_command: list[str]) -> int:
     return subprocess.call(command)
 
 
+def _tune(args) -> int:
+    from imgcls.data.load import load_dataset
+    from imgcls.tuning import parse_grid, tune_knn
+    if args.model != "knn":
+        raise ImgclsError("tune supports --model knn for now")
+    grid = parse_grid(args.grid)   # bad keys fail before data loads
+    splits = load_dataset(args.data, _data_options(args))
+    out = Path(args.out or f"runs/tune-{args.model}")
+    result = tune_knn(splits, grid, folds=args.cv, seed=args.seed, out=out,
+                      command=" ".join(["imgcls", *args.argv]))
+    print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")
+    return 0
+
+
 def _lr_find(args) -> int:
     from imgcls.data.load import load_dataset
     from imgcls.models.registry import create_model
@@ -427,6 +467,21 @@ def _data_info(args) -> int:
     for s in info["skipped_files"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
     console.print(f"samples: {grid}\ninfo:    {out / 'info.json'}")
+    return 0
+
+
+def _compare(args) -> int:
+    from imgcls.compare import compare
+    from imgcls.models.registry import model_class
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names:
+        raise ImgclsError("--models needs at least one model name")
+    params = {}
+    for name in names:
+        own = {f.name for f in dataclasses.fields(model_class(name)) if f.init}
+        params[name] = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if k in own and v is not None}
+    compare(args.data, names, args.out, _data_options(args), params)
+    print(f"leaderboard: {Path(args.out) / 'compare.html'}")
     return 0
 
 

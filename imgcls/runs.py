@@ -27,6 +27,7 @@ from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
 from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
+from imgcls.tuning.test_log import record_test_evaluation
 
 
 @dataclass
@@ -86,6 +87,7 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
         val_eval, _ = evaluate_model(model, splits.val)
         extra["val_accuracy"] = val_eval.accuracy
     test_eval, predict_seconds = evaluate_model(model, splits.test)
+    record_test_evaluation(out, name)
     figures = {}
     if getattr(model, "history_", None):
         figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]

@@ -1,0 +1,34 @@
+"""Test-set accounting: every evaluation on a test split is recorded in its run folder.
+
+Looking at test accuracy more than once and acting on it turns the test split into a validation
+split; `test_evaluations.json` makes the count visible, so a report can say how honest its number is.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+LOG_FILE = "test_evaluations.json"
+
+
+def record_test_evaluation(out_dir: str | Path, model: str, command: str | None = None) -> int:
+    """Append {timestamp, command, model} to out_dir/test_evaluations.json; return how many are recorded."""
+    path = Path(out_dir) / LOG_FILE
+    records = test_evaluations(out_dir)
+    records.append({"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": command or shlex.join(["imgcls", *sys.argv[1:]]), "model": model})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2))
+    tmp.replace(path)
+    return len(records)
+
+
+def test_evaluations(out_dir: str | Path) -> list[dict]:
+    """The test evaluations recorded in out_dir so far (oldest first)."""
+    path = Path(out_dir) / LOG_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
