@@ -106,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(train)
     train.set_defaults(handler=_train)
 
-    tune = _command(commands, "tune", "choose hyperparameters by cross-validation on train+val, refit the best, "
-                    "evaluate it once on the test split")
+    tune = _command(commands, "tune", "choose hyperparameters on validation data (kNN: cross-validation; "
+                    "networks: random or grid search), then evaluate the best once on the test split")
     tune.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    tune.add_argument("--model", default="knn", help="model to tune (default: knn; the only one for now)")
+    tune.add_argument("--model", default="knn", help="model to tune (default: knn)")
     tune.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                      help="values to try, repeatable; keys k, metric, weights "
-                           "(default: k=1,3,5,7,9,11,15 metric=l1,l2 weights=uniform)")
-    tune.add_argument("--cv", type=int, default=5, metavar="FOLDS", help="stratified folds (default: 5)")
+                      help="values to try, repeatable; kNN keys k, metric, weights "
+                           "(default: k=1,3,5,7,9,11,15 metric=l1,l2 weights=uniform); for networks any of "
+                           "their options, e.g. lr=0.01,0.1 weight_decay=0,5e-4 dropout=0,0.3 epochs=5")
+    tune.add_argument("--cv", type=int, default=5, metavar="FOLDS", help="kNN: stratified folds (default: 5)")
+    tune.add_argument("--search", choices=["random", "grid"], default="random",
+                      help="networks: random sample of the grid or all of it (default: random)")
+    tune.add_argument("--trials", type=int, default=20, help="networks, random search: trials (default: 20)")
     tune.add_argument("--out", default=None, help="folder for cv results, model and report (default: runs/tune-<model>)")
     _add_data_flags(tune)
     tune.set_defaults(handler=_tune)
@@ -330,7 +334,7 @@ def _tune(args) -> int:
     from imgcls.data.load import load_dataset
     from imgcls.tuning import parse_grid, tune_knn
     if args.model != "knn":
-        raise ImgclsError("tune supports --model knn for now")
+        return _tune_network(args)
     grid = parse_grid(args.grid)   # bad keys fail before data loads
     splits = load_dataset(args.data, _data_options(args))
     out = Path(args.out or f"runs/tune-{args.model}")
@@ -338,6 +342,25 @@ def _tune(args) -> int:
                       command=" ".join(["imgcls", *args.argv]))
     print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")
     return 0
+
+
+def _tune_network(args) -> int:
+    from imgcls.data.load import load_dataset
+    from imgcls.tuning.search import parse_model_grid, search
+    if not hasattr(create_model_checked(args.model), "training_config"):
+        raise ImgclsError(f"tune supports knn and neural networks; {args.model!r} is neither")
+    grid = parse_model_grid(args.grid, args.model)
+    splits = load_dataset(args.data, _data_options(args))
+    out = Path(args.out or f"runs/tune-{args.model.replace(':', '-')}")
+    result = search(splits, args.model, grid, method=args.search, trials=args.trials, seed=args.seed, out=out,
+                    command=" ".join(["imgcls", *args.argv]))
+    print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")
+    return 0
+
+
+def create_model_checked(name: str):
+    from imgcls.models.registry import create_model
+    return create_model(name)
 
 
 def _lr_find(args) -> int:
