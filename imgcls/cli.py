@@ -346,8 +346,9 @@ def _tune(args) -> int:
 
 def _tune_network(args) -> int:
     from imgcls.data.load import load_dataset
+    from imgcls.models.registry import create_model
     from imgcls.tuning.search import parse_model_grid, search
-    if not hasattr(create_model_checked(args.model), "training_config"):
+    if not hasattr(create_model(args.model), "training_config"):
         raise ImgclsError(f"tune supports knn and neural networks; {args.model!r} is neither")
     grid = parse_model_grid(args.grid, args.model)
     splits = load_dataset(args.data, _data_options(args))
@@ -356,11 +357,6 @@ def _tune_network(args) -> int:
                     command=" ".join(["imgcls", *args.argv]))
     print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")
     return 0
-
-
-def create_model_checked(name: str):
-    from imgcls.models.registry import create_model
-    return create_model(name)
 
 
 def _lr_find(args) -> int:

@@ -106,7 +106,7 @@ def test_tune_cli_evaluates_test_once_and_writes_results(tmp_path, monkeypatch, 
     (["--grid", "depth=1,2"], "imgcls: error: unknown grid key 'depth' in --grid 'depth=1,2'; valid: k, metric, weights"),
     (["--grid", "metric=cosine"], "imgcls: error: unknown metric 'cosine'; valid: l2, l1"),
     (["--grid", "k=0,3"], "imgcls: error: --grid 'k=0,3': k must be positive whole numbers"),
-    (["--model", "linear"], "imgcls: error: tune supports --model knn for now"),
+    (["--model", "linear"], "imgcls: error: tune supports knn and neural networks; 'linear' is neither"),
 ])
 def test_tune_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, argv, message):
     assert main(["tune", "digits", *argv, "--out", str(tmp_path / "x")]) == 2
