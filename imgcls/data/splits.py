@@ -1,10 +1,12 @@
-"""Seeded, stratified splits and k-fold cross-validation, reproducible from the seed."""
+"""Seeded, stratified splits and k-fold cross-validation, reproducible from the seed, and the
+class-balancing weights and draws shared by every classifier trained by gradient descent."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from imgcls.data.dataset import ImageDataset
@@ -40,3 +42,24 @@ def stratified_kfold(labels, folds: int, seed: int) -> Iterator[tuple[np.ndarray
                           f"smallest class has {smallest}")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     yield from splitter.split(np.zeros(len(labels)), labels)
+
+
+def class_balance_weights(labels, n_classes: int) -> torch.Tensor:
+    """Per-class weights n_samples / (n_present_classes * count_c), as scikit-learn's
+    compute_class_weight("balanced"): every class then carries the same total weight. A class
+    absent from labels gets 0, not inf."""
+    labels = torch.as_tensor(labels).long().cpu()
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    present = counts > 0
+    weights = torch.zeros(len(counts), dtype=torch.float64)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights.float()
+
+
+def balanced_order(labels, generator: torch.Generator) -> torch.Tensor:
+    """len(labels) indices drawn with replacement, each with probability proportional to 1 / the
+    count of its class, so every class present is drawn equally often on average (an epoch of
+    an oversampling sampler, like PyTorch's WeightedRandomSampler)."""
+    labels = torch.as_tensor(labels).long().cpu()
+    weights = class_balance_weights(labels, int(labels.max()) + 1)[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)

@@ -3,6 +3,9 @@
 Two losses, as in the course: softmax (cross-entropy) and the multiclass SVM (hinge,
 sum over wrong classes of max(0, s_j - s_y + 1)), each plus reg * ||W||^2.
 Pixels are scaled to [0, 1] and centred by the training set's mean image.
+balance="weights" weights each sample's data loss by its class's balanced weight (see
+imgcls.data.splits.class_balance_weights); balance="sampler" draws each epoch with replacement,
+every class equally likely. Both are for imbalanced classes.
 For the SVM, predict_proba is the softmax of the scores: a ranking, not a calibrated probability.
 """
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models.base import Classifier
 from imgcls.models.registry import register
@@ -22,6 +26,7 @@ from imgcls.progress import progress_bar
 
 LOSSES = ("softmax", "svm")
 SCHEDULES = ("constant", "cosine")
+BALANCES = ("none", "weights", "sampler")
 
 
 @register("linear")
@@ -36,6 +41,7 @@ class LinearClassifier(Classifier):
     batch_size: int = 256
     momentum: float = 0.9
     schedule: str = "cosine"
+    balance: str = "none"
     seed: int = 0
 
     def check_params(self) -> None:
@@ -43,6 +49,8 @@ class LinearClassifier(Classifier):
             raise ImgclsError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         if self.schedule not in SCHEDULES:
             raise ImgclsError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.balance not in BALANCES:
+            raise ImgclsError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ImgclsError(f"{name} must be at least 1")
@@ -56,19 +64,21 @@ class LinearClassifier(Classifier):
         n_features, n_classes = x.shape[1], data.num_classes
         weight = (torch.randn(n_classes, n_features, generator=gen) * 1e-3).requires_grad_()
         bias = torch.zeros(n_classes, requires_grad=True)
+        class_weight = class_balance_weights(data.labels, n_classes) if self.balance == "weights" else None
         optimizer = torch.optim.SGD([weight, bias], lr=self.lr, momentum=self.momentum)
         steps_per_epoch = math.ceil(len(data) / self.batch_size)
         self.history_ = []
         with progress_bar(self.epochs, f"linear ({self.loss})") as advance:
             for epoch in range(self.epochs):
-                order = torch.randperm(len(data), generator=gen)
+                order = (balanced_order(data.labels, gen) if self.balance == "sampler"
+                         else torch.randperm(len(data), generator=gen))
                 total = 0.0
                 for step, start in enumerate(range(0, len(data), self.batch_size)):
                     for group in optimizer.param_groups:
                         group["lr"] = self._lr_at(epoch * steps_per_epoch + step, self.epochs * steps_per_epoch)
                     batch = order[start:start + self.batch_size]
                     scores = self._features(x[batch]) @ weight.T + bias
-                    loss = self._data_loss(scores, data.labels[batch]) + self.reg * weight.square().sum()
+                    loss = self._data_loss(scores, data.labels[batch], class_weight) + self.reg * weight.square().sum()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -82,12 +92,17 @@ class LinearClassifier(Classifier):
             return self.lr
         return self.lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
-    def _data_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _data_loss(self, scores: torch.Tensor, labels: torch.Tensor,
+                   class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss per sample; with class_weight, the weighted mean (as F.cross_entropy's weight)."""
         if self.loss == "softmax":
-            return F.cross_entropy(scores, labels)
+            return F.cross_entropy(scores, labels, weight=class_weight)
         correct = scores.gather(1, labels[:, None])
-        margins = (scores - correct + 1).clamp_min(0).scatter(1, labels[:, None], 0)
-        return margins.sum(1).mean()
+        margins = (scores - correct + 1).clamp_min(0).scatter(1, labels[:, None], 0).sum(1)
+        if class_weight is None:
+            return margins.mean()
+        weight = class_weight[labels]
+        return (margins * weight).sum() / weight.sum()
 
     def _features(self, flat_uint8: torch.Tensor) -> torch.Tensor:
         return flat_uint8.float() / 255 - self.mean_

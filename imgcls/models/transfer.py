@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
 from imgcls.models.knn import decide, vote
@@ -135,10 +136,13 @@ class TransferClassifier(NeuralClassifier):
         optimizer = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=200, history_size=20,
                                       line_search_fn="strong_wolfe")
         penalty = self.weight_decay or 1e-4
+        # balance=sampler weights too: a full batch drawn by the sampler has this weighted loss as its
+        # expectation, so weighting gives the same objective without the sampling noise.
+        weight = class_balance_weights(labels, n_classes) if self.balance != "none" else None
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(head(embeddings), labels, label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(head(embeddings), labels, weight=weight, label_smoothing=self.label_smoothing)
             loss = loss + penalty * head.weight.square().sum()
             loss.backward()
             return loss

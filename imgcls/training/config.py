@@ -10,6 +10,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("val_accuracy", "val_loss")
+BALANCES = ("none", "weights", "sampler")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TrainingConfig:
     step_every: int = 0              # step schedule: decay every N epochs (0: at 50% and 75%)
     gamma: float = 0.1               # step schedule: decay factor
     label_smoothing: float = 0.0
+    balance: str = "none"            # imbalanced classes: none, weights (weighted loss), sampler (oversampling)
     clip_grad: float = 0.0           # max gradient norm; 0 = off
     ema: float = 0.0                 # decay of an exponential moving average of weights; 0 = off
     augment: str = "none"            # e.g. "crop,flip" (see imgcls.training.augment)
@@ -43,6 +45,7 @@ class TrainingConfig:
                 raise ImgclsError(message)
         need(self.opt in OPTIMIZERS, f"unknown optimiser {self.opt!r}; valid: {', '.join(OPTIMIZERS)}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        need(self.balance in BALANCES, f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
         need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
         need(self.device in DEVICES or self.device.startswith("cuda:"),
              f"unknown device {self.device!r}; valid: {', '.join(DEVICES)} or cuda:N")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.training import checkpoint as ckpt
 from imgcls.training.augment import AugmentConfig, augment_batch
@@ -60,6 +61,7 @@ class Trainer:
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
+        self.class_weight = None         # balance=weights: per-class weights of the training loss
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
@@ -67,6 +69,8 @@ class Trainer:
         if resume:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
+        if self.cfg.balance == "weights":
+            self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
         self._emit("on_train_begin")
         try:
             while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -86,7 +90,7 @@ class Trainer:
         epoch, cfg = self.state.epoch, self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + self.rank)   # dropout and friends
-        order = torch.randperm(len(images), generator=gen).to(self.device)
+        order = self._epoch_order(labels, gen).to(self.device)
         self.net.train()
         total_loss, total_correct, seen = 0.0, 0, 0
         for start in range(0, len(order), cfg.batch_size):
@@ -107,7 +111,8 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with self._autocast():
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, weight=self.class_weight,
+                                   label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_grad > 0:
@@ -166,6 +171,13 @@ class Trainer:
         x = images[batch]
         x = x.float() if self.augment.is_identity else augment_batch(x, self.augment, gen)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The epoch's sample order: a shuffle, or with balance=sampler as many draws with replacement,
+        each class equally likely. Both come from gen, so resuming at epoch e replays it exactly."""
+        if self.cfg.balance == "sampler":
+            return balanced_order(labels.cpu(), gen)
+        return torch.randperm(len(labels), generator=gen)
 
     def _lr(self) -> float:
         return lr_at(min(self.state.step, self.total_steps - 1), self.total_steps, self.steps_per_epoch, self.cfg)
