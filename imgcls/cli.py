@@ -1,4 +1,4 @@
-"""The `imgcls` command line: train, eval, predict, export, data info, models.
+"""The `imgcls` command line: train, eval, predict, export, tune, compare, serve, index, search, data info, models.
 
 Flags are read here and only here, turned into typed config, and handed to the library.
 """
@@ -57,6 +57,14 @@ EXAMPLES = {
     "tune": """examples:
   imgcls tune fashion-mnist --model knn --grid k=1,3,5,7,9,11,15 --grid metric=l1,l2 --cv 5 --out runs/knn-tuned
   imgcls tune digits --grid k=1,3,5 --grid weights=uniform,distance --cv 10 --seed 1 --out runs/digits-tuned""",
+    "index": """examples:
+  imgcls index fashion-mnist --split train --out runs/fashion-index            # raw pixels, exact search
+  imgcls index photos/ --features efficientnet_lite0 --kind hnsw --out runs/photo-index
+  imgcls index more-photos/ --add --out runs/photo-index    # add images to an existing index, no rebuild""",
+    "search": """examples:
+  imgcls search runs/photo-index query.jpg -k 10 --out runs/similar     # gallery.png, gallery.html
+  imgcls search runs/fashion-index --from fashion-mnist --split test --n 8 --out runs/fashion-neighbours
+  imgcls search runs/photo-index photos/cat/1.jpg --json   # an indexed image: its neighbours, not itself""",
     "lr-find": """examples:
   imgcls lr-find fashion-mnist --model resnet20 --augment crop,flip --out runs/lr""",
 }
@@ -197,6 +205,37 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--epochs", type=int, default=None, help="epochs for every model trained by gradient descent")
     _add_data_flags(comparison)
     comparison.set_defaults(handler=_compare)
+
+    index = _command(commands, "index", "embed a dataset's images and build a similarity-search index")
+    index.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    index.add_argument("--out", required=True, metavar="INDEX", help="index folder (or .safetensors file)")
+    index.add_argument("--features", default="pixels",
+                       help="pixels, a saved network (run folder or .safetensors) or a pretrained model name "
+                            "(default: pixels)")
+    index.add_argument("--kind", choices=["exact", "hnsw"], default="exact",
+                       help="exact search, or an approximate HNSW graph (faiss) for large collections")
+    index.add_argument("--split", default=None, help="comma-separated splits to index (default: all)")
+    index.add_argument("--add", action="store_true", help="add DATA's images to the existing index at --out")
+    index.add_argument("--m", type=int, default=32, help="HNSW: links per node (default: 32)")
+    index.add_argument("--ef-construction", type=int, default=200, help="HNSW: build-time candidates (default: 200)")
+    index.add_argument("--ef-search", type=int, default=64, help="HNSW: query-time candidates (default: 64)")
+    _add_data_flags(index)
+    index.set_defaults(handler=_index)
+
+    search = _command(commands, "search", "the nearest indexed images to query images, as text, JSON and a gallery")
+    search.add_argument("index", metavar="INDEX", help="index folder or file from `imgcls index`")
+    search.add_argument("queries", metavar="IMAGE", nargs="*",
+                        help="image files, folders (searched recursively) or names of indexed items")
+    search.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
+    search.add_argument("--from", dest="from_data", default=None, metavar="DATA",
+                        help="draw queries from a dataset instead (see --split, --n)")
+    search.add_argument("--split", default="test", help="--from: the split to draw from (default: test)")
+    search.add_argument("--n", type=int, default=8, help="--from: how many queries (default: 8)")
+    search.add_argument("--seed", type=int, default=0, help="--from: seed of the draw (default: 0)")
+    search.add_argument("--ef-search", type=int, default=None, help="HNSW: query-time candidates (more: better recall)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of text")
+    search.add_argument("--out", default=None, help="folder for gallery.png, gallery.html, neighbours.json")
+    search.set_defaults(handler=_search)
 
     models = _command(commands, "models", "list the models in the registry")
     models.set_defaults(handler=_models)
@@ -514,6 +553,55 @@ def _serve(args) -> int:
                      max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k)
     print(f"serving {getattr(model, 'model_name', args.model)} on http://{args.host}:{args.port}/  (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _index(args) -> int:
+    from imgcls.similarity import ImageIndex, index_dataset, index_path
+    path = index_path(args.out, must_exist=args.add)
+    if args.add:
+        index = ImageIndex.load(path)
+    elif path.exists():
+        raise ImgclsError(f"{path} exists; add to it with --add, or choose another --out")
+    else:
+        index = ImageIndex(args.features, args.kind, args.m, args.ef_construction, args.ef_search)
+    before = len(index)
+    splits = [s.strip() for s in args.split.split(",")] if args.split else None
+    data = index_dataset(index, args.data, splits, _data_options(args))
+    index.save(path)
+    print(f"{'added' if args.add else 'indexed'} {len(index) - before:,} images of {data.name} "
+          f"({index.features}, {index.kind}); the index holds {len(index):,}: {path}")
+    return 0
+
+
+def _search(args) -> int:
+    from imgcls.similarity import ImageIndex, queries_from_dataset, queries_from_inputs, write_gallery
+    from imgcls.similarity.build import warn_unreadable
+    from imgcls.similarity.gallery import results_json
+    if args.k < 1:
+        raise ImgclsError("-k must be at least 1")
+    if bool(args.queries) == bool(args.from_data):
+        raise ImgclsError("give query images, or --from DATA to draw them from a dataset (not both)")
+    index = ImageIndex.load(args.index)
+    if args.ef_search:
+        index.ef_search = args.ef_search
+    failures = []
+    if args.from_data:
+        queries = queries_from_dataset(index, args.from_data, args.split, args.n, args.seed)
+    else:
+        queries, failures = queries_from_inputs(index, args.queries)
+    results = index.search(queries.images, args.k, queries.exclude)
+    if args.json:
+        print(json.dumps(results_json(index, queries, results), indent=2))
+    else:
+        for name, label, found in zip(queries.names, queries.labels, results):
+            print(f"{name}" + (f" ({label})" if label else ""))
+            for rank, n in enumerate(found, start=1):
+                print(f"  {rank:>3}. {n.distance:10.4g}  {n.label:<16} {n.item}")
+    warn_unreadable(failures)
+    if args.out:
+        paths = write_gallery(index, queries, results, args.out)
+        print(f"gallery: {paths['png']}  {paths['html']}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

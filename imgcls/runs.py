@@ -64,6 +64,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
 
 def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | None:
     splits = load_dataset(config.data, config.data_options)
+    if not len(splits.test):
+        raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
     if rank == 0:
         _write_config(config, out, resume)

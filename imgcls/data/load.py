@@ -77,8 +77,9 @@ def _split(name: str, train: ImageDataset, test: ImageDataset | None, options: D
            val: ImageDataset | None = None, skipped=(), source: str = "") -> DatasetSplits:
     """Carve test (if the source has none) and then val (if none) out of train, stratified and seeded."""
     check_classes(train.class_names, train.labels.numpy(), name)
-    if test is None:
-        train, test = split_dataset(train, options.test_fraction, options.seed)
+    if test is None:    # test_fraction 0: all of it stays in train (an index, say), and test is empty
+        train, test = split_dataset(train, options.test_fraction, options.seed) if options.test_fraction > 0 \
+            else (train, train.subset([]))
     if val is None and options.val_fraction > 0:
         train, val = split_dataset(train, options.val_fraction, options.seed)
     return DatasetSplits(name=name, train=train, val=val, test=test, skipped=list(skipped), source=source)

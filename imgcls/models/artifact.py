@@ -39,7 +39,13 @@ def save_model(model, path: str | Path) -> Path:
         "metrics": getattr(model, "metrics_", {}),
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    tensors = {name: t.contiguous() for name, t in model.state_tensors().items()}
+    write_safetensors(path, model.state_tensors(), metadata)
+    return path
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+    """Tensors plus JSON metadata (under the header key "imgcls"), written atomically."""
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
@@ -48,7 +54,16 @@ def save_model(model, path: str | Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def read_safetensors_metadata(path: Path) -> dict | None:
+    """The JSON metadata of a safetensors file written by write_safetensors, or None if it has none."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("imgcls")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ImgclsError(f"{path}: not a safetensors file ({exc})") from exc
+    return None if raw is None else json.loads(raw)
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -69,15 +84,12 @@ def is_saved_model(path: str | Path) -> bool:
 
 def read_metadata(path: str | Path) -> dict:
     path = resolve_model_path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("imgcls")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ImgclsError(f"{path}: not a safetensors file ({exc})") from exc
-    if raw is None:
+    metadata = read_safetensors_metadata(path)
+    if metadata is None:
         raise ImgclsError(f"{path}: a safetensors file, but not an imgcls model (no imgcls metadata)")
-    metadata = json.loads(raw)
-    if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
+    if metadata.get("format") != FORMAT:
+        raise ImgclsError(f"{path}: not an imgcls model (an {metadata.get('format', 'unknown')} file)")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ImgclsError(f"{path}: model format {metadata.get('format_version')} is newer than this imgcls "
                           f"({__version__}) reads; upgrade imgcls")
     return metadata

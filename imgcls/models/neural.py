@@ -59,6 +59,10 @@ class ImageNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalize(x))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features: the image embedding that the head classifies."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
 
 TTA_MODES = ("none", "flip")
 
@@ -137,6 +141,11 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return proba
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(images)
+
+    def _run(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
+        """Float32 outputs of forward (default: the network, giving logits) on uint8 images, in batches
+        on the model's device, with bf16 and channels_last where they are on."""
         from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last
         device = resolve_device(self.device)
         net = self.net_.to(device)
@@ -144,16 +153,13 @@ class NeuralClassifier(Classifier, TrainingConfig):
         channels_last = use_channels_last(self.channels_last, device, net, bf16)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        return predict_logits(net, images, device=device, bf16=bf16, channels_last=channels_last)
+        return predict_logits(net, images, device=device, bf16=bf16, channels_last=channels_last,
+                              forward=forward, progress=progress)
 
-    @torch.no_grad()
-    def embed(self, X, batch_size: int = 512) -> np.ndarray:
+    def embed(self, X) -> np.ndarray:
         """Pre-logit features (N, num_features): the network's image embedding."""
         images = self._images(X)
-        self.net_.eval()
-        chunks = [self.net_.forward_head(self.net_.forward_features(images[i:i + batch_size]), pre_logits=True)
-                  for i in range(0, len(images), batch_size)]
-        return torch.cat(chunks).float().numpy()
+        return self._run(images, forward=self.net_.embed).numpy()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.net_.state_dict().items()}

@@ -1,0 +1,119 @@
+"""From a dataset to an index, and from command-line queries to images: the glue under
+`imgcls index` and `imgcls search`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imgcls.data.dataset import DatasetSplits, ImageDataset
+from imgcls.data.images import UnreadableImage, decode_image
+from imgcls.data.load import DataOptions, load_dataset
+from imgcls.errors import ImgclsError
+from imgcls.progress import console, progress_bar
+from imgcls.similarity.index import ImageIndex
+
+SPLITS = ("train", "val", "test")
+
+
+def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = None,
+                  options: DataOptions | None = None) -> DatasetSplits:
+    """Add the images of source's splits (default: all of them) to index; returns the dataset."""
+    data = load_dataset(source, decode_options(index, options))
+    chosen = splits or [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))]
+    for split in chosen:
+        if split not in SPLITS:
+            raise ImgclsError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        part = getattr(data, split)
+        if part is None or not len(part):
+            raise ImgclsError(f"{source}: has no {split} split")
+        with progress_bar(len(part) if index.features != "pixels" else 0, f"embedding {split}") as advance:
+            index.add(part, item_names(data, part, split), split, progress=advance)
+    return data
+
+
+def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOptions:
+    """Decode files as the index already does, or (a new index) as its features need. Nothing is
+    carved out of a source's splits: a folder of class folders stays whole (as "train"), and a
+    dataset's images keep their numbers (fashion-mnist/train/0 is its first training image)."""
+    options = options or DataOptions()
+    options.val_fraction = options.test_fraction = 0
+    if index.preprocessing_ is not None:
+        options.size, options.channels = index.preprocessing_.size[0], index.preprocessing_.channels
+    else:
+        featurizer = index.featurizer
+        options.size = options.size or featurizer.side
+        options.channels = options.channels or featurizer.channels
+    return options
+
+
+def item_names(data: DatasetSplits, part: ImageDataset, split: str) -> list[str]:
+    """Where each image came from: its file's path, or <dataset>/<split>/<number> without files."""
+    if part.paths is None:
+        return [f"{data.name}/{split}/{i}" for i in range(len(part))]
+    root = Path(data.source)
+    root = root.parent if root.is_file() else root
+    return [str((root / p).resolve()) for p in part.paths]
+
+
+@dataclass
+class Queries:
+    names: list[str]
+    images: torch.Tensor               # uint8, decoded as the index decodes
+    labels: list[str | None]           # known for queries taken from a dataset or the index
+    exclude: list[int | None]          # an indexed item to leave out (a query that is in the index)
+
+
+def queries_from_inputs(index: ImageIndex, inputs: list[str]) -> tuple[Queries, list[tuple[str, str]]]:
+    """Image files, folders of them, or names of indexed items; returns (queries, unreadable files)."""
+    from imgcls.inference.predict import find_images
+    position = {item: i for i, item in enumerate(index.items_)}
+    names, images, labels, exclude, failures = [], [], [], [], []
+    files = [x for x in inputs if x not in position]
+    for item in (x for x in inputs if x in position):
+        names.append(item)
+        images.append(_indexed_image(index, position[item]))
+        labels.append(index.class_names_[int(index.labels_[position[item]])])
+        exclude.append(position[item])
+    for path in find_images(files) if files else []:
+        try:
+            images.append(torch.from_numpy(decode_image(path, index.preprocessing_).copy()))
+        except UnreadableImage as exc:
+            failures.append((str(path), str(exc)))
+            continue
+        names.append(str(path))
+        labels.append(None)
+        exclude.append(position.get(str(path.resolve())))
+    if not images:
+        raise ImgclsError("no readable query images" + (f" ({failures[0][0]}: {failures[0][1]})" if failures else ""))
+    return Queries(names, torch.stack(images), labels, exclude), failures
+
+
+def queries_from_dataset(index: ImageIndex, source: str, split: str, n: int, seed: int = 0) -> Queries:
+    """n images drawn at random (seeded) from a dataset's split, e.g. test images against a train index."""
+    data = load_dataset(source, decode_options(index, DataOptions()))
+    part = getattr(data, split, None) if split in SPLITS else None
+    if part is None or not len(part):
+        raise ImgclsError(f"{source}: has no {split} split")
+    chosen = sorted(random.Random(seed).sample(range(len(part)), min(n, len(part))))
+    names = item_names(data, part, split)
+    position = {item: i for i, item in enumerate(index.items_)}
+    return Queries([names[i] for i in chosen], part.images[chosen],
+                   [part.class_names[int(part.labels[i])] for i in chosen], [position.get(names[i]) for i in chosen])
+
+
+def _indexed_image(index: ImageIndex, i: int) -> torch.Tensor:
+    if index.thumbnails_ is not None:
+        return index.thumbnails_[i]
+    try:
+        return torch.from_numpy(decode_image(index.items_[i], index.preprocessing_))
+    except UnreadableImage as exc:
+        raise ImgclsError(f"{index.items_[i]}: indexed, but no longer readable ({exc})") from exc
+
+
+def warn_unreadable(failures: list[tuple[str, str]]) -> None:
+    for path, reason in failures:
+        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)

@@ -1,0 +1,242 @@
+"""A searchable collection of images: their vectors, labels and where they came from.
+
+`ImageIndex(features, kind)` embeds images with `load_features(features)` and finds the nearest
+ones to a query, by one of two searches:
+
+- exact: `ExactSearch`, the kNN classifier's kernel (int8 GEMM for pixels, exact re-rank);
+- hnsw: faiss's HNSW graph (approximate; M links per node, ef_construction and ef_search
+  candidate lists), for collections where a brute-force scan per query is too slow.
+
+Either way the reported distances are recomputed exactly from the stored vectors, so exact and
+approximate results are directly comparable. Images can be added later without a rebuild (the
+HNSW graph grows in place).
+
+The index is one .safetensors file: vectors, labels, small thumbnails for galleries and the
+serialised HNSW graph as tensors, everything else (features, paths, class names) as JSON in the
+header. Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls import __version__
+from imgcls.data.dataset import ImageDataset
+from imgcls.data.images import Preprocessing
+from imgcls.errors import ImgclsError
+from imgcls.models.artifact import read_safetensors_metadata, write_safetensors
+from imgcls.models.distance import ExactSearch
+from imgcls.similarity.features import distances_from_l2, load_features, metric_of
+
+KINDS = ("exact", "hnsw")
+INDEX_FILE = "index.safetensors"
+FORMAT, FORMAT_VERSION = "imgcls-index", 1
+THUMBNAIL_MAX_SIDE = 64      # images up to this side are stored, so galleries need no files
+
+
+@dataclass
+class Neighbour:
+    item: str          # the file's path, or "<dataset>/<split>/<number>" for in-memory datasets
+    label: str
+    split: str
+    distance: float
+    index: int
+
+    def to_dict(self) -> dict:
+        return {"item": self.item, "label": self.label, "split": self.split, "distance": self.distance}
+
+
+class ImageIndex:
+    def __init__(self, features: str = "pixels", kind: str = "exact", m: int = 32, ef_construction: int = 200,
+                 ef_search: int = 64):
+        if kind not in KINDS:
+            raise ImgclsError(f"unknown index kind {kind!r}; valid: {', '.join(KINDS)}")
+        if min(m, ef_construction, ef_search) < 1:
+            raise ImgclsError("HNSW settings m, ef_construction and ef_search must be at least 1")
+        self.features, self.kind = features, kind
+        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        self.vectors_: torch.Tensor | None = None
+        self.labels_ = torch.empty(0, dtype=torch.int64)
+        self.class_names_: list[str] = []
+        self.items_: list[str] = []
+        self.splits_: list[str] = []
+        self.thumbnails_: torch.Tensor | None = None
+        self.preprocessing_: Preprocessing | None = None
+        self._featurizer = None
+        self._search = None
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+    @property
+    def featurizer(self):
+        if self._featurizer is None:
+            self._featurizer = load_features(self.features)
+        return self._featurizer
+
+    @property
+    def metric(self) -> str:
+        return metric_of(self.features)
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, data: ImageDataset, items: list[str], split: str, progress=None) -> ImageIndex:
+        """Embed data's images and append them with their item names, labels and split."""
+        if len(items) != len(data):
+            raise ImgclsError(f"{len(items)} item names for {len(data)} images")
+        if not len(data):
+            return self
+        if self.preprocessing_ is None:
+            self.preprocessing_ = data.preprocessing
+        elif data.preprocessing.size != self.preprocessing_.size or \
+                data.preprocessing.channels != self.preprocessing_.channels:
+            raise ImgclsError(f"images of {data.preprocessing.channels}x{data.preprocessing.size} cannot join an "
+                              f"index of {self.preprocessing_.channels}x{self.preprocessing_.size}")
+        vectors = self.featurizer.vectors(data.images, progress=progress).contiguous()
+        self.vectors_ = vectors if self.vectors_ is None else torch.cat([self.vectors_, vectors])
+        self.labels_ = torch.cat([self.labels_, self._merge_classes(data)])
+        self.items_ += list(items)
+        self.splits_ += [split] * len(data)
+        if max(self.preprocessing_.size) <= THUMBNAIL_MAX_SIDE:
+            self.thumbnails_ = data.images.clone() if self.thumbnails_ is None \
+                else torch.cat([self.thumbnails_, data.images])
+        self._grow_search(vectors)
+        return self
+
+    def _merge_classes(self, data: ImageDataset) -> torch.Tensor:
+        """data's labels in this index's class numbering; new classes are appended."""
+        for name in data.class_names:
+            if name not in self.class_names_:
+                self.class_names_.append(name)
+        remap = torch.tensor([self.class_names_.index(n) for n in data.class_names], dtype=torch.int64)
+        return remap[data.labels]
+
+    def _grow_search(self, new_vectors: torch.Tensor) -> None:
+        if self.kind == "exact":
+            self._search = None          # rebuilt lazily over all vectors: a flat scan has no structure
+            return
+        if self._search is None:
+            self._search = _new_hnsw(new_vectors.shape[1], self.m, self.ef_construction)
+        self._search.add(_float32(new_vectors))
+
+    # -- searching --------------------------------------------------------------------------
+    def search(self, images: torch.Tensor, k: int = 10, exclude: list[int | None] | None = None
+               ) -> list[list[Neighbour]]:
+        """The k nearest indexed images to each query image (uint8, decoded like the index)."""
+        return self.search_vectors(self.featurizer.vectors(images), k, exclude)
+
+    def search_vectors(self, queries: torch.Tensor, k: int = 10, exclude: list[int | None] | None = None
+                       ) -> list[list[Neighbour]]:
+        """Neighbours of query vectors; exclude[i] is an indexed item to leave out of query i's answer."""
+        distances, indices = self.nearest(queries, k + (exclude is not None))
+        results = []
+        for row, (dist, idx) in enumerate(zip(distances.tolist(), indices.tolist())):
+            skip = exclude[row] if exclude is not None else None
+            pairs = [(d, i) for d, i in zip(dist, idx) if i != skip and i >= 0][:k]
+            results.append([Neighbour(self.items_[i], self.class_names_[int(self.labels_[i])], self.splits_[i], d, i)
+                             for d, i in pairs])
+        return results
+
+    def nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances float64 (Q, k), indices int64 (Q, k)) of query vectors (for pixels: the images),
+        nearest first; -1 pads missing ones."""
+        if not len(self):
+            raise ImgclsError("the index is empty")
+        k = min(k, len(self))
+        if self.kind == "exact":
+            if self._search is None:
+                self._search = ExactSearch(self.vectors_, "l2")
+            l2, indices = self._search.search(queries, k)
+        else:
+            self._search.hnsw.efSearch = max(self.ef_search, k)
+            _, found = self._search.search(_float32(queries), k)
+            l2, indices = _exact_l2(self.vectors_, queries, torch.from_numpy(found))
+        return distances_from_l2(l2, self.metric), indices
+
+    # -- saving -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = index_path(path, must_exist=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"vectors": self.vectors_, "labels": self.labels_,
+                   "splits": torch.tensor([self._split_names.index(s) for s in self.splits_], dtype=torch.uint8)}
+        if self.thumbnails_ is not None:
+            tensors["thumbnails"] = self.thumbnails_
+        if self.kind == "hnsw":
+            import faiss
+            tensors["hnsw"] = torch.from_numpy(faiss.serialize_index(self._search))
+        write_safetensors(path, tensors, self._metadata())
+        return path
+
+    @property
+    def _split_names(self) -> list[str]:
+        return sorted(set(self.splits_))
+
+    def _metadata(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
+                "features": self.features, "metric": self.metric, "kind": self.kind,
+                "hnsw": {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search},
+                "preprocessing": self.preprocessing_.to_dict(), "class_names": self.class_names_,
+                "split_names": self._split_names, "items": self.items_,
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImageIndex:
+        from safetensors.torch import load_file
+        path = index_path(path)
+        meta = read_safetensors_metadata(path)
+        if not meta or meta.get("format") != FORMAT:
+            raise ImgclsError(f"{path}: not an imgcls index (build one with `imgcls index`)")
+        if meta["format_version"] > FORMAT_VERSION:
+            raise ImgclsError(f"{path}: index format {meta['format_version']} is newer than this imgcls reads")
+        tensors = load_file(str(path))
+        index = cls(meta["features"], meta["kind"], **meta["hnsw"])
+        index.vectors_, index.labels_ = tensors["vectors"], tensors["labels"]
+        index.class_names_, index.items_ = list(meta["class_names"]), list(meta["items"])
+        index.splits_ = [meta["split_names"][i] for i in tensors["splits"].tolist()]
+        index.thumbnails_ = tensors.get("thumbnails")
+        index.preprocessing_ = Preprocessing.from_dict(meta["preprocessing"])
+        if index.kind == "hnsw":
+            import faiss
+            index._search = faiss.deserialize_index(tensors["hnsw"].numpy())
+        return index
+
+
+def index_path(path: str | Path, must_exist: bool = True) -> Path:
+    """An index file (.safetensors), or a folder holding index.safetensors."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors":
+        path = path / INDEX_FILE
+    if must_exist and not path.is_file():
+        raise ImgclsError(f"{path}: no index there (build one with `imgcls index DATA --out FOLDER`)")
+    return path
+
+
+def _new_hnsw(dim: int, m: int, ef_construction: int):
+    import faiss
+    graph = faiss.IndexHNSWFlat(dim, m)
+    graph.hnsw.efConstruction = ef_construction
+    return graph
+
+
+def _float32(vectors: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(vectors.reshape(len(vectors), -1).numpy(), dtype=np.float32)
+
+
+def _exact_l2(reference: torch.Tensor, queries: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Euclidean distances of the found candidates (-1: none), re-sorted nearest first."""
+    queries = queries.reshape(len(queries), -1)
+    # uint8 differences square and sum exactly in int32 up to 33,000 dimensions (255^2 * 33,000 < 2^31).
+    wide = torch.float64 if reference.is_floating_point() else \
+        torch.int32 if queries.shape[1] < 33_000 else torch.int64
+    l2 = torch.empty(found.shape, dtype=torch.float64)
+    for start in range(0, len(queries), 1024):
+        rows = slice(start, start + 1024)
+        diff = reference[found[rows].clamp(min=0)].to(wide) - queries[rows, None, :].to(wide)
+        l2[rows] = diff.square().sum(-1).to(torch.float64).sqrt()
+    l2 = l2.masked_fill(found < 0, float("inf"))
+    order = l2.argsort(dim=1, stable=True)
+    return l2.gather(1, order), found.gather(1, order)
