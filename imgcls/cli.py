@@ -65,6 +65,12 @@ EXAMPLES = {
   imgcls search runs/photo-index query.jpg -k 10 --out runs/similar     # gallery.png, gallery.html
   imgcls search runs/fashion-index --from fashion-mnist --split test --n 8 --out runs/fashion-neighbours
   imgcls search runs/photo-index photos/cat/1.jpg --json   # an indexed image: its neighbours, not itself""",
+    "doctor": """examples:
+  imgcls doctor photos/                                  # photos-doctor/doctor.html, doctor.json
+  imgcls doctor photos/ --fail-on leakage,corrupt        # exit status 1 when either has findings (CI)
+  imgcls doctor photos/ --quarantine ../photos-quarantine   # move unreadable files and redundant byte copies
+  imgcls doctor fashion-mnist --near 0.04 --out runs/fashion-doctor
+  imgcls doctor photos/ --features efficientnet_lite0 --near 0.02   # near-duplicates by embedding""",
     "lr-find": """examples:
   imgcls lr-find fashion-mnist --model resnet20 --augment crop,flip --out runs/lr""",
 }
@@ -236,6 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
     search.add_argument("--out", default=None, help="folder for gallery.png, gallery.html, neighbours.json")
     search.set_defaults(handler=_search)
+
+    doctor = _command(commands, "doctor", "check a dataset: unreadable files, wrong extensions, duplicates, "
+                      "near-duplicates, leakage between splits, class balance")
+    doctor.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    doctor.add_argument("--out", default=None, help="folder for doctor.json and doctor.html (default: ./<name>-doctor)")
+    doctor.add_argument("--features", default="pixels",
+                        help="what near-duplicates are compared on: pixels, a saved network or a pretrained model "
+                             "name (default: pixels)")
+    doctor.add_argument("--near", type=float, default=None, metavar="THRESHOLD",
+                        help="near-duplicate limit: RMS pixel difference on a 0..1 scale for pixels (default: 0.03), "
+                             "cosine distance for a network's embeddings (default: 0.02)")
+    doctor.add_argument("--neighbours", type=int, default=10, help="nearest images searched per image (default: 10)")
+    doctor.add_argument("--imbalance", type=float, default=3.0, metavar="RATIO",
+                        help="warn when train's largest class is over RATIO times its smallest (default: 3)")
+    doctor.add_argument("--tiny", type=int, default=10, metavar="N",
+                        help="warn about classes with fewer than N training images (default: 10)")
+    doctor.add_argument("--fail-on", default=None, metavar="CHECKS",
+                        help="exit with status 1 when any of these checks has findings: comma list of corrupt, "
+                             "mismatch, duplicates, near-duplicates, leakage, imbalance, tiny, or any")
+    doctor.add_argument("--quarantine", default=None, metavar="DIR",
+                        help="move unreadable files and the redundant byte-identical copies (a train copy stays) "
+                             "into DIR, keeping their relative paths, logged in DIR/quarantine.json; "
+                             "near-duplicates are reported, never moved")
+    _add_data_flags(doctor)
+    doctor.set_defaults(handler=_doctor)
 
     models = _command(commands, "models", "list the models in the registry")
     models.set_defaults(handler=_models)
@@ -603,6 +634,33 @@ def _search(args) -> int:
         paths = write_gallery(index, queries, results, args.out)
         print(f"gallery: {paths['png']}  {paths['html']}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _doctor(args) -> int:
+    from imgcls.doctor import (DoctorOptions, check_quarantine, diagnose, parse_fail_on, print_report, quarantine,
+                               write_report)
+    if args.strict:
+        raise ImgclsError("--strict does not apply to doctor: it reports unreadable files instead of stopping")
+    if args.neighbours < 1 or args.tiny < 0 or args.imbalance < 1 or (args.near is not None and args.near < 0):
+        raise ImgclsError("--neighbours must be at least 1, --imbalance at least 1, --tiny and --near at least 0")
+    options = DoctorOptions(features=args.features, near=args.near, neighbours=args.neighbours,
+                            imbalance=args.imbalance, tiny=args.tiny, fail_on=parse_fail_on(args.fail_on))
+    if args.quarantine:
+        check_quarantine(args.data, args.quarantine)
+    report = diagnose(args.data, _data_options(args), options)
+    paths = write_report(report, Path(args.out or f"{report.name.replace('/', '_')}-doctor"))
+    print_report(report)
+    print(f"report: {paths['html']}  {paths['json']}")
+    if args.quarantine:
+        moves = quarantine(report, args.quarantine)
+        for move in moves:
+            print(f"moved {move.source} -> {move.target} ({move.reason})")
+        print(f"quarantine: {len(moves)} file(s) moved" + (f", listed in {Path(args.quarantine) / 'quarantine.json'}"
+                                                         if moves else ""))
+    failed = report.failed()
+    if failed:
+        print(f"imgcls doctor: failing checks: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _models(args) -> int:

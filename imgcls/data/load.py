@@ -50,17 +50,42 @@ def load_dataset(source: str | Path, options: DataOptions | None = None) -> Data
     if not path.exists():
         names = ", ".join(NAMED_DATASETS)
         raise ImgclsError(f"{source}: no such file or folder (named datasets: {names})")
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise ImgclsError(f"{path}: a dataset file must be a .csv manifest (path,label[,split])")
-        return _load_manifest(path, options)
-    if cifar_kind(path):
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise ImgclsError(f"{path}: a dataset file must be a .csv manifest (path,label[,split])")
+    if path.is_dir() and cifar_kind(path):
         return _load_cifar(path, options)
-    if is_idx_folder(path):
+    if path.is_dir() and is_idx_folder(path):
         return _load_idx(path, _named_for_folder(path), options)
+    return _load_files(path, options)
+
+
+@dataclass
+class DatasetFiles:
+    """A dataset made of image files, before decoding: paths are named relative to root."""
+
+    classes: list[str]
+    lists: dict[str, FileList]   # per split as the source gives it; "all" when it gives none
+    root: Path
+
+
+def dataset_files(source: str | Path) -> DatasetFiles | None:
+    """The files of a manifest, train/val/test folders or class folders; None for any other source."""
+    path = Path(source).expanduser()
+    if not path.exists() or (path.is_file() and path.suffix.lower() != ".csv"):
+        return None
+    if path.is_file():
+        return DatasetFiles(*read_manifest(path), path.parent)
+    if cifar_kind(path) or is_idx_folder(path):
+        return None
     if (path / "train").is_dir() and (path / "test").is_dir():
-        return _load_split_folders(path, options)
-    return _load_class_folder(path, options)
+        classes, train_files = list_class_folders(path / "train")
+        lists = {"train": train_files}
+        for split in ("val", "test"):
+            if (path / split).is_dir():
+                lists[split] = _files_with_known_classes(path / split, classes)
+        return DatasetFiles(classes, lists, path)
+    classes, files = list_class_folders(path)
+    return DatasetFiles(classes, {"all": files}, path)
 
 
 def from_arrays(train_x, train_y, test_x=None, test_y=None, class_names=None, *, name: str = "arrays",
@@ -126,21 +151,17 @@ def _file_options(options: DataOptions) -> dict:
     return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict)
 
 
-def _load_class_folder(root: Path, options: DataOptions) -> DatasetSplits:
-    classes, files = list_class_folders(root)
-    data, skipped, _ = decode_file_lists({"all": files}, classes, root, **_file_options(options))
-    return _split(root.name, data["all"], None, options, skipped=skipped, source=str(root))
-
-
-def _load_split_folders(root: Path, options: DataOptions) -> DatasetSplits:
-    classes, train_files = list_class_folders(root / "train")
-    lists = {"train": train_files}
-    for split in ("val", "test"):
-        if (root / split).is_dir():
-            lists[split] = _files_with_known_classes(root / split, classes)
-    data, skipped, _ = decode_file_lists(lists, classes, root, **_file_options(options))
-    return _split(root.name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
-                  source=str(root))
+def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
+    files = dataset_files(path)
+    data, skipped, _ = decode_file_lists(files.lists, files.classes, files.root, **_file_options(options))
+    name = path.stem if path.is_file() else path.name
+    if "all" in data:
+        return _split(name, data["all"], None, options, skipped=skipped, source=str(path))
+    if "train" not in data or "test" not in data:
+        raise ImgclsError(f"{path}: a manifest with a split column needs train and test rows "
+                          f"(valid splits: {', '.join(SPLIT_NAMES)})")
+    return _split(name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
+                  source=str(path))
 
 
 def _files_with_known_classes(folder: Path, classes: list[str]) -> FileList:
@@ -150,15 +171,3 @@ def _files_with_known_classes(folder: Path, classes: list[str]) -> FileList:
         raise ImgclsError(f"{folder}: unknown label(s) not in train/: {', '.join(unknown)}")
     remap = [classes.index(name) for name in split_classes]
     return FileList(files.paths, [remap[label] for label in files.labels])
-
-
-def _load_manifest(csv_path: Path, options: DataOptions) -> DatasetSplits:
-    classes, lists = read_manifest(csv_path)
-    data, skipped, _ = decode_file_lists(lists, classes, csv_path.parent, **_file_options(options))
-    if "all" in data:
-        return _split(csv_path.stem, data["all"], None, options, skipped=skipped, source=str(csv_path))
-    if "train" not in data or "test" not in data:
-        raise ImgclsError(f"{csv_path}: a manifest with a split column needs train and test rows "
-                          f"(valid splits: {', '.join(SPLIT_NAMES)})")
-    return _split(csv_path.stem, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
-                  source=str(csv_path))
