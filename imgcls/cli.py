@@ -215,16 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     index = _command(commands, "index", "embed a dataset's images and build a similarity-search index")
     index.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
     index.add_argument("--out", required=True, metavar="INDEX", help="index folder (or .safetensors file)")
-    index.add_argument("--features", default="pixels",
+    index.add_argument("--features", default=None,
                        help="pixels, a saved network (run folder or .safetensors) or a pretrained model name "
                             "(default: pixels)")
-    index.add_argument("--kind", choices=["exact", "hnsw"], default="exact",
-                       help="exact search, or an approximate HNSW graph (faiss) for large collections")
+    index.add_argument("--kind", choices=["exact", "hnsw"], default=None,
+                       help="exact search (default), or an approximate HNSW graph (faiss) for large collections")
     index.add_argument("--split", default=None, help="comma-separated splits to index (default: all)")
-    index.add_argument("--add", action="store_true", help="add DATA's images to the existing index at --out")
-    index.add_argument("--m", type=int, default=32, help="HNSW: links per node (default: 32)")
-    index.add_argument("--ef-construction", type=int, default=200, help="HNSW: build-time candidates (default: 200)")
-    index.add_argument("--ef-search", type=int, default=64, help="HNSW: query-time candidates (default: 64)")
+    index.add_argument("--add", action="store_true",
+                       help="add DATA's images to the existing index at --out (those it holds are skipped)")
+    index.add_argument("--m", type=int, default=None, help="HNSW: links per node (default: 32)")
+    index.add_argument("--ef-construction", type=int, default=None, help="HNSW: build-time candidates (default: 200)")
+    index.add_argument("--ef-search", type=int, default=None, help="HNSW: query-time candidates (default: 64)")
     _add_data_flags(index)
     index.set_defaults(handler=_index)
 
@@ -587,20 +588,31 @@ def _serve(args) -> int:
     return 0
 
 
+_INDEX_SETTINGS = {"features": "pixels", "kind": "exact", "m": 32, "ef_construction": 200, "ef_search": 64}
+
+
 def _index(args) -> int:
     from imgcls.similarity import ImageIndex, index_dataset, index_path
     path = index_path(args.out, must_exist=args.add)
+    given = {key: getattr(args, key) for key in _INDEX_SETTINGS if getattr(args, key) is not None}
     if args.add:
         index = ImageIndex.load(path)
+        differing = [f"--{k.replace('_', '-')} {v} (the index has {getattr(index, k)})" for k, v in given.items()
+                     if k != "features" and v != getattr(index, k)]
+        if "features" in given and given["features"] != index.features and \
+                ImageIndex(given["features"]).featurizer.spec != index.features:
+            differing.append(f"--features {given['features']} (the index has {index.features})")
+        if differing:
+            raise ImgclsError(f"--add keeps the index's settings; drop {', '.join(differing)}")
     elif path.exists():
         raise ImgclsError(f"{path} exists; add to it with --add, or choose another --out")
     else:
-        index = ImageIndex(args.features, args.kind, args.m, args.ef_construction, args.ef_search)
-    before = len(index)
+        index = ImageIndex(**{**_INDEX_SETTINGS, **given})
     splits = [s.strip() for s in args.split.split(",")] if args.split else None
-    data = index_dataset(index, args.data, splits, _data_options(args))
+    result = index_dataset(index, args.data, splits, _data_options(args))
     index.save(path)
-    print(f"{'added' if args.add else 'indexed'} {len(index) - before:,} images of {data.name} "
+    already = f" ({result.skipped:,} already there, skipped)" if result.skipped else ""
+    print(f"{'added' if args.add else 'indexed'} {result.added:,} images of {result.data.name}{already} "
           f"({index.features}, {index.kind}); the index holds {len(index):,}: {path}")
     return 0
 
@@ -609,8 +621,8 @@ def _search(args) -> int:
     from imgcls.similarity import ImageIndex, queries_from_dataset, queries_from_inputs, write_gallery
     from imgcls.similarity.build import warn_unreadable
     from imgcls.similarity.gallery import results_json
-    if args.k < 1:
-        raise ImgclsError("-k must be at least 1")
+    if args.k < 1 or args.n < 1:
+        raise ImgclsError("-k and --n must be at least 1")
     if bool(args.queries) == bool(args.from_data):
         raise ImgclsError("give query images, or --from DATA to draw them from a dataset (not both)")
     index = ImageIndex.load(args.index)
@@ -629,6 +641,8 @@ def _search(args) -> int:
             print(f"{name}" + (f" ({label})" if label else ""))
             for rank, n in enumerate(found, start=1):
                 print(f"  {rank:>3}. {n.distance:10.4g}  {n.label:<16} {n.item}")
+            if not found:
+                print("  (no other indexed images)")
     warn_unreadable(failures)
     if args.out:
         paths = write_gallery(index, queries, results, args.out)
@@ -648,7 +662,7 @@ def _doctor(args) -> int:
     if args.quarantine:
         check_quarantine(args.data, args.quarantine)
     report = diagnose(args.data, _data_options(args), options)
-    paths = write_report(report, Path(args.out or f"{report.name.replace('/', '_')}-doctor"))
+    paths = write_report(report, _doctor_out(args.out, args.data, report.name))
     print_report(report)
     print(f"report: {paths['html']}  {paths['json']}")
     if args.quarantine:
@@ -661,6 +675,17 @@ def _doctor(args) -> int:
     if failed:
         print(f"imgcls doctor: failing checks: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _doctor_out(out: str | None, data: str, name: str) -> Path:
+    """--out, or ./<name>-doctor unless that lies inside the dataset folder (where it would become a class)."""
+    if out:
+        return Path(out)
+    default = Path(f"{name.replace('/', '_')}-doctor")
+    source = Path(data).expanduser()
+    if source.is_dir() and default.resolve().is_relative_to(source.resolve()):
+        raise ImgclsError(f"the default report folder {default} lies inside the dataset; choose one with --out")
+    return default
 
 
 def _models(args) -> int:

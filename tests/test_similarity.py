@@ -75,7 +75,7 @@ def test_models_without_an_embedding_are_refused(digits, tmp_path):
     create_model("knn").fit(digits.train).save(tmp_path / "knn")
     with pytest.raises(ImgclsError, match="no image embedding"):
         load_features(str(tmp_path / "knn"))
-    with pytest.raises(ImgclsError, match="use pixels, a saved network"):
+    with pytest.raises(ImgclsError, match="features must be pixels, a saved network"):
         load_features("no-such-model")
 
 
@@ -210,3 +210,82 @@ def test_pretrained_embeddings_find_the_same_photo(tmp_path, capsys):
     assert neighbours[0]["label"] == "chelsea" and neighbours[0]["distance"] < 0.2
     assert neighbours[1]["distance"] > 2 * neighbours[0]["distance"]
     assert ImageIndex.load(out).metric == "cosine"
+
+
+def _rectangles(root, write_image, count: int = 4, shape=(12, 20)):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        for i in range(count):
+            write_image(root / name / f"{name}{i}.png", rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+    return root
+
+
+def test_cli_index_keeps_the_resize_policy_and_non_square_sizes(tmp_path, capsys, write_image):
+    data = _rectangles(tmp_path / "rect", write_image)
+    out = tmp_path / "index"
+    assert main(["index", str(data), "--out", str(out), "--image-size", "8", "--resize", "pad"]) == 0
+    assert ImageIndex.load(out).preprocessing_.resize == "pad"
+    capsys.readouterr()
+    copy = write_image(tmp_path / "copy.png", np.asarray(Image.open(data / "a" / "a1.png")))
+    assert main(["search", str(out), str(copy), "-k", "1", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)[0]["neighbours"][0]
+    assert found["item"].endswith("a/a1.png") and found["distance"] == 0
+
+    wide = tmp_path / "wide-index"
+    assert main(["index", str(data), "--out", str(wide)]) == 0            # 12x20 kept as it is
+    more = _rectangles(tmp_path / "more", write_image, count=1)
+    (more / "a" / "a0.png").rename(more / "a" / "new.png")
+    assert main(["index", str(more), "--add", "--out", str(wide)]) == 0
+    assert "added 2 images" in capsys.readouterr().out and ImageIndex.load(wide).preprocessing_.size == (12, 20)
+
+
+def test_cli_add_skips_what_the_index_holds_and_keeps_its_settings(shapes, tmp_path, capsys):
+    out = tmp_path / "index"
+    assert main(["index", str(shapes), "--out", str(out), "--kind", "hnsw", "--m", "8"]) == 0
+    assert main(["index", str(shapes), "--add", "--out", str(out)]) == 0
+    assert "added 0 images of shapes (18 already there, skipped)" in capsys.readouterr().out
+    assert len(ImageIndex.load(out)) == 18
+    assert main(["index", str(shapes), "--add", "--out", str(out), "--kind", "exact", "--m", "8"]) == 2
+    assert "--add keeps the index's settings; drop --kind exact (the index has hnsw)" in capsys.readouterr().err
+    assert main(["search", str(out), str(shapes / "top" / "top0.png"), "--from", "digits"]) == 2
+    assert main(["search", str(out), "--from", "digits", "--n", "0"]) == 2
+    assert "--n must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_indexes_a_flat_folder_or_a_single_class(tmp_path, capsys, write_image):
+    flat = tmp_path / "holiday"
+    for i in range(3):
+        write_image(flat / f"p{i}.png", np.full((8, 8), 60 * i, dtype=np.uint8))
+    assert main(["index", str(flat), "--out", str(tmp_path / "flat")]) == 0
+    assert ImageIndex.load(tmp_path / "flat").class_names_ == ["holiday"]
+    single = tmp_path / "single"
+    write_image(single / "cats" / "c.png", np.zeros((8, 8), dtype=np.uint8))
+    assert main(["index", str(single), "--out", str(tmp_path / "flat"), "--add"]) == 0
+    assert "added 1 images" in capsys.readouterr().out
+    assert ImageIndex.load(tmp_path / "flat").class_names_ == ["holiday", "cats"]
+
+
+def test_a_changed_or_missing_features_model_is_a_clear_error(digits, tmp_path):
+    first = create_model("mlp", epochs=1, hidden="16", bf16="off").fit(digits.train)
+    first.save(tmp_path / "net")
+    index = ImageIndex(str(tmp_path / "net")).add(digits.test, [str(i) for i in range(len(digits.test))], "test")
+    assert index.features == str((tmp_path / "net" / "model.safetensors").resolve())
+    index.save(tmp_path / "index")
+    assert len(ImageIndex.load(tmp_path / "index").search(digits.test.images[:2], 3)[0]) == 3
+    create_model("mlp", epochs=1, hidden="16", bf16="off", seed=1).fit(digits.train).save(tmp_path / "net")
+    with pytest.raises(ImgclsError, match="has changed since this index was built"):
+        ImageIndex.load(tmp_path / "index").search(digits.test.images[:2], 3)
+    (tmp_path / "net" / "model.safetensors").unlink()
+    with pytest.raises(ImgclsError, match="was built with features .* which are gone"):
+        ImageIndex.load(tmp_path / "index").search(digits.test.images[:2], 3)
+
+
+def test_network_features_of_non_square_images(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (40, 1, 12, 20), dtype=np.uint8), np.arange(40) % 2
+    net = create_model("mlp", epochs=1, hidden="8", bf16="off").fit(images, labels)
+    net.save(tmp_path / "net")
+    features = load_features(str(tmp_path / "net"))
+    assert features.vectors(torch.from_numpy(images[:5])).shape == (5, 8)
+    rgb_large = torch.from_numpy(rng.integers(0, 255, (3, 3, 24, 40), dtype=np.uint8))
+    assert features.vectors(rgb_large).shape == (3, 8)      # adapted to 1x12x20 inside

@@ -85,6 +85,7 @@ class DatasetSplits:
     val: ImageDataset | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = ""
+    preprocessing: Preprocessing | None = None    # how files were decoded (None: in-memory images)
 
     @property
     def class_names(self) -> list[str]:

@@ -87,8 +87,10 @@ def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList]]:
 
 def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: Path, *,
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
-                      strict: bool) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
-    """Probe every file, choose one preprocessing for all of them, decode them into memory."""
+                      strict: bool, preprocessing: Preprocessing | None = None, check: bool = True
+                      ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
+    """Probe every file, choose one preprocessing for all of them (unless given), decode them into
+    memory. check: refuse class sets no classifier can learn from (fewer than 2, or empty)."""
     everything = [p for fl in lists.values() for p in fl.paths]
     with progress_bar(len(everything), "scanning images") as advance:
         probes, skipped = {}, []
@@ -100,7 +102,7 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
             advance()
     if not probes:
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
-    prep = choose_preprocessing(list(probes.values()), size, channels, resize)
+    prep = preprocessing or choose_preprocessing(list(probes.values()), size, channels, resize)
     datasets = {}
     for split, fl in lists.items():
         readable = [i for i, p in enumerate(fl.paths) if p in probes]
@@ -113,7 +115,7 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
                                        [relative_name(paths[i], root) for i in ok])
     report_skipped(skipped, strict)
     for split in ("all", "train"):
-        if split in datasets:
+        if split in datasets and check:
             check_classes(class_names, datasets[split].labels.numpy(), str(root))
     return datasets, skipped, prep
 

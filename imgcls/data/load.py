@@ -22,6 +22,7 @@ import numpy as np
 from imgcls.data.dataset import DatasetSplits, ImageDataset, check_classes
 from imgcls.data.files import SPLIT_NAMES, FileList, decode_file_lists, list_class_folders, read_manifest
 from imgcls.data.formats import cifar_kind, is_idx_folder, read_cifar, read_idx_split
+from imgcls.data.images import Preprocessing
 from imgcls.data.named import NAMED_DATASETS, locate
 from imgcls.data.splits import split_dataset
 from imgcls.errors import ImgclsError
@@ -40,6 +41,9 @@ class DataOptions:
     strict: bool = False           # unreadable files are an error instead of a warning
     coarse: bool = False           # CIFAR-100: the 20 superclasses instead of the 100 classes
     download: bool = True
+    preprocessing: Preprocessing | None = None   # decode files exactly so (a model's, an index's); wins over size...
+    any_classes: bool = False      # accept one class, empty classes and a flat folder (indexing and checking
+                                   # a dataset need no classifier); a flat folder is one class named after it
 
 
 def load_dataset(source: str | Path, options: DataOptions | None = None) -> DatasetSplits:
@@ -68,9 +72,10 @@ class DatasetFiles:
     root: Path
 
 
-def dataset_files(source: str | Path) -> DatasetFiles | None:
-    """The files of a manifest, train/val/test folders or class folders; None for any other source."""
-    path = Path(source).expanduser()
+def dataset_files(source: str | Path, flat_ok: bool = False) -> DatasetFiles | None:
+    """The files of a manifest, train/val/test folders or class folders (with flat_ok, also a folder
+    of images without class folders: one class named after it); None for any other source."""
+    path = Path(source).expanduser().resolve()
     if not path.exists() or (path.is_file() and path.suffix.lower() != ".csv"):
         return None
     if path.is_file():
@@ -84,6 +89,9 @@ def dataset_files(source: str | Path) -> DatasetFiles | None:
             if (path / split).is_dir():
                 lists[split] = _files_with_known_classes(path / split, classes)
         return DatasetFiles(classes, lists, path)
+    if flat_ok and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return DatasetFiles([path.name], {"all": FileList(files, [0] * len(files))}, path)
     classes, files = list_class_folders(path)
     return DatasetFiles(classes, {"all": files}, path)
 
@@ -101,7 +109,8 @@ def from_arrays(train_x, train_y, test_x=None, test_y=None, class_names=None, *,
 def _split(name: str, train: ImageDataset, test: ImageDataset | None, options: DataOptions, *,
            val: ImageDataset | None = None, skipped=(), source: str = "") -> DatasetSplits:
     """Carve test (if the source has none) and then val (if none) out of train, stratified and seeded."""
-    check_classes(train.class_names, train.labels.numpy(), name)
+    if not options.any_classes:
+        check_classes(train.class_names, train.labels.numpy(), name)
     if test is None:    # test_fraction 0: all of it stays in train (an index, say), and test is empty
         train, test = split_dataset(train, options.test_fraction, options.seed) if options.test_fraction > 0 \
             else (train, train.subset([]))
@@ -148,20 +157,24 @@ def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> 
 
 
 def _file_options(options: DataOptions) -> dict:
-    return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict)
+    return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict,
+                preprocessing=options.preprocessing, check=not options.any_classes)
 
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
-    files = dataset_files(path)
-    data, skipped, _ = decode_file_lists(files.lists, files.classes, files.root, **_file_options(options))
-    name = path.stem if path.is_file() else path.name
+    files = dataset_files(path, flat_ok=options.any_classes)
+    data, skipped, prep = decode_file_lists(files.lists, files.classes, files.root, **_file_options(options))
+    name = path.resolve().stem if path.is_file() else path.resolve().name
     if "all" in data:
-        return _split(name, data["all"], None, options, skipped=skipped, source=str(path))
-    if "train" not in data or "test" not in data:
+        splits = _split(name, data["all"], None, options, skipped=skipped, source=str(path))
+    elif "train" not in data or "test" not in data:
         raise ImgclsError(f"{path}: a manifest with a split column needs train and test rows "
                           f"(valid splits: {', '.join(SPLIT_NAMES)})")
-    return _split(name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
-                  source=str(path))
+    else:
+        splits = _split(name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
+                        source=str(path))
+    splits.preprocessing = prep
+    return splits
 
 
 def _files_with_known_classes(folder: Path, classes: list[str]) -> FileList:

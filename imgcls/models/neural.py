@@ -141,9 +141,9 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return proba
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run(images)
+        return self.run_network(images)
 
-    def _run(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
+    def run_network(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
         """Float32 outputs of forward (default: the network, giving logits) on uint8 images, in batches
         on the model's device, with bf16 and channels_last where they are on."""
         from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last
@@ -159,7 +159,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
     def embed(self, X) -> np.ndarray:
         """Pre-logit features (N, num_features): the network's image embedding."""
         images = self._images(X)
-        return self._run(images, forward=self.net_.embed).numpy()
+        return self.run_network(images, forward=self.net_.embed).numpy()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.net_.state_dict().items()}

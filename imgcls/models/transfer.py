@@ -36,18 +36,22 @@ MODES = ("probe", "knn", "finetune")
 
 
 class Adapter(nn.Module):
-    """Grayscale -> 3 channels, and any size -> size x size (bilinear with antialiasing)."""
+    """Images of any channels and size -> `channels` (grayscale repeated, or RGB averaged) at size
+    (a side, or height and width; bilinear with antialiasing)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int | tuple[int, int], channels: int = 3):
         super().__init__()
-        self.size = size
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() if not x.is_floating_point() else x
-        if x.shape[1] == 1:
+        if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        elif x.shape[1] == 3 and self.channels == 1:
+            x = x.mean(1, keepdim=True)
+        if tuple(x.shape[2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
         return x
 
 
@@ -94,6 +98,8 @@ class TransferClassifier(NeuralClassifier):
             raise ImgclsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.input_size < 0 or self.k < 1 or self.head_epochs < 0 or not 0 <= self.body_lr <= 1:
             raise ImgclsError("need input_size >= 0, k >= 1, head_epochs >= 0 and 0 <= body_lr <= 1")
+        if self.mode == "knn" and self.balance != "none":
+            raise ImgclsError("balance does not apply to mode knn (a vote of neighbours has no loss to weight)")
         from imgcls.models.pretrained import PRETRAINED
         if self.backbone not in PRETRAINED:
             raise ImgclsError(f"no pretrained backbone {self.backbone!r}; available: {', '.join(PRETRAINED)}")

@@ -19,34 +19,47 @@ from imgcls.similarity.index import ImageIndex
 SPLITS = ("train", "val", "test")
 
 
+@dataclass
+class Added:
+    data: DatasetSplits
+    added: int
+    skipped: int          # images already in the index (same file, or same dataset item)
+
+
 def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = None,
-                  options: DataOptions | None = None) -> DatasetSplits:
-    """Add the images of source's splits (default: all of them) to index; returns the dataset."""
+                  options: DataOptions | None = None) -> Added:
+    """Add the images of source's splits (default: all of them) to index, except those it holds."""
     data = load_dataset(source, decode_options(index, options))
     chosen = splits or [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))]
+    held, added, skipped = set(index.items_), 0, 0
     for split in chosen:
         if split not in SPLITS:
             raise ImgclsError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         part = getattr(data, split)
         if part is None or not len(part):
-            raise ImgclsError(f"{source}: has no {split} split")
+            raise ImgclsError(f"{source}: has no {split} split{_SPLIT_HINT}")
+        names = item_names(data, part, split)
+        new = [i for i, name in enumerate(names) if name not in held]
+        skipped += len(names) - len(new)
+        part, names = part.subset(new), [names[i] for i in new]
         with progress_bar(len(part) if index.features != "pixels" else 0, f"embedding {split}") as advance:
-            index.add(part, item_names(data, part, split), split, progress=advance)
-    return data
+            index.add(part, names, split, progress=advance, preprocessing=data.preprocessing)
+        added += len(part)
+    return Added(data, added, skipped)
+
+
+_SPLIT_HINT = " (an index keeps the splits a source has; a folder without train/test folders is all 'train')"
 
 
 def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOptions:
     """Decode files as the index already does, or (a new index) as its features need. Nothing is
     carved out of a source's splits: a folder of class folders stays whole (as "train"), and a
-    dataset's images keep their numbers (fashion-mnist/train/0 is its first training image)."""
+    dataset's images keep their numbers (fashion-mnist/train/0 is its first training image).
+    Labels are optional: one class or a flat folder of images is fine."""
     options = options or DataOptions()
     options.val_fraction = options.test_fraction = 0
-    if index.preprocessing_ is not None:
-        options.size, options.channels = index.preprocessing_.size[0], index.preprocessing_.channels
-    else:
-        featurizer = index.featurizer
-        options.size = options.size or featurizer.side
-        options.channels = options.channels or featurizer.channels
+    options.any_classes = True
+    options.preprocessing = index.preprocessing_ or index.featurizer.preprocessing
     return options
 
 
@@ -54,9 +67,9 @@ def item_names(data: DatasetSplits, part: ImageDataset, split: str) -> list[str]
     """Where each image came from: its file's path, or <dataset>/<split>/<number> without files."""
     if part.paths is None:
         return [f"{data.name}/{split}/{i}" for i in range(len(part))]
-    root = Path(data.source)
+    root = Path(data.source).expanduser().resolve()
     root = root.parent if root.is_file() else root
-    return [str((root / p).resolve()) for p in part.paths]
+    return [str(root / p) for p in part.paths]
 
 
 @dataclass
@@ -94,10 +107,16 @@ def queries_from_inputs(index: ImageIndex, inputs: list[str]) -> tuple[Queries, 
 
 def queries_from_dataset(index: ImageIndex, source: str, split: str, n: int, seed: int = 0) -> Queries:
     """n images drawn at random (seeded) from a dataset's split, e.g. test images against a train index."""
+    if n < 1:
+        raise ImgclsError("--n must be at least 1")
     data = load_dataset(source, decode_options(index, DataOptions()))
     part = getattr(data, split, None) if split in SPLITS else None
     if part is None or not len(part):
-        raise ImgclsError(f"{source}: has no {split} split")
+        raise ImgclsError(f"{source}: has no {split} split{_SPLIT_HINT}")
+    if tuple(part.images.shape[1:]) != (index.preprocessing_.channels, *index.preprocessing_.size):
+        raise ImgclsError(f"{source} holds images of {'x'.join(map(str, part.images.shape[1:]))}, the index "
+                          f"{index.preprocessing_.channels}x{index.preprocessing_.size[0]}x"
+                          f"{index.preprocessing_.size[1]}: query it with images like the indexed ones")
     chosen = sorted(random.Random(seed).sample(range(len(part)), min(n, len(part))))
     names = item_names(data, part, split)
     position = {item: i for i, item in enumerate(index.items_)}

@@ -2,8 +2,9 @@
 
 `load_features(spec)` is the one way in: "pixels", a saved network (run folder or .safetensors
 file) or a pretrained model name (efficientnet_lite0...). Every kind answers the same questions:
-which decoding suits it (`side`, `channels`), how to turn uint8 images (N, C, H, W) into vectors,
-and which distance compares them (`metric`).
+how files are decoded for it (`preprocessing`; None: the dataset's own choice), how uint8 images
+(N, C, H, W) become vectors, which distance compares them (`metric`), and what identifies it
+(`fingerprint`, checked when an index is reopened).
 
 - pixels: the uint8 pixels themselves, compared by L2 (the course's kNN on raw pixels).
 - a network: its pre-logit embedding, made unit-length and compared by cosine distance
@@ -12,11 +13,13 @@ and which distance compares them (`metric`).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 
 PIXELS = "pixels"
@@ -26,47 +29,53 @@ METRICS = ("l2", "cosine")
 class PixelFeatures:
     spec = PIXELS
     metric = "l2"
-    side: int | None = None          # decode at the dataset's own size (see choose_preprocessing)
-    channels: int | None = None
+    preprocessing: Preprocessing | None = None    # decode as the dataset's own images (choose_preprocessing)
 
     def vectors(self, images: torch.Tensor, progress=None) -> torch.Tensor:
         return images.reshape(len(images), -1)
 
+    def fingerprint(self) -> dict:
+        return {}
+
 
 class EmbeddingFeatures:
-    """A network's pre-logit embedding of images resized to the network's input size."""
+    """A network's pre-logit embedding of images brought to the network's input channels and size."""
 
     metric = "cosine"
 
-    def __init__(self, spec: str, model):
+    def __init__(self, spec: str, model, model_file: Path | None = None):
         if not hasattr(model, "net_") or not hasattr(model.net_, "embed"):
             raise ImgclsError(f"{spec}: a {getattr(model, 'model_name', type(model).__name__)} model has no image "
-                              "embedding; use --features pixels, a trained network or a pretrained model name")
-        self.spec, self.model = spec, model
-        self.side, self.channels = model.preprocessing_.size[0], model.preprocessing_.channels
+                              "embedding; use pixels, a trained network or a pretrained model name")
+        self.spec, self.model, self.model_file = spec, model, model_file
+        self.preprocessing = model.preprocessing_     # files are decoded exactly as the network expects
 
     def vectors(self, images: torch.Tensor, progress=None) -> torch.Tensor:
         from imgcls.models.transfer import Adapter
-        adapt = Adapter(self.side)
-        net = self.model.net_
+        adapt, net = Adapter(self.preprocessing.size, self.preprocessing.channels), self.model.net_
+        embeddings = self.model.run_network(images, forward=lambda x: net.embed(adapt(x)), progress=progress)
+        return F.normalize(embeddings, dim=1)
 
-        def embed(x: torch.Tensor) -> torch.Tensor:
-            x = adapt(x)
-            if self.channels == 1 and x.shape[1] == 3:
-                x = x.mean(1, keepdim=True)
-            return net.embed(x)
-        return F.normalize(self.model._run(images, forward=embed, progress=progress), dim=1)
+    def fingerprint(self) -> dict:
+        """What identifies the network, so an index notices when the file behind it changes."""
+        if self.model_file is None:
+            return {}
+        return {"model_sha256": hashlib.sha256(self.model_file.read_bytes()).hexdigest()}
 
 
 def load_features(spec: str) -> PixelFeatures | EmbeddingFeatures:
-    """Features named by spec: "pixels", a saved network, or a pretrained model name."""
+    """Features named by spec: "pixels", a saved network (file or run folder) or a pretrained model name."""
     if spec == PIXELS:
         return PixelFeatures()
+    from imgcls.models.artifact import is_saved_model, resolve_model_path
     from imgcls.models.pretrained import PRETRAINED, resolve_model
-    if spec not in PRETRAINED and not Path(spec).expanduser().exists():
-        raise ImgclsError(f"--features {spec}: use pixels, a saved network (file or run folder) or a pretrained "
+    if spec in PRETRAINED:
+        return EmbeddingFeatures(spec, resolve_model(spec))
+    if not is_saved_model(spec):
+        raise ImgclsError(f"{spec}: features must be pixels, a saved network (file or run folder) or a pretrained "
                           f"model ({', '.join(PRETRAINED)})")
-    return EmbeddingFeatures(spec, resolve_model(spec))
+    path = resolve_model_path(spec)
+    return EmbeddingFeatures(str(path.resolve()), resolve_model(str(path)), path)
 
 
 def metric_of(spec: str) -> str:

@@ -11,9 +11,9 @@ Either way the reported distances are recomputed exactly from the stored vectors
 approximate results are directly comparable. Images can be added later without a rebuild (the
 HNSW graph grows in place).
 
-The index is one .safetensors file: vectors, labels, small thumbnails for galleries and the
-serialised HNSW graph as tensors, everything else (features, paths, class names) as JSON in the
-header. Nothing is unpickled on load.
+The index is one .safetensors file: vectors, labels, item names (paths), small thumbnails for
+galleries and the serialised HNSW graph as tensors; the features (with the network file's
+SHA-256), preprocessing and class names as JSON in the header. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class ImageIndex:
         self.splits_: list[str] = []
         self.thumbnails_: torch.Tensor | None = None
         self.preprocessing_: Preprocessing | None = None
+        self.fingerprint_: dict | None = None     # the features' identity when the index was built
         self._featurizer = None
         self._search = None
 
@@ -76,7 +77,16 @@ class ImageIndex:
     @property
     def featurizer(self):
         if self._featurizer is None:
-            self._featurizer = load_features(self.features)
+            try:
+                featurizer = load_features(self.features)
+            except ImgclsError as exc:
+                if not len(self):
+                    raise
+                raise ImgclsError(f"this index was built with features {self.features}, which are gone: {exc}") from exc
+            if self.fingerprint_ is not None and featurizer.fingerprint() != self.fingerprint_:
+                raise ImgclsError(f"{self.features} has changed since this index was built; rebuild the index")
+            self._featurizer, self.features = featurizer, featurizer.spec
+            self.fingerprint_ = featurizer.fingerprint()
         return self._featurizer
 
     @property
@@ -84,18 +94,20 @@ class ImageIndex:
         return metric_of(self.features)
 
     # -- building ---------------------------------------------------------------------------
-    def add(self, data: ImageDataset, items: list[str], split: str, progress=None) -> ImageIndex:
-        """Embed data's images and append them with their item names, labels and split."""
+    def add(self, data: ImageDataset, items: list[str], split: str, progress=None,
+            preprocessing: Preprocessing | None = None) -> ImageIndex:
+        """Embed data's images and append them with their item names, labels and split.
+        preprocessing: how data's files were decoded (default: in-memory images of data's shape);
+        every image of an index is decoded the same way."""
         if len(items) != len(data):
             raise ImgclsError(f"{len(items)} item names for {len(data)} images")
+        already = set(self.items_) & set(items)
+        if already or len(set(items)) < len(items):
+            raise ImgclsError(f"item names must be unique: {len(already) or len(items) - len(set(items))} already "
+                              f"taken, e.g. {sorted(already)[0] if already else items[0]}")
         if not len(data):
             return self
-        if self.preprocessing_ is None:
-            self.preprocessing_ = data.preprocessing
-        elif data.preprocessing.size != self.preprocessing_.size or \
-                data.preprocessing.channels != self.preprocessing_.channels:
-            raise ImgclsError(f"images of {data.preprocessing.channels}x{data.preprocessing.size} cannot join an "
-                              f"index of {self.preprocessing_.channels}x{self.preprocessing_.size}")
+        self._check_preprocessing(preprocessing or data.preprocessing)
         vectors = self.featurizer.vectors(data.images, progress=progress).contiguous()
         self.vectors_ = vectors if self.vectors_ is None else torch.cat([self.vectors_, vectors])
         self.labels_ = torch.cat([self.labels_, self._merge_classes(data)])
@@ -106,6 +118,13 @@ class ImageIndex:
                 else torch.cat([self.thumbnails_, data.images])
         self._grow_search(vectors)
         return self
+
+    def _check_preprocessing(self, prep: Preprocessing) -> None:
+        if self.preprocessing_ is None:
+            self.preprocessing_ = prep
+        elif prep != self.preprocessing_:
+            raise ImgclsError(f"images decoded as {_describe(prep)} cannot join an index of images decoded as "
+                              f"{_describe(self.preprocessing_)}")
 
     def _merge_classes(self, data: ImageDataset) -> torch.Tensor:
         """data's labels in this index's class numbering; new classes are appended."""
@@ -146,6 +165,9 @@ class ImageIndex:
         nearest first; -1 pads missing ones."""
         if not len(self):
             raise ImgclsError("the index is empty")
+        if queries[0].numel() != self.vectors_.shape[1]:
+            raise ImgclsError(f"queries give vectors of {queries[0].numel()} values, the index holds "
+                              f"{self.vectors_.shape[1]}: were they decoded like the index's images?")
         k = min(k, len(self))
         if self.kind == "exact":
             if self._search is None:
@@ -161,7 +183,7 @@ class ImageIndex:
     def save(self, path: str | Path) -> Path:
         path = index_path(path, must_exist=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"vectors": self.vectors_, "labels": self.labels_,
+        tensors = {"vectors": self.vectors_, "labels": self.labels_, "items": _encode(self.items_),
                    "splits": torch.tensor([self._split_names.index(s) for s in self.splits_], dtype=torch.uint8)}
         if self.thumbnails_ is not None:
             tensors["thumbnails"] = self.thumbnails_
@@ -177,10 +199,10 @@ class ImageIndex:
 
     def _metadata(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
-                "features": self.features, "metric": self.metric, "kind": self.kind,
+                "features": self.features, "fingerprint": self.fingerprint_, "metric": self.metric, "kind": self.kind,
                 "hnsw": {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search},
                 "preprocessing": self.preprocessing_.to_dict(), "class_names": self.class_names_,
-                "split_names": self._split_names, "items": self.items_,
+                "split_names": self._split_names, "count": len(self),
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     @classmethod
@@ -195,7 +217,8 @@ class ImageIndex:
         tensors = load_file(str(path))
         index = cls(meta["features"], meta["kind"], **meta["hnsw"])
         index.vectors_, index.labels_ = tensors["vectors"], tensors["labels"]
-        index.class_names_, index.items_ = list(meta["class_names"]), list(meta["items"])
+        index.class_names_, index.items_ = list(meta["class_names"]), _decode(tensors["items"])
+        index.fingerprint_ = meta.get("fingerprint")
         index.splits_ = [meta["split_names"][i] for i in tensors["splits"].tolist()]
         index.thumbnails_ = tensors.get("thumbnails")
         index.preprocessing_ = Preprocessing.from_dict(meta["preprocessing"])
@@ -213,6 +236,21 @@ def index_path(path: str | Path, must_exist: bool = True) -> Path:
     if must_exist and not path.is_file():
         raise ImgclsError(f"{path}: no index there (build one with `imgcls index DATA --out FOLDER`)")
     return path
+
+
+def _describe(prep: Preprocessing) -> str:
+    h, w = prep.size
+    return f"{prep.channels}x{h}x{w} ({prep.resize}, crop {prep.crop_pct:g}, {prep.interpolation})"
+
+
+def _encode(items: list[str]) -> torch.Tensor:
+    """Item names as one uint8 tensor of NUL-separated UTF-8 (paths never hold NUL): unlike the JSON
+    header, which safetensors caps at 100 MB, a tensor holds millions of paths."""
+    return torch.frombuffer(bytearray("\0".join(items).encode("utf-8", "surrogateescape")), dtype=torch.uint8)
+
+
+def _decode(tensor: torch.Tensor) -> list[str]:
+    return bytes(tensor.numpy()).decode("utf-8", "surrogateescape").split("\0")
 
 
 def _new_hnsw(dim: int, m: int, ef_construction: int):
