@@ -200,3 +200,43 @@ def test_near_pairs_match_brute_force(kind):
         found = near_pairs(vectors, limit, k)
         assert {(i, j) for i, j, _ in found} == expected
         assert [d for *_, d in found] == pytest.approx([reference[i, j] for i, j, _ in found], rel=1e-5)
+
+
+def test_classes_too_small_to_split_or_all_corrupt_are_findings_not_errors(tmp_path, write_image, capsys):
+    root = tmp_path / "small"
+    for i in range(6):
+        write_image(root / "many" / f"m{i}.png", noise(i))
+    write_image(root / "single" / "s0.png", noise(50))                   # 1 image: cannot be split
+    (root / "broken").mkdir()
+    (root / "broken" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")   # only file unreadable
+    report = diagnose(root, DataOptions(), DoctorOptions(tiny=3))
+    assert "cannot split as `imgcls train` would" in report.split_note
+    assert report.tiny_classes == {"single": 1, "broken": 0}
+    assert [f.path for f in report.unreadable] == ["broken/b.png"]
+    assert main(["doctor", str(root), "--out", str(tmp_path / "r"), "--fail-on", "tiny"]) == 1
+    tiny = json.loads((tmp_path / "r" / "doctor.json").read_text())["checks"]["tiny"]
+    assert tiny["status"] == "FAIL" and "too few to split" in tiny["summary"]
+
+
+def test_a_manifest_listing_a_file_twice_is_a_label_conflict_not_a_copy(tmp_path, write_image, capsys):
+    for i in range(6):
+        write_image(tmp_path / "img" / f"{i}.png", noise(i))
+    rows = [f"img/{i}.png,{'ab'[i % 2]}" for i in range(6)] + ["img/0.png,b"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    report = diagnose(tmp_path / "labels.csv", DataOptions(val_fraction=0, test_fraction=0))
+    [group] = report.duplicates
+    assert group.conflicting and {r.label for r in group.images} == {"a", "b"}
+    assert main(["doctor", str(tmp_path / "labels.csv"), "--val-fraction", "0", "--test-fraction", "0",
+                 "--out", str(tmp_path / "r"), "--quarantine", str(tmp_path / "q")]) == 0
+    assert "conflicting labels" in capsys.readouterr().out.replace("\n", " ")
+    assert (tmp_path / "img" / "0.png").exists() and not (tmp_path / "q" / "img" / "0.png").exists()
+
+
+def test_default_report_folder_is_named_after_the_dataset(tmp_path, write_image, monkeypatch):
+    for i in range(6):
+        write_image(tmp_path / "pets" / "ab"[i % 2] / f"{i}.png", noise(i))
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor", "pets", "--val-fraction", "0"]) == 0
+    assert (tmp_path / "pets-doctor" / "doctor.html").is_file()
+    monkeypatch.chdir(tmp_path / "pets")
+    assert main(["doctor", ".", "--val-fraction", "0"]) == 2          # ./pets-doctor would become a class

@@ -113,8 +113,14 @@ class DuplicateGroup:
     def leaked(self) -> bool:
         return "-" in self.splits
 
+    @property
+    def conflicting(self) -> bool:
+        """The same picture under different labels: one of them is wrong."""
+        return len({r.label for r in self.images}) > 1
+
     def to_dict(self) -> dict:
-        return {"splits": self.splits, "same_bytes": self.same_bytes, "images": [r.to_dict() for r in self.images]}
+        return {"splits": self.splits, "same_bytes": self.same_bytes, "conflicting_labels": self.conflicting,
+                "images": [r.to_dict() for r in self.images]}
 
 
 @dataclass
@@ -171,6 +177,7 @@ class DoctorReport:
     files: list[FileRecord] | None = None       # None: not a dataset of files
     source_splits: tuple[str, ...] = ()         # the splits a file source names itself
     images: torch.Tensor | None = field(default=None, repr=False)   # all splits, rows as ImageRef.row
+    split_problem: str = ""                     # why the splits training would draw could not be drawn
 
     @property
     def leakage(self) -> list[DuplicateGroup | NearPair]:
@@ -188,6 +195,8 @@ class DoctorReport:
 
     @property
     def split_note(self) -> str:
+        if self.split_problem:
+            return self.split_problem
         o = self.data_options
         given = f"the source gives {', '.join(self.source_splits)}; " if self.source_splits else ""
         return (f"splits as `imgcls train` draws them (seed {o.seed}, val fraction {o.val_fraction}, test fraction "
@@ -250,9 +259,18 @@ def parse_fail_on(text: str | None) -> tuple[str, ...]:
 def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | None = None,
              options: DoctorOptions | None = None) -> DoctorReport:
     """Load the dataset as training would and run every check; unreadable files are findings, never fatal."""
-    options, data_options = options or DoctorOptions(), replace(data_options or DataOptions(), strict=False)
-    files = None if isinstance(source, DatasetSplits) else dataset_files(source)
-    splits = source if isinstance(source, DatasetSplits) else load_dataset(source, data_options)
+    options = options or DoctorOptions()
+    data_options = replace(data_options or DataOptions(), strict=False, any_classes=True)
+    files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True)
+    split_problem = ""
+    if isinstance(source, DatasetSplits):
+        splits = source
+    else:
+        try:
+            splits = load_dataset(source, data_options)
+        except ImgclsError as exc:     # e.g. a class of 1 image cannot be split: report it, check the rest
+            split_problem = f"cannot split as `imgcls train` would ({exc}); checked as one training set"
+            splits = load_dataset(source, replace(data_options, val_fraction=0, test_fraction=0))
     refs, images = decoded_images(splits)
     records = scan_files(files, splits) if files else None
     duplicates, near, scale, threshold = find_duplicates(refs, images, records, options)
@@ -261,7 +279,7 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
         scale=scale, near=threshold, sizes=splits.summary(), image_shape=tuple(images.shape[1:]),
         class_counts={s: getattr(splits, s).class_counts() for s in splits.summary()},
         duplicates=duplicates, near_duplicates=near, files=records, images=images,
-        source_splits=tuple(s for s in SPLIT_NAMES if files and s in files.lists))
+        source_splits=tuple(s for s in SPLIT_NAMES if files and s in files.lists), split_problem=split_problem)
     if records is not None:
         report.unreadable, report.mismatched = file_issues(records, splits)
     return report
@@ -424,8 +442,11 @@ def _mismatch_result(r: DoctorReport) -> CheckResult:
 def _duplicates_result(r: DoctorReport) -> CheckResult:
     copies = sum(len(g.images) - 1 for g in r.duplicates)
     detail = f": {_by_splits(r.duplicates)}" if r.duplicates else ""
+    conflicting = sum(g.conflicting for g in r.duplicates)
+    labels = f"; {conflicting:,} with conflicting labels" if conflicting else ""
     return CheckResult("duplicates", len(r.duplicates),
-                       f"{_n(len(r.duplicates), 'group')} of identical images, {_n(copies, 'redundant copy')}{detail}")
+                       f"{_n(len(r.duplicates), 'group')} of identical images, {_n(copies, 'redundant copy')}"
+                       f"{detail}{labels}")
 
 
 def _near_result(r: DoctorReport) -> CheckResult:
@@ -455,7 +476,8 @@ def _tiny_result(r: DoctorReport) -> CheckResult:
     tiny = r.tiny_classes
     listed = ", ".join(f"{name} ({n})" for name, n in sorted(tiny.items(), key=lambda kv: kv[1]))
     return CheckResult("tiny", len(tiny), f"{_n(len(tiny), 'class')} under {r.options.tiny} training images"
-                                          + (f": {listed}" if tiny else ""))
+                                          + (f": {listed}" if tiny else "")
+                                          + (" (too few to split as training would)" if r.split_problem else ""))
 
 
 # -- fixes, on request only -----------------------------------------------------------------------
@@ -490,7 +512,8 @@ def quarantine_plan(report: DoctorReport, folder: str | Path) -> list[Move]:
             copies[by_name[ref.name].sha256].append(ref)
         for same in copies.values():
             keep = min(same, key=lambda ref: (ref.split != "train", ref.name))
-            moves.update({ref.name: f"byte-identical copy of {keep.name}" for ref in same if ref is not keep})
+            # a manifest may list one file twice: that is one file, never a copy of itself
+            moves.update({ref.name: f"byte-identical copy of {keep.name}" for ref in same if ref.name != keep.name})
     folder = Path(folder).expanduser().resolve()
     return [Move(by_name[name].path.resolve(), folder / _inside(name), reason)
             for name, reason in sorted(moves.items()) if by_name[name].path.exists()]

@@ -59,7 +59,7 @@ def _ref(ref) -> str:
 
 def _group_text(group: DuplicateGroup) -> str:
     same = {True: " [same bytes]", False: " [same pixels, different bytes]", None: ""}[group.same_bytes]
-    return "  =  ".join(_ref(r) for r in group.images) + same
+    return "  =  ".join(_ref(r) for r in group.images) + same + (" [conflicting labels]" if group.conflicting else "")
 
 
 def _split(split: str | None) -> str:
