@@ -612,7 +612,7 @@ def _index(args) -> int:
     result = index_dataset(index, args.data, splits, _data_options(args))
     index.save(path)
     already = f" ({result.skipped:,} already there, skipped)" if result.skipped else ""
-    print(f"{'added' if args.add else 'indexed'} {result.added:,} images of {result.data.name}{already} "
+    print(f"{'added' if args.add else 'indexed'} {result.added:,} images of {result.name}{already} "
           f"({index.features}, {index.kind}); the index holds {len(index):,}: {path}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +290,21 @@ def test_network_features_of_non_square_images(tmp_path):
     assert features.vectors(torch.from_numpy(images[:5])).shape == (5, 8)
     rgb_large = torch.from_numpy(rng.integers(0, 255, (3, 3, 24, 40), dtype=np.uint8))
     assert features.vectors(rgb_large).shape == (3, 8)      # adapted to 1x12x20 inside
+
+
+def test_known_decoding_streams_files_in_chunks(shapes, tmp_path, capsys, write_image, monkeypatch):
+    import imgcls.similarity.build as build
+    out = tmp_path / "index"
+    assert main(["index", str(shapes), "--out", str(out)]) == 0
+    monkeypatch.setattr(build, "STREAM_CHUNK", 4)
+    more = tmp_path / "more"
+    for i in range(7):
+        write_image(more / ("left" if i % 2 else "right") / f"{i}.png", np.full((16, 16), 20 * i, dtype=np.uint8))
+    (more / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    assert main(["index", str(more), "--add", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "added 7 images" in captured.out and "broken.png" in captured.err
+    index = ImageIndex.load(out)
+    added = {Path(item).name: index.class_names_[int(label)] for item, label in zip(index.items_, index.labels_)
+             if Path(item).parent.parent == more.resolve()}
+    assert added == {f"{i}.png": "left" if i % 2 else "right" for i in range(7)}

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from imgcls.data.dataset import DatasetSplits, ImageDataset
-from imgcls.data.images import UnreadableImage, decode_image
-from imgcls.data.load import DataOptions, load_dataset
+from imgcls.data.dataset import DatasetSplits, ImageDataset, SkippedFile, relative_name
+from imgcls.data.files import report_skipped
+from imgcls.data.images import UnreadableImage, decode_image, decode_many
+from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.progress import console, progress_bar
 from imgcls.similarity.index import ImageIndex
@@ -19,25 +20,32 @@ from imgcls.similarity.index import ImageIndex
 SPLITS = ("train", "val", "test")
 
 
+STREAM_CHUNK = 512      # files decoded and embedded at a time when the decoding is known up front
+
+
 @dataclass
 class Added:
-    data: DatasetSplits
+    name: str             # the dataset's
     added: int
     skipped: int          # images already in the index (same file, or same dataset item)
 
 
 def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = None,
                   options: DataOptions | None = None) -> Added:
-    """Add the images of source's splits (default: all of them) to index, except those it holds."""
-    data = load_dataset(source, decode_options(index, options))
-    chosen = splits or [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))]
+    """Add the images of source's splits (default: all of them) to index, except those it holds.
+
+    Files whose decoding is known up front (a network's preprocessing, or the index's own) are
+    decoded and embedded a chunk at a time, so a large photo collection never sits in memory
+    at the network's size; otherwise (pixels, first build) the dataset is loaded as for training."""
+    options = decode_options(index, options)
+    files = dataset_files(source, flat_ok=True)
+    if files is not None and options.preprocessing is not None:
+        return _index_files(index, files, splits, options)
+    data = load_dataset(source, options)
     held, added, skipped = set(index.items_), 0, 0
-    for split in chosen:
-        if split not in SPLITS:
-            raise ImgclsError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    for split in _chosen(splits, [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))],
+                         source):
         part = getattr(data, split)
-        if part is None or not len(part):
-            raise ImgclsError(f"{source}: has no {split} split{_SPLIT_HINT}")
         names = item_names(data, part, split)
         new = [i for i, name in enumerate(names) if name not in held]
         skipped += len(names) - len(new)
@@ -45,7 +53,37 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
         with progress_bar(len(part) if index.features != "pixels" else 0, f"embedding {split}") as advance:
             index.add(part, names, split, progress=advance, preprocessing=data.preprocessing)
         added += len(part)
-    return Added(data, added, skipped)
+    return Added(data.name, added, skipped)
+
+
+def _index_files(index: ImageIndex, files: DatasetFiles, splits: list[str] | None, options: DataOptions) -> Added:
+    lists = {("train" if split == "all" else split): fl for split, fl in files.lists.items()}
+    held, added, skipped, unreadable = set(index.items_), 0, 0, []
+    for split in _chosen(splits, list(lists), str(files.root)):
+        todo = [(str(files.root / relative_name(path, files.root)), path, label)
+                for path, label in zip(lists[split].paths, lists[split].labels)]
+        skipped += sum(name in held for name, _, _ in todo)
+        todo = [entry for entry in todo if entry[0] not in held]
+        with progress_bar(len(todo), f"embedding {split}") as advance:
+            for start in range(0, len(todo), STREAM_CHUNK):
+                chunk = todo[start:start + STREAM_CHUNK]
+                images, ok, bad = decode_many([path for _, path, _ in chunk], options.preprocessing)
+                unreadable += [SkippedFile(relative_name(path, files.root), reason) for path, reason in bad]
+                part = ImageDataset(images, [chunk[i][2] for i in ok], files.classes)
+                index.add(part, [chunk[i][0] for i in ok], split, preprocessing=options.preprocessing)
+                added += len(ok)
+                advance(len(chunk))
+    report_skipped(unreadable, options.strict)
+    return Added(files.root.name, added, skipped)
+
+
+def _chosen(splits: list[str] | None, available: list[str], source: str) -> list[str]:
+    for split in splits or []:
+        if split not in SPLITS:
+            raise ImgclsError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        if split not in available:
+            raise ImgclsError(f"{source}: has no {split} split{_SPLIT_HINT}")
+    return [s for s in SPLITS if s in (splits or available)]
 
 
 _SPLIT_HINT = " (an index keeps the splits a source has; a folder without train/test folders is all 'train')"
