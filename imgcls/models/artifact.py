@@ -50,6 +50,7 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"imgcls": json.dumps(metadata)})
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 would make a shared model unreadable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -112,3 +113,9 @@ def update_metrics(path: str | Path, metrics: dict) -> None:
     model = load_model(path)
     model.metrics_ = metrics
     save_model(model, resolve_model_path(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -31,7 +31,7 @@ from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.artifact import read_safetensors_metadata, write_safetensors
 from imgcls.models.distance import ExactSearch
-from imgcls.similarity.features import distances_from_l2, load_features, metric_of
+from imgcls.similarity.features import PIXELS, distances_from_l2, load_features, metric_of
 
 KINDS = ("exact", "hnsw")
 INDEX_FILE = "index.safetensors"
@@ -183,9 +183,10 @@ class ImageIndex:
     def save(self, path: str | Path) -> Path:
         path = index_path(path, must_exist=False)
         path.parent.mkdir(parents=True, exist_ok=True)
+        code = {name: i for i, name in enumerate(self._split_names)}
         tensors = {"vectors": self.vectors_, "labels": self.labels_, "items": _encode(self.items_),
-                   "splits": torch.tensor([self._split_names.index(s) for s in self.splits_], dtype=torch.uint8)}
-        if self.thumbnails_ is not None:
+                   "splits": torch.tensor([code[s] for s in self.splits_], dtype=torch.uint8)}
+        if self.thumbnails_ is not None and self.features != PIXELS:    # pixel vectors are the thumbnails
             tensors["thumbnails"] = self.thumbnails_
         if self.kind == "hnsw":
             import faiss
@@ -220,8 +221,10 @@ class ImageIndex:
         index.class_names_, index.items_ = list(meta["class_names"]), _decode(tensors["items"])
         index.fingerprint_ = meta.get("fingerprint")
         index.splits_ = [meta["split_names"][i] for i in tensors["splits"].tolist()]
+        index.preprocessing_ = prep = Preprocessing.from_dict(meta["preprocessing"])
         index.thumbnails_ = tensors.get("thumbnails")
-        index.preprocessing_ = Preprocessing.from_dict(meta["preprocessing"])
+        if index.features == PIXELS and max(prep.size) <= THUMBNAIL_MAX_SIDE:
+            index.thumbnails_ = index.vectors_.reshape(len(index.vectors_), prep.channels, *prep.size)
         if index.kind == "hnsw":
             import faiss
             index._search = faiss.deserialize_index(tensors["hnsw"].numpy())
