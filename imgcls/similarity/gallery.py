@@ -68,7 +68,7 @@ def plot_gallery(queries: Queries, results, query_thumbs, neighbour_thumbs, metr
         _show(axes[r, 0], query_thumbs[r], f"query\n{queries.labels[r] or _short(queries.names[r])}", "black")
         for c, (n, thumb) in enumerate(zip(results[r], neighbour_thumbs[r]), start=1):
             colour = "black" if queries.labels[r] is None else ("green" if n.label == queries.labels[r] else "red")
-            _show(axes[r, c], thumb, f"{n.label}\n{n.distance:.3g}", colour)
+            _show(axes[r, c], thumb, f"{n.label}\n{n.distance:.4g}", colour)
     fig.suptitle(f"Nearest neighbours ({'L2 on pixels' if metric == 'l2' else 'cosine distance of embeddings'})",
                  fontsize=9)
     fig.tight_layout()
