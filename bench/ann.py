@@ -65,7 +65,8 @@ def main() -> None:
     train, test = splits.train.subset(range(min(args.train, len(splits.train)))), splits.test.images[:args.queries]
     console = Console()
     console.print(f"Fashion-MNIST pixels: {len(train):,} indexed, {len(test):,} queries, k={K}; "
-                  f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}, "
+                  f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
+                  f"({faiss.omp_get_max_threads()} threads), "
                   f"{os.cpu_count()} CPUs; medians of {args.repeats}", highlight=False)
 
     table = Table(title=f"recall@{K} against exact search, and speed", title_justify="left")

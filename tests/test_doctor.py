@@ -178,10 +178,10 @@ def test_in_memory_dataset_finds_an_injected_leak():
                          options=DataOptions(val_fraction=0))
     report = diagnose(splits, options=DoctorOptions(fail_on=("leakage",)))
     [group] = report.duplicates
-    assert [(r.name, r.split) for r in group.images] == [("train#17", "train"), ("test#5", "test")]
+    assert [(r.name, r.split) for r in group.images] == [("arrays/train/17", "train"), ("arrays/test/5", "test")]
     assert group.same_bytes is None and report.failed() == ["leakage"]
     assert not any(c.applies for c in report.checks() if c.name in ("corrupt", "mismatch"))
-    assert all(not p.leaked or {p.a.name, p.b.name} != {"train#17", "test#5"} for p in report.near_duplicates)
+    assert all(not p.leaked or {p.a.name, p.b.name} != {"arrays/train/17", "arrays/test/5"} for p in report.near_duplicates)
 
 
 @pytest.mark.parametrize("kind", ["uint8", "unit"])
@@ -240,3 +240,12 @@ def test_default_report_folder_is_named_after_the_dataset(tmp_path, write_image,
     assert (tmp_path / "pets-doctor" / "doctor.html").is_file()
     monkeypatch.chdir(tmp_path / "pets")
     assert main(["doctor", ".", "--val-fraction", "0"]) == 2          # ./pets-doctor would become a class
+
+
+def test_images_without_files_keep_their_source_names_after_carving():
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    images[1000] = images[3]                                  # the same digit twice in the source's train
+    splits = from_arrays(images, digits.target, options=DataOptions(val_fraction=0.2, test_fraction=0.2))
+    [group] = diagnose(splits).duplicates
+    assert sorted(r.name for r in group.images) == ["arrays/train/1000", "arrays/train/3"]

@@ -29,7 +29,8 @@ class ImageDataset:
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
-    paths: list[str] | None = None
+    paths: list[str] | None = None      # files, relative to the dataset's folder
+    ids: list[str] | None = None        # images without files: "<dataset>/<source split>/<position>"
 
     def __post_init__(self) -> None:
         self.images = as_image_tensor(self.images)
@@ -59,9 +60,9 @@ class ImageDataset:
         return Preprocessing(channels=self.images.shape[1], size=tuple(self.images.shape[2:]))
 
     def subset(self, indices) -> ImageDataset:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
-        paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
-        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, paths)
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
+        pick = (lambda names: [names[i] for i in idx.tolist()] if names is not None else None)
+        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, pick(self.paths), pick(self.ids))
 
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -70,9 +71,13 @@ class ImageDataset:
     def concat(self, other: ImageDataset) -> ImageDataset:
         if other.class_names != self.class_names:
             raise ImgclsError("cannot join datasets with different class names")
-        paths = self.paths + other.paths if self.paths is not None and other.paths is not None else None
+        join = (lambda a, b: a + b if a is not None and b is not None else None)
         return ImageDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
-                            self.class_names, paths)
+                            self.class_names, join(self.paths, other.paths), join(self.ids, other.ids))
+
+    def names(self, fallback: str) -> list[str]:
+        """What each image is called: its file, its id, or <fallback>/<position> without either."""
+        return self.paths or self.ids or [f"{fallback}/{i}" for i in range(len(self))]
 
 
 @dataclass

@@ -108,7 +108,11 @@ def from_arrays(train_x, train_y, test_x=None, test_y=None, class_names=None, *,
 
 def _split(name: str, train: ImageDataset, test: ImageDataset | None, options: DataOptions, *,
            val: ImageDataset | None = None, skipped=(), source: str = "") -> DatasetSplits:
-    """Carve test (if the source has none) and then val (if none) out of train, stratified and seeded."""
+    """Carve test (if the source has none) and then val (if none) out of train, stratified and seeded.
+    Images without files get ids first, so each keeps naming its place in the source after the carving."""
+    for split, part in (("train", train), ("test", test)):
+        if part is not None and part.paths is None and part.ids is None:
+            part.ids = [f"{name}/{split}/{i}" for i in range(len(part))]
     if not options.any_classes:
         check_classes(train.class_names, train.labels.numpy(), name)
     if test is None:    # test_fraction 0: all of it stays in train (an index, say), and test is empty

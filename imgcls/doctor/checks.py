@@ -59,7 +59,8 @@ class DoctorOptions:
 
 @dataclass
 class ImageRef:
-    """One decoded image: its name (file path relative to the dataset, or split#index), split and class."""
+    """One decoded image: its name (file path relative to the dataset, or <dataset>/<source split>/<position>),
+    the split training puts it in, and its class."""
 
     name: str
     split: str
@@ -290,9 +291,9 @@ def decoded_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor]
     refs, parts = [], []
     for split in splits.summary():
         part = getattr(splits, split)
+        names = part.names(split)
         for i, label in enumerate(part.labels.tolist()):
-            name = part.paths[i] if part.paths is not None else f"{split}#{i}"
-            refs.append(ImageRef(name, split, i, part.class_names[label], row=len(refs)))
+            refs.append(ImageRef(names[i], split, i, part.class_names[label], row=len(refs)))
         parts.append(part.images)
     return refs, torch.cat(parts)
 

@@ -34,7 +34,7 @@ def align_classes(data: ImageDataset, class_names: list[str]) -> ImageDataset:
                           f"the model knows: {', '.join(class_names)}")
     mapping = [class_names.index(n) if n in class_names else -1 for n in data.class_names]
     labels = torch.as_tensor(mapping)[data.labels]
-    return ImageDataset(data.images, labels, class_names, data.paths)
+    return ImageDataset(data.images, labels, class_names, data.paths, data.ids)
 
 
 __all__ = ["Evaluation", "RunInfo", "align_classes", "confusion_matrix", "evaluate", "evaluate_model",

@@ -104,7 +104,7 @@ def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOption
 def item_names(data: DatasetSplits, part: ImageDataset, split: str) -> list[str]:
     """Where each image came from: its file's path, or <dataset>/<split>/<number> without files."""
     if part.paths is None:
-        return [f"{data.name}/{split}/{i}" for i in range(len(part))]
+        return part.names(f"{data.name}/{split}")
     root = Path(data.source).expanduser().resolve()
     root = root.parent if root.is_file() else root
     return [str(root / p) for p in part.paths]
