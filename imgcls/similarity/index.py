@@ -70,6 +70,7 @@ class ImageIndex:
         self.fingerprint_: dict | None = None     # the features' identity when the index was built
         self._featurizer = None
         self._search = None
+        self._norms: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items_)
@@ -134,6 +135,14 @@ class ImageIndex:
         remap = torch.tensor([self.class_names_.index(n) for n in data.class_names], dtype=torch.int64)
         return remap[data.labels]
 
+    def _squared_norms(self) -> torch.Tensor:
+        """||v||^2 of every indexed vector in float64, kept for the exact re-rank of HNSW answers."""
+        if self._norms is None or len(self._norms) < len(self.vectors_):
+            done = 0 if self._norms is None else len(self._norms)
+            fresh = self.vectors_[done:].double().square().sum(1)
+            self._norms = fresh if self._norms is None else torch.cat([self._norms, fresh])
+        return self._norms
+
     def _grow_search(self, new_vectors: torch.Tensor) -> None:
         if self.kind == "exact":
             self._search = None          # rebuilt lazily over all vectors: a flat scan has no structure
@@ -176,7 +185,7 @@ class ImageIndex:
         else:
             self._search.hnsw.efSearch = max(self.ef_search, k)
             _, found = self._search.search(_float32(queries), k)
-            l2, indices = _exact_l2(self.vectors_, queries, torch.from_numpy(found))
+            l2, indices = _exact_l2(self.vectors_, self._squared_norms(), queries, torch.from_numpy(found))
         return distances_from_l2(l2, self.metric), indices
 
     # -- saving -----------------------------------------------------------------------------
@@ -267,17 +276,19 @@ def _float32(vectors: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(vectors.reshape(len(vectors), -1).numpy(), dtype=np.float32)
 
 
-def _exact_l2(reference: torch.Tensor, queries: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact Euclidean distances of the found candidates (-1: none), re-sorted nearest first."""
-    queries = queries.reshape(len(queries), -1)
-    # uint8 differences square and sum exactly in int32 up to 33,000 dimensions (255^2 * 33,000 < 2^31).
-    wide = torch.float64 if reference.is_floating_point() else \
-        torch.int32 if queries.shape[1] < 33_000 else torch.int64
+def _exact_l2(reference: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor, found: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances of the found candidates (-1: none), re-sorted nearest first.
+
+    ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r in float64, from the reference's squared norms: for
+    uint8 pixels every term is an integer below 2^53, so the result is exact (and it costs one
+    small batched product instead of a pass over every candidate's difference)."""
+    queries = queries.reshape(len(queries), -1).double()
     l2 = torch.empty(found.shape, dtype=torch.float64)
     for start in range(0, len(queries), 1024):
-        rows = slice(start, start + 1024)
-        diff = reference[found[rows].clamp(min=0)].to(wide) - queries[rows, None, :].to(wide)
-        l2[rows] = diff.square().sum(-1).to(torch.float64).sqrt()
+        rows, q = found[start:start + 1024].clamp(min=0), queries[start:start + 1024]
+        dots = torch.bmm(reference[rows].double(), q[:, :, None]).squeeze(-1)
+        l2[start:start + 1024] = (norms[rows] + q.square().sum(1, keepdim=True) - 2 * dots).clamp(min=0).sqrt()
     l2 = l2.masked_fill(found < 0, float("inf"))
     order = l2.argsort(dim=1, stable=True)
     return l2.gather(1, order), found.gather(1, order)
