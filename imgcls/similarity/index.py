@@ -60,12 +60,10 @@ class ImageIndex:
             raise ImgclsError("HNSW settings m, ef_construction and ef_search must be at least 1")
         self.features, self.kind = features, kind
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
-        self.vectors_: torch.Tensor | None = None
-        self.labels_ = torch.empty(0, dtype=torch.int64)
+        self._vectors, self._labels, self._thumbnails = _Parts(), _Parts(), _Parts()
         self.class_names_: list[str] = []
         self.items_: list[str] = []
         self.splits_: list[str] = []
-        self.thumbnails_: torch.Tensor | None = None
         self.preprocessing_: Preprocessing | None = None
         self.fingerprint_: dict | None = None     # the features' identity when the index was built
         self._featurizer = None
@@ -74,6 +72,12 @@ class ImageIndex:
 
     def __len__(self) -> int:
         return len(self.items_)
+
+    # Appended to a part at a time (one per chunk of files), joined once when read.
+    vectors_ = property(lambda self: self._vectors.joined(), lambda self, t: self._vectors.reset(t))
+    labels_ = property(lambda self: self._labels.joined(torch.empty(0, dtype=torch.int64)),
+                       lambda self, t: self._labels.reset(t))
+    thumbnails_ = property(lambda self: self._thumbnails.joined(), lambda self, t: self._thumbnails.reset(t))
 
     @property
     def featurizer(self):
@@ -110,13 +114,12 @@ class ImageIndex:
             return self
         self._check_preprocessing(preprocessing or data.preprocessing)
         vectors = self.featurizer.vectors(data.images, progress=progress).contiguous()
-        self.vectors_ = vectors if self.vectors_ is None else torch.cat([self.vectors_, vectors])
-        self.labels_ = torch.cat([self.labels_, self._merge_classes(data)])
+        self._vectors.append(vectors)
+        self._labels.append(self._merge_classes(data))
         self.items_ += list(items)
         self.splits_ += [split] * len(data)
         if max(self.preprocessing_.size) <= THUMBNAIL_MAX_SIDE:
-            self.thumbnails_ = data.images.clone() if self.thumbnails_ is None \
-                else torch.cat([self.thumbnails_, data.images])
+            self._thumbnails.append(data.images)
         self._grow_search(vectors)
         return self
 
@@ -248,6 +251,25 @@ def index_path(path: str | Path, must_exist: bool = True) -> Path:
     if must_exist and not path.is_file():
         raise ImgclsError(f"{path}: no index there (build one with `imgcls index DATA --out FOLDER`)")
     return path
+
+
+class _Parts:
+    """A tensor grown by appending parts: joined on first read after a change, so growing it chunk by
+    chunk costs one copy instead of one per chunk."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def append(self, tensor: torch.Tensor) -> None:
+        self.parts.append(tensor)
+
+    def reset(self, tensor: torch.Tensor | None) -> None:
+        self.parts = [] if tensor is None else [tensor]
+
+    def joined(self, empty: torch.Tensor | None = None) -> torch.Tensor | None:
+        if len(self.parts) > 1:
+            self.parts = [torch.cat(self.parts)]
+        return self.parts[0] if self.parts else empty
 
 
 def _describe(prep: Preprocessing) -> str:
