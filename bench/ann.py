@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
     train, test = splits.train.subset(range(min(args.train, len(splits.train)))), splits.test.images[:args.queries]
-    console = Console()
+    console = Console(width=150)
     console.print(f"Fashion-MNIST pixels: {len(train):,} indexed, {len(test):,} queries, k={K}; "
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
                   f"({faiss.omp_get_max_threads()} threads), "
