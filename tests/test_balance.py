@@ -149,3 +149,14 @@ def test_cli_trains_with_balance_and_records_it(class_tree, tmp_path, capsys):
     assert read_metadata(out)["params"]["balance"] == "weights"
     assert main(["train", str(root), "--model", "knn", "--balance", "weights", "--out", str(out)]) == 2
     assert "--balance does not apply to model 'knn'" in capsys.readouterr().err
+
+
+def test_lr_find_draws_batches_as_balanced_training_would():
+    from imgcls.training.config import TrainingConfig
+    from imgcls.training.lr_find import _draw
+    labels = torch.tensor([0] * 950 + [1] * 50)
+    gen = torch.Generator().manual_seed(0)
+    drawn = labels[_draw(labels, TrainingConfig(balance="sampler", batch_size=4000), gen)]
+    assert abs(drawn.float().mean().item() - 0.5) < 0.03           # minority drawn half the time
+    drawn = labels[_draw(labels, TrainingConfig(balance="none", batch_size=4000), gen)]
+    assert abs(drawn.float().mean().item() - 0.05) < 0.02

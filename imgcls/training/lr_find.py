@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 from imgcls.training.trainer import Trainer
@@ -24,7 +25,7 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
         raise ImgclsError("lr-find needs 0 < min-lr < max-lr and at least 10 steps")
     cfg = model.training_config()
     trainer = Trainer(model.network_for(data), cfg)
-    trainer.setup(len(data))
+    trainer.setup(data)        # with --balance weights, the loss is weighted as in training
     images, labels = data.images.to(trainer.device), data.labels.to(trainer.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     trainer.net.train()
@@ -32,7 +33,7 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
     with progress_bar(steps, "lr-find") as advance:
         for i in range(steps):
             lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
-            batch = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).to(trainer.device)
+            batch = _draw(data.labels, cfg, gen).to(trainer.device)
             loss, _ = trainer.step(trainer.augmented(images, batch, gen), labels[batch], lr)
             smoothed = 0.9 * smoothed + 0.1 * loss
             value = smoothed / (1 - 0.9 ** (i + 1))     # bias-corrected running mean
@@ -48,6 +49,14 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
     (out / "lr_find.json").write_text(json.dumps(result, indent=2))
     _plot(result, out / "lr_find.png")
     return result
+
+
+def _draw(labels: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """A random batch; with --balance sampler, every class equally likely, as in training."""
+    if cfg.balance != "sampler":
+        return torch.randint(0, len(labels), (cfg.batch_size,), generator=gen)
+    weights = class_balance_weights(labels, int(labels.max()) + 1)[labels]
+    return torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:

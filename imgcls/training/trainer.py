@@ -65,12 +65,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
-        self.setup(len(train))
+        self.setup(train)
         if resume:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
-        if self.cfg.balance == "weights":
-            self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
         self._emit("on_train_begin")
         try:
             while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -150,7 +148,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.net
 
     # -- pieces -------------------------------------------------------------------------------
-    def setup(self, n_train: int) -> None:
+    def setup(self, train: ImageDataset) -> None:
+        """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
+        n_train = len(train)
+        if self.cfg.balance == "weights":
+            self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
         torch.manual_seed(self.cfg.seed)
         self.net.to(self.device)
         if self.channels_last:
