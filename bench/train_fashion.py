@@ -82,7 +82,7 @@ def imgcls_throughput(train, steps: int, batch_size: int) -> tuple[float, dict]:
     model = create_model("cnn", batch_size=batch_size, lr=0.05, augment="crop,flip", epochs=1)
     part = train.subset(range((steps + 8) * batch_size))
     trainer = Trainer(model.network_for(part), model.training_config())
-    trainer.setup(len(part))
+    trainer.setup(part)
     images, labels = part.images.to(trainer.device), part.labels.to(trainer.device)
     gen = torch.Generator().manual_seed(0)
     batches = ((trainer.augmented(images, idx, gen), labels[idx])

@@ -249,3 +249,12 @@ def test_images_without_files_keep_their_source_names_after_carving():
     splits = from_arrays(images, digits.target, options=DataOptions(val_fraction=0.2, test_fraction=0.2))
     [group] = diagnose(splits).duplicates
     assert sorted(r.name for r in group.images) == ["arrays/train/1000", "arrays/train/3"]
+
+
+def test_a_flat_folder_can_be_checked_and_quarantined(tmp_path, write_image, capsys):
+    for i in range(4):
+        write_image(tmp_path / "photos" / f"{i}.png", noise(i))
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    assert main(["doctor", str(tmp_path / "photos"), "--val-fraction", "0", "--test-fraction", "0",
+                 "--out", str(tmp_path / "r"), "--quarantine", str(tmp_path / "q")]) == 0
+    assert (tmp_path / "q" / "broken.png").is_file() and not (tmp_path / "photos" / "broken.png").exists()

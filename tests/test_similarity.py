@@ -312,3 +312,39 @@ def test_known_decoding_streams_files_in_chunks(shapes, tmp_path, capsys, write_
     added = {Path(item).name: index.class_names_[int(label)] for item, label in zip(index.items_, index.labels_)
              if Path(item).parent.parent == more.resolve()}
     assert added == {f"{i}.png": "left" if i % 2 else "right" for i in range(7)}
+
+
+def test_manifest_aliases_and_repeats_are_one_item_each(tmp_path, capsys, write_image):
+    for i in range(4):
+        write_image(tmp_path / "img" / f"{i}.png", np.full((8, 8), 50 * i, dtype=np.uint8))
+    rows = ["img/0.png,a", "sub/../img/1.png,b", "img/2.png,a", "img/3.png,b", "img/0.png,b"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "index"
+    assert main(["index", str(tmp_path / "labels.csv"), "--out", str(out)]) == 0
+    assert "indexed 4 images of labels (1 already there, skipped)" in capsys.readouterr().out
+    index = ImageIndex.load(out)
+    assert sorted(Path(item).name for item in index.items_) == ["0.png", "1.png", "2.png", "3.png"]
+    assert all(".." not in item for item in index.items_)
+    assert main(["search", str(out), str(tmp_path / "img" / "1.png"), "-k", "3", "--json"]) == 0
+    assert "1.png" not in {Path(n["item"]).name for n in json.loads(capsys.readouterr().out)[0]["neighbours"]}
+
+
+def test_an_index_of_unreadable_files_is_a_clear_error(tmp_path, capsys, digits):
+    net = create_model("mlp", epochs=1, hidden="8", bf16="off").fit(digits.train)
+    net.save(tmp_path / "net")
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "a.png").write_bytes(b"nope")
+    assert main(["index", str(tmp_path / "bad"), "--features", str(tmp_path / "net"), "--out",
+                 str(tmp_path / "i")]) == 2
+    assert "none of its files is a readable image" in capsys.readouterr().err
+
+
+def test_adding_copies_the_callers_images(digits):
+    images = digits.train.images[:10].clone()
+    index = ImageIndex().add(ImageDataset(images, digits.train.labels[:10], digits.train.class_names),
+                             [str(i) for i in range(10)], "train")
+    images.zero_()
+    assert torch.equal(index.vectors_.reshape(10, 1, 8, 8), digits.train.images[:10])
+    with pytest.raises(ImgclsError, match="already in the index"):
+        index.add(digits.train.subset([0]), ["3"], "train")

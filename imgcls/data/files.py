@@ -13,6 +13,7 @@ multi-label classification, written `label` = "cat;outdoor": a single-label task
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList]]:
         if label not in index:
             raise ImgclsError(f"{csv_path}:{line}: unknown label {label!r} (not among the training labels)")
         entry = lists.setdefault(split, FileList([], []))
-        entry.paths.append(csv_path.parent / row["path"].strip())
+        entry.paths.append(Path(os.path.normpath(csv_path.parent / row["path"].strip())))
         entry.labels.append(index[label])
     if "all" in split_of and len(split_of) > 1:
         raise ImgclsError(f"{csv_path}: either every row names its split or none does")

@@ -138,7 +138,7 @@ def _load_named(name: str, options: DataOptions) -> DatasetSplits:
 
 
 def _named_for_folder(folder: Path) -> str:
-    return folder.name if folder.name in NAMED_DATASETS else "idx"
+    return folder.resolve().name
 
 
 def _load_idx(folder: Path, name: str, options: DataOptions) -> DatasetSplits:

@@ -495,7 +495,7 @@ class Move:
 
 def check_quarantine(source: str | Path, folder: str | Path) -> None:
     """Refuse --quarantine where it cannot work: not files, or a folder inside the dataset itself."""
-    files = dataset_files(source) if not isinstance(source, DatasetSplits) else None
+    files = dataset_files(source, flat_ok=True) if not isinstance(source, DatasetSplits) else None
     if files is None:
         raise ImgclsError(f"--quarantine moves files; {source} is not a dataset of image files")
     folder = Path(folder).expanduser().resolve()

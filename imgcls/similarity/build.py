@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,9 +47,9 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
                          source):
         part = getattr(data, split)
         names = item_names(data, part, split)
-        new = [i for i, name in enumerate(names) if name not in held]
-        skipped += len(names) - len(new)
-        part, names = part.subset(new), [names[i] for i in new]
+        fresh = _fresh(names, held)
+        skipped += len(names) - len(fresh)
+        part, names = part.subset(fresh), [names[i] for i in fresh]
         with progress_bar(len(part) if index.features != "pixels" else 0, f"embedding {split}") as advance:
             index.add(part, names, split, progress=advance, preprocessing=data.preprocessing)
         added += len(part)
@@ -60,10 +60,10 @@ def _index_files(index: ImageIndex, files: DatasetFiles, splits: list[str] | Non
     lists = {("train" if split == "all" else split): fl for split, fl in files.lists.items()}
     held, added, skipped, unreadable = set(index.items_), 0, 0, []
     for split in _chosen(splits, list(lists), str(files.root)):
-        todo = [(str(files.root / relative_name(path, files.root)), path, label)
-                for path, label in zip(lists[split].paths, lists[split].labels)]
-        skipped += sum(name in held for name, _, _ in todo)
-        todo = [entry for entry in todo if entry[0] not in held]
+        names = file_names(files, lists[split].paths)
+        fresh = _fresh(names, held)
+        skipped += len(names) - len(fresh)
+        todo = [(names[i], lists[split].paths[i], lists[split].labels[i]) for i in fresh]
         with progress_bar(len(todo), f"embedding {split}") as advance:
             for start in range(0, len(todo), STREAM_CHUNK):
                 chunk = todo[start:start + STREAM_CHUNK]
@@ -74,7 +74,25 @@ def _index_files(index: ImageIndex, files: DatasetFiles, splits: list[str] | Non
                 added += len(ok)
                 advance(len(chunk))
     report_skipped(unreadable, options.strict)
+    if not len(index):
+        raise ImgclsError(f"{files.root}: none of its files is a readable image")
     return Added(files.root.name, added, skipped)
+
+
+def _fresh(names: list[str], held: set[str]) -> list[int]:
+    """Positions of the names the index does not hold yet (a name listed twice counts once); they
+    join held."""
+    fresh = []
+    for i, name in enumerate(names):
+        if name not in held:
+            held.add(name)
+            fresh.append(i)
+    return fresh
+
+
+def file_names(files: DatasetFiles, paths: list[Path]) -> list[str]:
+    """Indexed files are named by their absolute paths (under the dataset's resolved root)."""
+    return [str(files.root / relative_name(path, files.root)) for path in paths]
 
 
 def _chosen(splits: list[str] | None, available: list[str], source: str) -> list[str]:
@@ -94,11 +112,8 @@ def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOption
     carved out of a source's splits: a folder of class folders stays whole (as "train"), and a
     dataset's images keep their numbers (fashion-mnist/train/0 is its first training image).
     Labels are optional: one class or a flat folder of images is fine."""
-    options = options or DataOptions()
-    options.val_fraction = options.test_fraction = 0
-    options.any_classes = True
-    options.preprocessing = index.preprocessing_ or index.featurizer.preprocessing
-    return options
+    return replace(options or DataOptions(), val_fraction=0, test_fraction=0, any_classes=True,
+                   preprocessing=index.preprocessing_ or index.featurizer.preprocessing)
 
 
 def item_names(data: DatasetSplits, part: ImageDataset, split: str) -> list[str]:
@@ -144,9 +159,13 @@ def queries_from_inputs(index: ImageIndex, inputs: list[str]) -> tuple[Queries, 
 
 
 def queries_from_dataset(index: ImageIndex, source: str, split: str, n: int, seed: int = 0) -> Queries:
-    """n images drawn at random (seeded) from a dataset's split, e.g. test images against a train index."""
+    """n images drawn at random (seeded) from a dataset's split, e.g. test images against a train index.
+    From files only the drawn ones are decoded."""
     if n < 1:
         raise ImgclsError("--n must be at least 1")
+    files = dataset_files(source, flat_ok=True)
+    if files is not None:
+        return _queries_from_files(index, files, split, n, seed)
     data = load_dataset(source, decode_options(index, DataOptions()))
     part = getattr(data, split, None) if split in SPLITS else None
     if part is None or not len(part):
@@ -155,11 +174,35 @@ def queries_from_dataset(index: ImageIndex, source: str, split: str, n: int, see
         raise ImgclsError(f"{source} holds images of {'x'.join(map(str, part.images.shape[1:]))}, the index "
                           f"{index.preprocessing_.channels}x{index.preprocessing_.size[0]}x"
                           f"{index.preprocessing_.size[1]}: query it with images like the indexed ones")
-    chosen = sorted(random.Random(seed).sample(range(len(part)), min(n, len(part))))
+    chosen = _draw(len(part), n, seed)
     names = item_names(data, part, split)
+    return _queries(index, [names[i] for i in chosen], part.images[chosen],
+                    [part.class_names[int(part.labels[i])] for i in chosen])
+
+
+def _queries_from_files(index: ImageIndex, files: DatasetFiles, split: str, n: int, seed: int) -> Queries:
+    lists = {("train" if s == "all" else s): fl for s, fl in files.lists.items()}
+    if split not in lists:
+        raise ImgclsError(f"{files.root}: has no {split} split{_SPLIT_HINT}")
+    paths, labels = lists[split].paths, lists[split].labels
+    chosen = _draw(len(paths), n, seed)
+    images, ok, bad = decode_many([paths[i] for i in chosen], index.preprocessing_)
+    warn_unreadable([(str(path), reason) for path, reason in bad])
+    if not ok:
+        raise ImgclsError(f"{files.root}: none of the {len(chosen)} drawn files is a readable image")
+    chosen = [chosen[i] for i in ok]
+    return _queries(index, file_names(files, [paths[i] for i in chosen]), torch.from_numpy(images),
+                    [files.classes[labels[i]] for i in chosen])
+
+
+def _draw(size: int, n: int, seed: int) -> list[int]:
+    return sorted(random.Random(seed).sample(range(size), min(n, size)))
+
+
+def _queries(index: ImageIndex, names: list[str], images: torch.Tensor, labels: list[str]) -> Queries:
+    """Queries named as the index names its items, so one that is indexed is left out of its own answer."""
     position = {item: i for i, item in enumerate(index.items_)}
-    return Queries([names[i] for i in chosen], part.images[chosen],
-                   [part.class_names[int(part.labels[i])] for i in chosen], [position.get(names[i]) for i in chosen])
+    return Queries(names, images, labels, [position.get(name) for name in names])
 
 
 def _indexed_image(index: ImageIndex, i: int) -> torch.Tensor:

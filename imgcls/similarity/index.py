@@ -61,6 +61,7 @@ class ImageIndex:
         self.features, self.kind = features, kind
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
         self._vectors, self._labels, self._thumbnails = _Parts(), _Parts(), _Parts()
+        self._item_set: set[str] = set()
         self.class_names_: list[str] = []
         self.items_: list[str] = []
         self.splits_: list[str] = []
@@ -74,10 +75,16 @@ class ImageIndex:
         return len(self.items_)
 
     # Appended to a part at a time (one per chunk of files), joined once when read.
-    vectors_ = property(lambda self: self._vectors.joined(), lambda self, t: self._vectors.reset(t))
-    labels_ = property(lambda self: self._labels.joined(torch.empty(0, dtype=torch.int64)),
-                       lambda self, t: self._labels.reset(t))
-    thumbnails_ = property(lambda self: self._thumbnails.joined(), lambda self, t: self._thumbnails.reset(t))
+    vectors_ = property(lambda self: self._vectors.joined())
+    labels_ = property(lambda self: self._labels.joined(torch.empty(0, dtype=torch.int64)))
+
+    @property
+    def thumbnails_(self) -> torch.Tensor | None:
+        """Indexed images up to THUMBNAIL_MAX_SIDE, for galleries (pixel vectors are the images)."""
+        prep = self.preprocessing_
+        if self.features == PIXELS and prep is not None and max(prep.size) <= THUMBNAIL_MAX_SIDE and len(self):
+            return self.vectors_.reshape(len(self), prep.channels, *prep.size)
+        return self._thumbnails.joined()
 
     @property
     def featurizer(self):
@@ -106,20 +113,22 @@ class ImageIndex:
         every image of an index is decoded the same way."""
         if len(items) != len(data):
             raise ImgclsError(f"{len(items)} item names for {len(data)} images")
-        already = set(self.items_) & set(items)
-        if already or len(set(items)) < len(items):
-            raise ImgclsError(f"item names must be unique: {len(already) or len(items) - len(set(items))} already "
-                              f"taken, e.g. {sorted(already)[0] if already else items[0]}")
+        if len(set(items)) < len(items):
+            raise ImgclsError(f"item names must be unique; {len(items) - len(set(items))} repeated among those added")
+        already = self._item_set & set(items)
+        if already:
+            raise ImgclsError(f"{len(already)} item(s) already in the index, e.g. {sorted(already)[0]}")
         if not len(data):
             return self
         self._check_preprocessing(preprocessing or data.preprocessing)
-        vectors = self.featurizer.vectors(data.images, progress=progress).contiguous()
+        vectors = self.featurizer.vectors(data.images, progress=progress).contiguous().clone()
         self._vectors.append(vectors)
         self._labels.append(self._merge_classes(data))
         self.items_ += list(items)
+        self._item_set.update(items)
         self.splits_ += [split] * len(data)
-        if max(self.preprocessing_.size) <= THUMBNAIL_MAX_SIDE:
-            self._thumbnails.append(data.images)
+        if max(self.preprocessing_.size) <= THUMBNAIL_MAX_SIDE and self.features != PIXELS:
+            self._thumbnails.append(data.images.clone())
         self._grow_search(vectors)
         return self
 
@@ -198,7 +207,7 @@ class ImageIndex:
         code = {name: i for i, name in enumerate(self._split_names)}
         tensors = {"vectors": self.vectors_, "labels": self.labels_, "items": _encode(self.items_),
                    "splits": torch.tensor([code[s] for s in self.splits_], dtype=torch.uint8)}
-        if self.thumbnails_ is not None and self.features != PIXELS:    # pixel vectors are the thumbnails
+        if self.features != PIXELS and self.thumbnails_ is not None:    # pixel vectors are the thumbnails
             tensors["thumbnails"] = self.thumbnails_
         if self.kind == "hnsw":
             import faiss
@@ -229,14 +238,14 @@ class ImageIndex:
             raise ImgclsError(f"{path}: index format {meta['format_version']} is newer than this imgcls reads")
         tensors = load_file(str(path))
         index = cls(meta["features"], meta["kind"], **meta["hnsw"])
-        index.vectors_, index.labels_ = tensors["vectors"], tensors["labels"]
+        index._vectors.reset(tensors["vectors"])
+        index._labels.reset(tensors["labels"])
         index.class_names_, index.items_ = list(meta["class_names"]), _decode(tensors["items"])
+        index._item_set = set(index.items_)
         index.fingerprint_ = meta.get("fingerprint")
         index.splits_ = [meta["split_names"][i] for i in tensors["splits"].tolist()]
-        index.preprocessing_ = prep = Preprocessing.from_dict(meta["preprocessing"])
-        index.thumbnails_ = tensors.get("thumbnails")
-        if index.features == PIXELS and max(prep.size) <= THUMBNAIL_MAX_SIDE:
-            index.thumbnails_ = index.vectors_.reshape(len(index.vectors_), prep.channels, *prep.size)
+        index.preprocessing_ = Preprocessing.from_dict(meta["preprocessing"])
+        index._thumbnails.reset(tensors.get("thumbnails"))
         if index.kind == "hnsw":
             import faiss
             index._search = faiss.deserialize_index(tensors["hnsw"].numpy())
