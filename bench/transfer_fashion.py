@@ -62,7 +62,7 @@ def main() -> None:
             create_model("transfer:efficientnet_lite0", mode="finetune", head_epochs=1,
                          epochs=args.finetune_epochs, batch_size=64, augment="crop=2,flip", **common), train, test),
     ]
-    print(f"\n| method | test accuracy | fit s | fit + predict s |\n|---|---|---|---|")
+    print("\n| method | test accuracy | fit s | fit + predict s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['test_accuracy']:.2%} | {r['fit_seconds']:.1f} | {r['total_seconds']:.1f} |")
     if args.json:

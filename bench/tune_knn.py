@@ -22,7 +22,6 @@ import time
 
 os.environ.setdefault("IMGCLS_PROGRESS", "0")
 
-import numpy as np  # noqa: E402
 import sklearn  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402

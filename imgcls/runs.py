@@ -22,7 +22,7 @@ from imgcls.data.dataset import DatasetSplits
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
-from imgcls.models.artifact import load_model, save_model
+from imgcls.models.artifact import save_model
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed

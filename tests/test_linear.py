@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from imgcls.data import load_dataset
 from imgcls.errors import ImgclsError

@@ -20,7 +20,7 @@ from imgcls.data import DataOptions, load_dataset
 from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model, load_model
-from imgcls.similarity import ImageIndex, index_dataset, load_features
+from imgcls.similarity import ImageIndex, load_features
 
 
 @pytest.fixture(scope="module")

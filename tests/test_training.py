@@ -2,7 +2,6 @@
 checkpoints, YAML config, lr-find, and two-process DistributedDataParallel."""
 
 import json
-import math
 import os
 import signal
 import subprocess
