@@ -48,7 +48,9 @@ EXAMPLES = {
   imgcls models""",
     "compare": """examples:
   imgcls compare fashion-mnist --models knn,linear,mlp,cnn,transfer:efficientnet_lite0 --out runs/ladder
-  imgcls compare digits --models knn,linear,mlp --epochs 5 --out runs/digits-ladder""",
+  imgcls compare digits --models knn,linear,mlp --epochs 5 --out runs/digits-ladder
+  imgcls compare fashion-mnist --models knn,linear,mlp,cnn,transfer:efficientnet_lite0 \
+      --settings recipes/ladder.yaml --out runs/ladder     # per-model settings""",
     "serve": """examples:
   imgcls serve                                  # the pretrained ImageNet model on http://127.0.0.1:8000
   imgcls serve runs/cnn --port 8080             # a saved model
@@ -209,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--models", required=True, help="comma-separated model names, e.g. knn,linear,mlp,cnn")
     comparison.add_argument("--out", default="runs/compare", help="folder for the runs and compare.html")
     comparison.add_argument("--epochs", type=int, default=None, help="epochs for every model trained by gradient descent")
+    comparison.add_argument("--settings", default=None, metavar="FILE",
+                            help="YAML mapping each model name to its settings, e.g. "
+                                 "'transfer:efficientnet_lite0: {input_size: 96}' (see recipes/ladder.yaml)")
     _add_data_flags(comparison)
     comparison.set_defaults(handler=_compare)
 
@@ -566,13 +571,30 @@ def _compare(args) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
         raise ImgclsError("--models needs at least one model name")
+    settings = _model_settings(Path(args.settings), names) if args.settings else {}
     params = {}
     for name in names:
         own = {f.name for f in dataclasses.fields(model_class(name)) if f.init}
-        params[name] = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if k in own and v is not None}
+        shared = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if k in own and v is not None}
+        params[name] = {**shared, **settings.get(name, {})}
     compare(args.data, names, args.out, _data_options(args), params)
     print(f"leaderboard: {Path(args.out) / 'compare.html'}")
     return 0
+
+
+def _model_settings(path: Path, names: list[str]) -> dict[str, dict]:
+    """Per-model settings from YAML ({model name: {setting: value}}); models not compared are errors."""
+    import yaml
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ImgclsError(f"{path}: cannot read settings ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ImgclsError(f"{path}: settings must map each model name to a mapping of setting: value")
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ImgclsError(f"{path}: settings for {', '.join(unknown)}, which --models does not list")
+    return {name: {key.replace("-", "_"): value for key, value in values.items()} for name, values in settings.items()}
 
 
 def _serve(args) -> int:

@@ -3,6 +3,7 @@
 import json
 
 from imgcls.cli import main
+from imgcls.models import read_metadata
 
 
 def test_compare_ladder(tmp_path, capsys):
@@ -26,3 +27,20 @@ def test_compare_rejects_unknown_models_before_training(tmp_path, capsys):
     assert main(["compare", "digits", "--models", "knn,resnet9000", "--out", str(tmp_path)]) == 2
     assert "unknown model 'resnet9000'" in capsys.readouterr().err
     assert not (tmp_path / "knn").exists()
+
+
+def test_compare_takes_per_model_settings_from_yaml(tmp_path, capsys):
+    settings = tmp_path / "ladder.yaml"
+    settings.write_text("knn: {k: 3, metric: l1}\nlinear: {loss: svm, epochs: 2}\n")
+    out = tmp_path / "ladder"
+    assert main(["compare", "digits", "--models", "knn,linear", "--settings", str(settings), "--out", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads((out / "leaderboard.json").read_text())}
+    params = {m: read_metadata(out / rows[m]["folder"])["params"] for m in rows}
+    assert params["knn"]["k"] == 3 and params["knn"]["metric"] == "l1"
+    assert params["linear"]["loss"] == "svm" and params["linear"]["epochs"] == 2
+    settings.write_text("mlp: {epochs: 1}\n")
+    assert main(["compare", "digits", "--models", "knn", "--settings", str(settings), "--out", str(out)]) == 2
+    assert "settings for mlp, which --models does not list" in capsys.readouterr().err
+    settings.write_text("knn: {kay: 3}\n")
+    assert main(["compare", "digits", "--models", "knn", "--settings", str(settings), "--out", str(out)]) == 2
+    assert "kay" in capsys.readouterr().err
