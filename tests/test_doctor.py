@@ -258,3 +258,19 @@ def test_a_flat_folder_can_be_checked_and_quarantined(tmp_path, write_image, cap
     assert main(["doctor", str(tmp_path / "photos"), "--val-fraction", "0", "--test-fraction", "0",
                  "--out", str(tmp_path / "r"), "--quarantine", str(tmp_path / "q")]) == 0
     assert (tmp_path / "q" / "broken.png").is_file() and not (tmp_path / "photos" / "broken.png").exists()
+
+
+def test_near_duplicates_by_a_networks_embedding(tmp_path):
+    from imgcls.models import create_model
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    test_x = images[1500:].copy()
+    test_x[7] = np.clip(images[40].astype(int) + 6, 0, 255)         # a brightened copy of train image 40
+    splits = from_arrays(images[:1500], digits.target[:1500], test_x, digits.target[1500:],
+                         options=DataOptions(val_fraction=0))
+    create_model("mlp", epochs=2, hidden="32", bf16="off").fit(splits.train).save(tmp_path / "net")
+    report = diagnose(splits, options=DoctorOptions(features=str(tmp_path / "net"), near=0.01))
+    assert report.scale == "cosine distance of the embeddings" and report.near == 0.01
+    leaks = {(p.a.name, p.b.name) for p in report.near_duplicates if p.leaked}
+    assert ("arrays/train/40", "arrays/test/7") in leaks
+    assert all(p.distance <= 0.01 for p in report.near_duplicates)
