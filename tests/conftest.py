@@ -52,3 +52,18 @@ def class_tree(write_image):
                 write_image(folder / f"{name}{i}.png", np.full((*size, 3), _colour(label, i), dtype=np.uint8))
         return root
     return make
+
+
+@pytest.fixture
+def stop_after():
+    """stop_after(epoch): a training hook that simulates a crash right after that epoch's checkpoint."""
+    from imgcls.training.trainer import Hook
+
+    class StopAfter(Hook):
+        def __init__(self, epoch):
+            self.epoch = epoch
+
+        def on_epoch_end(self, trainer, record):
+            if trainer.state.epoch == self.epoch:
+                raise KeyboardInterrupt
+    return StopAfter

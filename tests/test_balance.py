@@ -14,7 +14,6 @@ from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models import LinearClassifier, create_model, read_metadata
 from imgcls.training.config import TrainingConfig
-from imgcls.training.trainer import Hook
 
 MLP = dict(epochs=10, hidden="32", bf16="off", batch_size=64, lr=0.05)
 
@@ -118,21 +117,12 @@ def test_unknown_balance_is_an_error_listing_the_choices(name):
         TrainingConfig(balance="Weights").check()
 
 
-class StopAfter(Hook):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, record):
-        if trainer.state.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
-def test_sampler_resume_is_exact(data, tmp_path):
+def test_sampler_resume_is_exact(data, tmp_path, stop_after):
     train, test = data
     params = {**MLP, "epochs": 4, "balance": "sampler"}
     whole = create_model("mlp", **params).fit(train, validation=test, run_dir=tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        create_model("mlp", **params).fit(train, validation=test, run_dir=tmp_path / "b", hooks=[StopAfter(2)])
+        create_model("mlp", **params).fit(train, validation=test, run_dir=tmp_path / "b", hooks=[stop_after(2)])
     resumed = create_model("mlp", **params).fit(train, validation=test, run_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
         assert torch.equal(a, b), name

@@ -21,7 +21,7 @@ from imgcls.training import checkpoint as ckpt
 from imgcls.training.config import TrainingConfig
 from imgcls.training.lr_find import lr_find
 from imgcls.training.schedule import lr_at
-from imgcls.training.trainer import Hook, build_optimizer
+from imgcls.training.trainer import build_optimizer
 
 IMGCLS = Path(sys.executable).with_name("imgcls")
 FAST = dict(epochs=3, batch_size=64, bf16="off", hidden="64")
@@ -73,24 +73,13 @@ def test_flip_tta_averages_image_and_mirror(digits):
         create_model("mlp", tta="rotate")
 
 
-class StopAfter(Hook):
-    """Simulates a crash right after an epoch's checkpoint was written."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, record):
-        if trainer.state.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("options", [dict(augment="crop,flip", dropout=0.2), dict(ema=0.9, opt="adamw", lr=3e-3)])
-def test_resume_is_exact(digits, tmp_path, options):
+def test_resume_is_exact(digits, tmp_path, options, stop_after):
     params = {**FAST, "epochs": 4, **options}
     whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
-                                          hooks=[StopAfter(2)])
+                                          hooks=[stop_after(2)])
     resumed = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
                                                 resume=True)
     for (name, a), b in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):

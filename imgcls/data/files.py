@@ -93,6 +93,8 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
     """Probe every file, choose one preprocessing for all of them (unless given), decode them into
     memory. check: refuse class sets no classifier can learn from (fewer than 2, or empty)."""
     everything = [p for fl in lists.values() for p in fl.paths]
+    if not everything:
+        raise ImgclsError(f"{root}: no image files found")
     with progress_bar(len(everything), "scanning images") as advance:
         probes, skipped = {}, []
         for path in everything:
