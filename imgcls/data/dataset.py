@@ -1,4 +1,8 @@
-"""In-memory image datasets: uint8 tensors N x C x H x W with their labels and class names."""
+"""In-memory image datasets: uint8 tensors N x C x H x W with their labels and class names.
+
+Labels are class indices (N,) for a single-label dataset, or a multi-hot uint8 matrix (N, C)
+for a multi-label one (an image may carry any of the C labels, or none); see imgcls.task.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.task import Task, task_of_labels
 
 
 @dataclass(frozen=True)
@@ -24,28 +29,34 @@ class SkippedFile:
 
 @dataclass
 class ImageDataset:
-    """Images as one uint8 tensor (N, C, H, W), integer labels, and the names of the classes."""
+    """Images as one uint8 tensor (N, C, H, W), their labels, and the names of the classes.
+
+    labels: class indices (N,), or a multi-hot matrix (N, number of classes) for multi-label data.
+    decoded_with: the Preprocessing that decoded the images from files (None for in-memory
+    sources); it travels through subsets and joins to the model that learns from them.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     paths: list[str] | None = None      # files, relative to the dataset's folder
     ids: list[str] | None = None        # images without files: "<dataset>/<source split>/<position>"
+    decoded_with: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         self.images = as_image_tensor(self.images)
-        self.labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.int64).reshape(-1)
+        self.labels = as_label_tensor(self.labels, len(self.class_names))
         if len(self.images) != len(self.labels):
             raise ImgclsError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise ImgclsError(f"labels must lie in 0..{len(self.class_names) - 1} for {len(self.class_names)} classes")
 
     @classmethod
     def from_arrays(cls, images, labels, class_names: list[str] | None = None) -> ImageDataset:
-        """From NumPy arrays or tensors: images (N, H, W), (N, C, H, W) or (N, H, W, C) for C in 1, 3."""
+        """From NumPy arrays or tensors: images (N, H, W), (N, C, H, W) or (N, H, W, C) for C in 1, 3;
+        labels class indices (N,) or a multi-hot matrix (N, classes)."""
         labels = np.asarray(labels)
         if class_names is None:
-            class_names = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
+            count = labels.shape[1] if labels.ndim == 2 else (int(labels.max()) + 1 if len(labels) else 0)
+            class_names = [str(c) for c in range(count)]
         return cls(images, labels, list(class_names))
 
     def __len__(self) -> int:
@@ -56,24 +67,44 @@ class ImageDataset:
         return len(self.class_names)
 
     @property
+    def task(self) -> Task:
+        """SingleLabel or MultiLabel (without thresholds: those belong to a model)."""
+        return task_of_labels(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
     def preprocessing(self) -> Preprocessing:
+        """How the images were decoded; for in-memory images, their channels and size."""
+        if self.decoded_with is not None:
+            return self.decoded_with
         return Preprocessing(channels=self.images.shape[1], size=tuple(self.images.shape[2:]))
 
     def subset(self, indices) -> ImageDataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
         pick = (lambda names: [names[i] for i in idx.tolist()] if names is not None else None)
-        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, pick(self.paths), pick(self.ids))
+        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, pick(self.paths), pick(self.ids),
+                            self.decoded_with)
 
     def class_counts(self) -> dict[str, int]:
-        counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+        """Images per class; for multi-label data, images carrying each label."""
+        if self.multi_label:
+            counts = self.labels.sum(0, dtype=torch.int64).tolist()
+        else:
+            counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
         return dict(zip(self.class_names, counts))
 
     def concat(self, other: ImageDataset) -> ImageDataset:
         if other.class_names != self.class_names:
             raise ImgclsError("cannot join datasets with different class names")
+        if other.multi_label != self.multi_label:
+            raise ImgclsError("cannot join a multi-label dataset with a single-label one")
         join = (lambda a, b: a + b if a is not None and b is not None else None)
         return ImageDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
-                            self.class_names, join(self.paths, other.paths), join(self.ids, other.ids))
+                            self.class_names, join(self.paths, other.paths), join(self.ids, other.ids),
+                            self.decoded_with if self.decoded_with == other.decoded_with else None)
 
     def names(self, fallback: str) -> list[str]:
         """What each image is called: its file, its id, or <fallback>/<position> without either."""
@@ -102,15 +133,45 @@ class DatasetSplits:
 
 
 def check_classes(class_names: list[str], labels: np.ndarray, where: str) -> None:
-    """One-line errors for datasets no classifier can learn from."""
+    """One-line errors for datasets no classifier can learn from: fewer than 2 classes (or no label
+    at all for multi-label data), or a class (label) without a single image."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if not class_names:
+            raise ImgclsError(f"{where}: no labels found; a multi-label classifier needs at least 1")
+        empty = [name for name, count in zip(class_names, labels.sum(0)) if count == 0]
+        if empty:
+            raise ImgclsError(f"{where}: label(s) that no training image carries: {', '.join(empty)}")
+        return
     if len(class_names) < 2:
         raise ImgclsError(f"{where}: found {len(class_names)} class ({', '.join(class_names) or 'none'}); "
                           "a classifier needs at least 2")
-    counts = Counter(np.asarray(labels).tolist())
+    counts = Counter(labels.tolist())
     empty = [name for i, name in enumerate(class_names) if counts.get(i, 0) == 0]
     if empty:
         raise ImgclsError(f"{where}: class {'folder' if len(empty) == 1 else 'folders'} with no readable "
                           f"images: {', '.join(empty)}")
+
+
+def as_label_tensor(labels, n_classes: int) -> torch.Tensor:
+    """Class indices as int64 (N,), or a multi-hot matrix (N, n_classes) as uint8 0/1; (N, 1) is (N,)."""
+    array = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim == 2:
+        if array.shape[1] != n_classes:
+            raise ImgclsError(f"multi-hot labels have {array.shape[1]} columns for {n_classes} classes")
+        if array.size and not np.isin(array, (0, 1)).all():
+            raise ImgclsError("multi-hot labels must be 0 or 1")
+        return torch.as_tensor(array.astype(np.uint8))
+    if array.ndim > 2:
+        raise ImgclsError(f"labels must be class indices (N,) or multi-hot (N, classes); got shape {array.shape}")
+    if array.size and array.dtype.kind == "f" and not np.all(array == np.round(array)):
+        raise ImgclsError("class labels must be whole numbers")
+    tensor = torch.as_tensor(array.astype(np.int64)).reshape(-1)
+    if len(tensor) and (tensor.min() < 0 or tensor.max() >= n_classes):
+        raise ImgclsError(f"labels must lie in 0..{n_classes - 1} for {n_classes} classes")
+    return tensor
 
 
 def as_image_tensor(images) -> torch.Tensor:
