@@ -372,13 +372,6 @@ def test_manifest_unknown_label_in_test_rows_is_an_error(manifest):
     one_line_error(lambda: load_dataset(path), "labels.csv:9", "eel")
 
 
-def test_manifest_multi_label_row_is_an_error(manifest):
-    rows = [(f"{label}{i}.png", label, "") for label in ("cat", "dog") for i in range(3)]
-    rows.append(("both.png", "cat;dog", ""))
-    path = manifest(rows, split_column=False)
-    one_line_error(lambda: load_dataset(path), "labels.csv:8", "cat;dog", "multi-label")
-
-
 # ----------------------------------------------------------------------------------- array formats
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -6,8 +6,11 @@ Manifest format (CSV with a header row):
     images/cat1.jpg,cat,train
 
 `path` is relative to the CSV file. `split` (train, val or test) is optional; without it the
-rows are split by the seeded stratified policy. Several labels per image are reserved for
-multi-label classification, written `label` = "cat;outdoor": a single-label task refuses them.
+rows are split by the seeded stratified policy.
+
+A manifest is multi-label when a label cell holds several labels separated by ";" (`dog;beach`),
+or when its column is named `labels` instead of `label`. In a multi-label manifest an empty cell
+is an image with none of the labels (common, and allowed); in a single-label one it is an error.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ MAX_AUTO_SIDE = 64
 
 @dataclass
 class FileList:
-    """Files with integer labels, before decoding."""
+    """Files with their labels, before decoding: a class index per file, or for multi-label data
+    a tuple of label indices per file (possibly empty)."""
 
     paths: list[Path]
-    labels: list[int]
+    labels: list
+
+    def label_array(self, rows: list[int], n_classes: int, multi_label: bool) -> np.ndarray:
+        """The labels of the given rows: class indices (n,), or a multi-hot matrix (n, n_classes)."""
+        if not multi_label:
+            return np.asarray([self.labels[i] for i in rows], dtype=np.int64)
+        hot = np.zeros((len(rows), n_classes), dtype=np.uint8)
+        for r, i in enumerate(rows):
+            hot[r, list(self.labels[i])] = 1
+        return hot
 
 
 def list_class_folders(root: Path) -> tuple[list[str], FileList]:
@@ -52,43 +65,60 @@ def list_class_folders(root: Path) -> tuple[list[str], FileList]:
     return classes, files
 
 
-def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList]]:
-    """Class names and a FileList per split ('all' when the manifest has no split column)."""
+def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList], bool]:
+    """Class names, a FileList per split ('all' when the manifest has no split column), and whether
+    the manifest is multi-label. Errors name the offending row."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImgclsError(f"{csv_path}: cannot read manifest ({exc})") from exc
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ImgclsError(f"{csv_path}: a manifest needs a header row with 'path' and 'label' columns")
-    for line, row in enumerate(rows, start=2):
-        if not (row.get("path") or "").strip() or not (row.get("label") or "").strip():
-            raise ImgclsError(f"{csv_path}:{line}: empty path or label")
-        if ";" in row["label"]:
-            raise ImgclsError(f"{csv_path}:{line}: several labels ({row['label']}) need a multi-label task")
-        split = (row.get("split") or "").strip() or "all"
+    columns = set(rows[0]) if rows else set()
+    if not rows or "path" not in columns or not columns & {"label", "labels"}:
+        raise ImgclsError(f"{csv_path}: a manifest needs a header row with 'path' and 'label' "
+                          "(or 'labels', for multi-label data) columns")
+    column = "labels" if "labels" in columns else "label"
+    cells = [(row.get(column) or "").strip() for row in rows]
+    multi_label = column == "labels" or any(";" in cell for cell in cells)
+    splits = [(row.get("split") or "").strip() or "all" for row in rows]
+    for line, (row, cell, split) in enumerate(zip(rows, cells, splits), start=2):
+        if not (row.get("path") or "").strip():
+            raise ImgclsError(f"{csv_path}:{line}: empty path")
+        if not cell and not multi_label:
+            raise ImgclsError(f"{csv_path}:{line}: empty label (for multi-label data, where an image may have "
+                              "no label, name the column 'labels' or separate several labels with ';')")
         if split not in (*SPLIT_NAMES, "all"):
             raise ImgclsError(f"{csv_path}:{line}: unknown split {split!r}; valid: {', '.join(SPLIT_NAMES)}")
-    split_of = {(r.get("split") or "").strip() or "all" for r in rows}
-    train_rows = [r for r in rows if (r.get("split") or "").strip() in ("", "train")]
-    classes = sorted({r["label"].strip() for r in train_rows})
+    if "all" in splits and len(set(splits)) > 1:
+        raise ImgclsError(f"{csv_path}: either every row names its split or none does")
+    row_labels = [_cell_labels(cell, multi_label) for cell in cells]
+    classes = sorted({name for labels, split in zip(row_labels, splits) if split in ("all", "train")
+                      for name in labels})
     index = {name: i for i, name in enumerate(classes)}
     lists: dict[str, FileList] = {}
-    for line, row in enumerate(rows, start=2):
-        label, split = row["label"].strip(), (row.get("split") or "").strip() or "all"
-        if label not in index:
-            raise ImgclsError(f"{csv_path}:{line}: unknown label {label!r} (not among the training labels)")
+    for line, (row, labels, split) in enumerate(zip(rows, row_labels, splits), start=2):
+        unknown = [name for name in labels if name not in index]
+        if unknown:
+            raise ImgclsError(f"{csv_path}:{line}: unknown label {unknown[0]!r} (not among the training labels)")
+        path = Path(os.path.normpath(csv_path.parent / row["path"].strip()))
+        if not path.exists():
+            raise ImgclsError(f"{csv_path}:{line}: no such file {row['path'].strip()}")
         entry = lists.setdefault(split, FileList([], []))
-        entry.paths.append(Path(os.path.normpath(csv_path.parent / row["path"].strip())))
-        entry.labels.append(index[label])
-    if "all" in split_of and len(split_of) > 1:
-        raise ImgclsError(f"{csv_path}: either every row names its split or none does")
-    return classes, lists
+        entry.paths.append(path)
+        entry.labels.append(tuple(index[name] for name in labels) if multi_label else index[labels[0]])
+    return classes, lists, multi_label
+
+
+def _cell_labels(cell: str, multi_label: bool) -> list[str]:
+    if not multi_label:
+        return [cell]
+    return sorted({name.strip() for name in cell.split(";") if name.strip()})
 
 
 def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: Path, *,
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
-                      strict: bool, preprocessing: Preprocessing | None = None, check: bool = True
+                      strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
+                      multi_label: bool = False
                       ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
     """Probe every file, choose one preprocessing for all of them (unless given), decode them into
     memory. check: refuse class sets no classifier can learn from (fewer than 2, or empty)."""
@@ -113,9 +143,9 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         with progress_bar(len(paths), f"decoding {split} images") as advance:
             images, ok, bad = decode_many(paths, prep, progress=advance)
         skipped += [SkippedFile(relative_name(p, root), reason) for p, reason in bad]
-        labels = np.asarray([fl.labels[readable[i]] for i in ok], dtype=np.int64)
+        labels = fl.label_array([readable[i] for i in ok], len(class_names), multi_label)
         datasets[split] = ImageDataset(images, labels, class_names,
-                                       [relative_name(paths[i], root) for i in ok])
+                                       [relative_name(paths[i], root) for i in ok], decoded_with=prep)
     report_skipped(skipped, strict)
     for split in ("all", "train"):
         if split in datasets and check:

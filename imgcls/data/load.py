@@ -69,7 +69,8 @@ class DatasetFiles:
 
     classes: list[str]
     lists: dict[str, FileList]   # per split as the source gives it; "all" when it gives none
-    root: Path
+    multi_label: bool = False    # a manifest with several (or no) labels per image
+    root: Path = Path(".")
 
 
 def dataset_files(source: str | Path, flat_ok: bool = False) -> DatasetFiles | None:
@@ -79,7 +80,8 @@ def dataset_files(source: str | Path, flat_ok: bool = False) -> DatasetFiles | N
     if not path.exists() or (path.is_file() and path.suffix.lower() != ".csv"):
         return None
     if path.is_file():
-        return DatasetFiles(*read_manifest(path), path.parent)
+        classes, lists, multi_label = read_manifest(path)
+        return DatasetFiles(classes, lists, multi_label, path.parent)
     if cifar_kind(path) or is_idx_folder(path):
         return None
     if (path / "train").is_dir() and (path / "test").is_dir():
@@ -88,12 +90,12 @@ def dataset_files(source: str | Path, flat_ok: bool = False) -> DatasetFiles | N
         for split in ("val", "test"):
             if (path / split).is_dir():
                 lists[split] = _files_with_known_classes(path / split, classes)
-        return DatasetFiles(classes, lists, path)
+        return DatasetFiles(classes, lists, root=path)
     if flat_ok and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        return DatasetFiles([path.name], {"all": FileList(files, [0] * len(files))}, path)
+        return DatasetFiles([path.name], {"all": FileList(files, [0] * len(files))}, root=path)
     classes, files = list_class_folders(path)
-    return DatasetFiles(classes, {"all": files}, path)
+    return DatasetFiles(classes, {"all": files}, root=path)
 
 
 def from_arrays(train_x, train_y, test_x=None, test_y=None, class_names=None, *, name: str = "arrays",
@@ -167,7 +169,8 @@ def _file_options(options: DataOptions) -> dict:
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
     files = dataset_files(path, flat_ok=options.any_classes)
-    data, skipped, prep = decode_file_lists(files.lists, files.classes, files.root, **_file_options(options))
+    data, skipped, prep = decode_file_lists(files.lists, files.classes, files.root, multi_label=files.multi_label,
+                                            **_file_options(options))
     name = path.resolve().stem if path.is_file() else path.resolve().name
     if "all" in data:
         splits = _split(name, data["all"], None, options, skipped=skipped, source=str(path))

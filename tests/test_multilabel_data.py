@@ -1,0 +1,147 @@
+"""Multi-label data: manifests with several (or no) labels per image, multi-hot arrays, iterative
+stratification, BCE class weights, and the preprocessing that travels with decoded images."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgcls.data import load_dataset
+from imgcls.data.dataset import ImageDataset
+from imgcls.data.load import DataOptions, from_arrays
+from imgcls.data.splits import balanced_order, class_balance_weights, stratified_kfold, stratified_split
+from imgcls.errors import ImgclsError
+from imgcls.task import MultiLabel, SingleLabel, task_from_dict
+
+LABELS = ["beach", "dog", "person"]
+
+
+def one_line_error(call, *fragments: str) -> str:
+    with pytest.raises(ImgclsError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+@pytest.fixture
+def multilabel_manifest(tmp_path, write_image):
+    """manifest(cells, column='label', split=None) -> labels.csv over one image per row; each image's red
+    channel encodes its row, its green channel the bit pattern of its labels."""
+    def write(cells: list[str], column: str = "label", splits: list[str] | None = None) -> Path:
+        lines = [["path", column] + (["split"] if splits else [])]
+        for i, cell in enumerate(cells):
+            bits = sum(1 << LABELS.index(name.strip()) for name in cell.split(";") if name.strip() in LABELS)
+            write_image(tmp_path / "img" / f"{i}.png", np.full((8, 8, 3), (i, bits * 30, 0), dtype=np.uint8))
+            lines.append([f"img/{i}.png", cell] + ([splits[i]] if splits else []))
+        with (tmp_path / "labels.csv").open("w", newline="") as f:
+            csv.writer(f).writerows(lines)
+        return tmp_path / "labels.csv"
+    return write
+
+
+def _bits(part: ImageDataset) -> torch.Tensor:
+    weights = torch.tensor([1 << LABELS.index(n) for n in part.class_names])
+    return (part.labels.long() * weights).sum(1)
+
+
+def test_semicolon_cells_make_a_multi_label_manifest(multilabel_manifest):
+    cells = ["dog;beach", "person", "", "dog ; person", "beach"] * 8
+    splits = load_dataset(multilabel_manifest(cells), DataOptions(val_fraction=0.2, test_fraction=0.2))
+    assert splits.class_names == LABELS
+    for part in (splits.train, splits.val, splits.test):
+        assert part.multi_label and part.labels.dtype == torch.uint8 and part.labels.shape[1] == 3
+        assert isinstance(part.task, MultiLabel)
+        # every image keeps exactly its own labels through decoding and splitting
+        assert torch.equal(_bits(part), part.images[:, 1, 0, 0].long() // 30)
+    assert sum(len(p) for p in (splits.train, splits.val, splits.test)) == len(cells)
+    assert (splits.train.labels.sum(1) == 0).any()        # images with no label are kept
+    assert splits.train.class_counts() == dict(zip(LABELS, splits.train.labels.sum(0).tolist()))
+
+
+def test_a_labels_column_is_multi_label_even_with_one_label_per_row(multilabel_manifest):
+    cells = ["dog", "person", "beach", ""] * 6
+    splits = load_dataset(multilabel_manifest(cells, column="labels"), DataOptions(val_fraction=0, test_fraction=0.25))
+    assert splits.train.multi_label and splits.train.labels.sum(1).max() == 1
+
+
+def test_an_empty_cell_in_a_single_label_manifest_is_an_error_that_names_the_row(multilabel_manifest):
+    path = multilabel_manifest(["dog", "person", "", "dog"])
+    one_line_error(lambda: load_dataset(path), "labels.csv:4", "empty label", "labels")
+
+
+def test_unknown_label_and_missing_file_name_their_row(multilabel_manifest):
+    splits = ["train"] * 6 + ["test"] * 2
+    path = multilabel_manifest(["dog;beach", "person", "dog", "beach;person", "dog", "beach", "dog", "cat;dog"],
+                               splits=splits)
+    one_line_error(lambda: load_dataset(path), "labels.csv:9", "cat")
+    path = multilabel_manifest(["dog;beach", "person", "dog;person"] * 3)
+    (path.parent / "img" / "4.png").unlink()
+    one_line_error(lambda: load_dataset(path), "labels.csv:6", "no such file", "img/4.png")
+
+
+def test_labels_come_from_training_rows_and_a_label_without_images_is_an_error(multilabel_manifest):
+    path = multilabel_manifest(["dog;beach", "dog", "beach"] * 4, splits=["train"] * 9 + ["test"] * 3)
+    assert load_dataset(path).class_names == ["beach", "dog"]
+    y = np.zeros((10, 3), dtype=np.uint8)
+    y[:, 0], y[::2, 1] = 1, 1
+    one_line_error(lambda: from_arrays(np.zeros((10, 4, 4)), y, class_names=LABELS), "no training image", "person")
+    one_line_error(lambda: ImageDataset.from_arrays(np.zeros((2, 4, 4)), [[1, 0], [1, 2]]), "0 or 1")
+
+
+def test_multi_hot_arrays_are_multi_label():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < 0.3).astype(np.int64)
+    y[:4] = np.eye(4, dtype=np.int64)           # every label present
+    splits = from_arrays(rng.integers(0, 255, (200, 8, 8)), y)
+    assert splits.class_names == ["0", "1", "2", "3"]
+    assert splits.train.multi_label and splits.train.labels.shape == (len(splits.train), 4)
+    one_line_error(lambda: ImageDataset.from_arrays(np.zeros((2, 4, 4)), np.ones((2, 3)), ["a", "b"]),
+                   "3 columns", "2 classes")
+
+
+def test_iterative_stratification_puts_rare_labels_in_every_split():
+    rng = np.random.default_rng(1)
+    y = (rng.random((1000, 6)) < [0.5, 0.3, 0.2, 0.1, 0.02, 0.01]).astype(np.uint8)
+    kept, held = stratified_split(y, 0.2, seed=3)
+    assert len(held) == 200 and len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == 1000
+    assert (y[held].sum(0) > 0).all() and (y[kept].sum(0) > 0).all()
+    # each label's share in the held-out part is close to its share overall
+    assert np.abs(y[held].mean(0) - y.mean(0)).max() < 0.02
+    again = stratified_split(y, 0.2, seed=3)
+    assert np.array_equal(again[1], held)                      # seeded
+    folds = list(stratified_kfold(y, 5, seed=0))
+    assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(1000))
+    assert all((y[v].sum(0) > 0).all() for _, v in folds)
+
+
+def test_balance_weights_are_bce_pos_weight_and_the_sampler_refuses_multi_label():
+    y = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.uint8)
+    assert torch.allclose(class_balance_weights(y, 3), torch.tensor([1 / 3, 3.0, 1.0]))
+    one_line_error(lambda: balanced_order(y, torch.Generator()), "balance=weights")
+
+
+def test_tasks_round_trip_and_reject_bad_thresholds():
+    assert task_from_dict(None) == SingleLabel()
+    task = MultiLabel((0.2, 0.7))
+    assert task_from_dict(task.to_dict()) == task
+    assert task.decide(np.array([[0.3, 0.69], [0.1, 0.7]])).tolist() == [[1, 0], [0, 1]]
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        one_line_error(lambda: MultiLabel((0.5, bad)), "strictly between 0 and 1")
+
+
+@pytest.mark.parametrize("resize", ["pad", "stretch"])
+def test_decoded_images_carry_their_preprocessing_through_splits(tmp_path, write_image, resize):
+    for label in ("a", "b"):
+        for i in range(6):
+            write_image(tmp_path / "d" / label / f"{i}.png", np.full((12 + i, 20, 3), 40 * i, dtype=np.uint8))
+    splits = load_dataset(tmp_path / "d", DataOptions(size=8, resize=resize))
+    for part in (splits.train, splits.val, splits.test):
+        assert part.preprocessing.resize == resize and part.preprocessing == splits.preprocessing
+    assert splits.train.concat(splits.val).preprocessing.resize == resize
