@@ -135,3 +135,29 @@ def check_threshold(*values: float) -> None:
     bad = [v for v in values if not 0 < v < 1]
     if bad:
         raise ImgclsError(f"a threshold must lie strictly between 0 and 1, not {bad[0]:g}")
+
+
+def choose_thresholds(y_true, proba) -> np.ndarray:
+    """Per label, the threshold that maximises that label's F1 on (y_true, proba): validation data.
+
+    Every distinct score is a candidate cut (predict the label where proba >= cut). Of the best
+    cuts the highest is taken, and the threshold is placed midway between it and the next lower
+    score, so that new images scoring a little below the chosen one still count. A label
+    without positives keeps DEFAULT_THRESHOLD. Thresholds stay strictly inside (0, 1).
+    """
+    y_true, proba = np.asarray(y_true).astype(bool), np.asarray(proba, dtype=np.float64)
+    thresholds = np.full(proba.shape[1], DEFAULT_THRESHOLD)
+    for label in range(proba.shape[1]):
+        positives = int(y_true[:, label].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-proba[:, label], kind="stable")
+        scores, hits = proba[order, label], y_true[order, label]
+        tp = np.cumsum(hits)
+        predicted = np.arange(1, len(scores) + 1)
+        last_of_tie = np.r_[scores[1:] != scores[:-1], True]      # a cut lands after a whole tie group
+        f1 = np.where(last_of_tie, 2 * tp / (predicted + positives), -1)
+        best = int(np.argmax(f1))                                  # first = highest cut among the best
+        below = scores[best + 1] if best + 1 < len(scores) else 0.0
+        thresholds[label] = (scores[best] + below) / 2
+    return np.clip(thresholds, 1e-6, 1 - 1e-6)

@@ -40,7 +40,7 @@ def test_train_writes_a_complete_run(knn_run):
     report = json.loads((knn_run / "report.json").read_text())
     assert report["accuracy"] > 0.95 and report["val_accuracy"] > 0.9
     meta = read_metadata(knn_run)
-    assert meta["model"] == "knn" and meta["params"] == {"k": 3, "metric": "l1", "weights": "uniform"}
+    assert meta["model"] == "knn" and meta["params"] == {"threshold": 0.0, "k": 3, "metric": "l1", "weights": "uniform"}
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta["preprocessing"] == {"channels": 1, "size": [8, 8], "resize": "crop", "crop_pct": 1.0,
                                      "interpolation": "bilinear"}

@@ -100,7 +100,7 @@ def test_save_load_roundtrip_keeps_predictions(tmp_path):
     model = create_model("knn", k=3, metric="l1").fit(train_x, train_y, class_names=list("abcdefghij"))
     path = model.save(tmp_path / "knn.safetensors")
     loaded = load_model(path)
-    assert loaded.get_params() == {"k": 3, "metric": "l1", "weights": "uniform"}
+    assert loaded.get_params() == {"threshold": 0.0, "k": 3, "metric": "l1", "weights": "uniform"}
     assert loaded.class_names_ == list("abcdefghij")
     np.testing.assert_array_equal(loaded.predict(train_x[:50]), model.predict(train_x[:50]))
 

@@ -89,7 +89,7 @@ def test_tune_cli_evaluates_test_once_and_writes_results(tmp_path, monkeypatch, 
     report = json.loads((out / "report.json").read_text())
     assert report["test_evaluations"] == 1
     assert report["tuning"]["best"] == cv["best"] and report["tuning"]["rows"] == cv["rows"]
-    assert report["params"] == {**cv["best"]}
+    assert report["params"] == {"threshold": 0.0, **cv["best"]}
     assert report["cv_accuracy"] == pytest.approx(cv["summary"][0]["mean"])
     model = create_model("knn", **cv["best"]).fit(splits.train.concat(splits.val))
     assert report["accuracy"] == pytest.approx(model.score(splits.test))

@@ -20,6 +20,7 @@ from imgcls import __version__
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.registry import create_model
+from imgcls.task import task_from_dict
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "imgcls-model"
@@ -36,6 +37,7 @@ def save_model(model, path: str | Path) -> Path:
         "format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
         "model": model.model_name, "params": model.get_params(),
         "class_names": model.class_names_, "preprocessing": model.preprocessing_.to_dict(),
+        "task": model.task_.to_dict(),
         "metrics": getattr(model, "metrics_", {}),
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -104,6 +106,7 @@ def load_model(path: str | Path):
     model.class_names_ = list(metadata["class_names"])
     model.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
     model.metrics_ = metadata.get("metrics", {})
+    model.task_ = task_from_dict(metadata.get("task"))     # absent before tasks existed: single-label
     model.load_state_tensors(load_file(str(path)))
     return model
 

@@ -2,12 +2,18 @@
 
 Like scikit-learn: the constructor (a dataclass) only stores hyperparameters, `fit` returns
 self, and learned state ends in `_`. Inputs are ImageDatasets or image arrays/tensors of shape
-(N, C, H, W) or (N, H, W); labels are class indices.
+(N, C, H, W) or (N, H, W); labels are class indices, or a multi-hot matrix for multi-label data.
+
+The task (imgcls.task) is learned from the data: `task_` decides how probabilities are made and
+read. For multi-label data, `threshold` 0 (the default) chooses each label's threshold on the
+validation data to maximise its F1 (0.5 without validation data); a value in (0, 1) is used for
+every label. The thresholds are saved with the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,19 +23,37 @@ import torch
 from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.task import MultiLabel, SingleLabel, Task, check_threshold as check_threshold_value, choose_thresholds
 
 
+@dataclass
 class Classifier:
     model_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    multi_label_ok: ClassVar[bool] = True     # whether it learns multi-label data
 
-    # Learned state, set by fit() or load().
-    class_names_: list[str]
-    preprocessing_: Preprocessing
-    metrics_: dict
+    # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
+    threshold: float = field(default=0.0, kw_only=True)
+
+    # Learned state, set by fit() or load(): class_names_ (list[str]), preprocessing_
+    # (Preprocessing), metrics_ (dict), task_ (SingleLabel or MultiLabel with thresholds).
 
     def check_params(self) -> None:
         """Raise ImgclsError for an invalid hyperparameter. Called by create_model and fit."""
+
+    def check_task(self, task: Task) -> None:
+        """Raise ImgclsError when this classifier (with these hyperparameters) cannot learn task."""
+        if task.multi_label and not self.multi_label_ok:
+            raise ImgclsError(f"{self.model_name} does not learn multi-label data")
+
+    @property
+    def task_(self) -> Task:
+        """The learned task: single-label, or multi-label with its thresholds."""
+        return self.__dict__.get("_task", SingleLabel())
+
+    @task_.setter
+    def task_(self, task: Task) -> None:
+        self.__dict__["_task"] = task
 
     def get_params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
@@ -41,29 +65,40 @@ class Classifier:
         are used by classifiers trained by gradient descent and ignored by the others."""
         self.check_params()
         data = as_dataset(X, y, class_names)
+        self._check_threshold_applies(data.task)
+        self.check_task(data.task)
         self.class_names_ = list(data.class_names)
         self.preprocessing_ = data.preprocessing
         self.metrics_ = {}
+        self.task_ = data.task
         self._fit(data, validation=validation, **fit_options)
+        if data.multi_label:
+            self.task_ = MultiLabel(tuple(self._thresholds_for(validation)))
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (N, number of classes)."""
+        """Class probabilities (N, number of classes): a softmax over classes, or for multi-label
+        models each label's own probability."""
         return self._predict_proba(self._images(X)).numpy()
 
     def predict(self, X) -> np.ndarray:
-        """Class indices, shape (N,)."""
-        return self.predict_proba(X).argmax(axis=1)
+        """Class indices (N,); for multi-label models a multi-hot matrix (N, labels) of the labels
+        at or above their thresholds."""
+        return self.task_.decide(self.predict_proba(X))
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         """predict and predict_proba in one pass (what evaluation needs)."""
         proba = self.predict_proba(X)
-        return proba.argmax(axis=1), proba
+        return self.task_.decide(proba), proba
 
     def score(self, X, y=None) -> float:
-        """Accuracy on (X, y), or on an ImageDataset's own labels."""
+        """Accuracy on (X, y), or on an ImageDataset's own labels; for multi-label models the
+        subset accuracy (every label of an image right), as scikit-learn scores them."""
         labels = X.labels.numpy() if isinstance(X, ImageDataset) else np.asarray(y)
-        return float((self.predict(X) == labels).mean())
+        predicted = self.predict(X)
+        if predicted.ndim == 2:
+            return float((predicted == labels).all(1).mean())
+        return float((predicted == labels).mean())
 
     def save(self, path: str | Path) -> Path:
         from imgcls.models.artifact import save_model
@@ -92,6 +127,26 @@ class Classifier:
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
+    def check_threshold(self) -> None:
+        if self.threshold:
+            check_threshold_value(self.threshold)
+
+    def _check_threshold_applies(self, task: Task) -> None:
+        if self.threshold:
+            self.check_threshold()
+            if not task.multi_label:
+                raise ImgclsError("threshold applies to multi-label data only; this dataset is single-label")
+
+    def _thresholds_for(self, validation: ImageDataset | None) -> np.ndarray:
+        n = len(self.class_names_)
+        if self.threshold:
+            return np.full(n, self.threshold)
+        if validation is None or not len(validation):
+            return MultiLabel().threshold_vector(n)
+        if not validation.multi_label or validation.class_names != self.class_names_:
+            raise ImgclsError("the validation data must have the training data's labels")
+        return choose_thresholds(validation.labels.numpy(), self.predict_proba(validation))
+
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "class_names_")

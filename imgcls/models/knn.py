@@ -27,6 +27,9 @@ class KNNClassifier(Classifier):
 
     Ties in the vote go to the tied class whose closest member is nearest to the query, so
     the answer never depends on class order; without tied votes this is the plain majority.
+
+    Multi-label data: a label's probability is the (weighted) share of the k neighbours that
+    carry it, and the label is predicted where that share reaches its threshold.
     """
 
     description = "k-nearest neighbours on pixels, L1/L2 distance, majority or distance-weighted vote"
@@ -54,16 +57,18 @@ class KNNClassifier(Classifier):
         return distances.numpy(), indices.numpy()
 
     def predict(self, X) -> np.ndarray:
-        votes, first_rank = self._votes(self._images(X))
-        return decide(votes, first_rank).numpy()
+        return self.predict_with_proba(X)[0]
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         votes, first_rank = self._votes(self._images(X))
-        return decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
+        proba = as_probabilities(votes, self.task_.multi_label).numpy()
+        if self.task_.multi_label:
+            return self.task_.decide(proba), proba
+        return decide(votes, first_rank).numpy(), proba
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         votes, _ = self._votes(images)
-        return votes / votes.sum(1, keepdim=True)
+        return as_probabilities(votes, self.task_.multi_label)
 
     def _votes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distances, indices = self._neighbours(images, min(self.k, len(self.labels_)))
@@ -88,18 +93,28 @@ def vote(distances: torch.Tensor, labels: torch.Tensor, n_classes: int, weights:
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query and class: summed vote weight, and the rank of the class's nearest neighbour (k if none).
 
-    distances and labels are (Q, k), nearest first. weights="distance" weighs by 1/distance;
-    neighbours at distance 0, if any, take the whole vote (as scikit-learn does).
+    distances and labels are (Q, k), nearest first; for multi-hot labels (Q, k, C) the vote of a
+    label is the weighted share of the neighbours carrying it (and there are no ranks).
+    weights="distance" weighs by 1/distance; neighbours at distance 0, if any, take the whole
+    vote (as scikit-learn does).
     """
     k = labels.shape[1]
     weight = torch.ones_like(distances, dtype=torch.float64)
     if weights == "distance":
         exact = distances == 0
         weight = torch.where(exact.any(1, keepdim=True), exact.double(), 1 / distances.double().clamp_min(1e-300))
+    if labels.ndim == 3:
+        share = (weight[:, :, None] * labels.double()).sum(1) / weight.sum(1, keepdim=True)
+        return share, torch.empty(0)
     votes = torch.zeros(len(labels), n_classes, dtype=torch.float64).scatter_add_(1, labels, weight)
     ranks = torch.arange(k).expand_as(labels)
     first_rank = torch.full((len(labels), n_classes), k).scatter_reduce_(1, labels, ranks, "amin")
     return votes, first_rank
+
+
+def as_probabilities(votes: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Votes as probabilities: each class's share of the vote; multi-label shares are already per label."""
+    return votes if multi_label else votes / votes.sum(1, keepdim=True)
 
 
 def decide(votes: torch.Tensor, first_rank: torch.Tensor) -> torch.Tensor:

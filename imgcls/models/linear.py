@@ -7,6 +7,8 @@ balance="weights" weights each sample's data loss by its class's balanced weight
 imgcls.data.splits.class_balance_weights); balance="sampler" draws each epoch with replacement,
 every class equally likely. Both are for imbalanced classes.
 For the SVM, predict_proba is the softmax of the scores: a ranking, not a calibrated probability.
+Multi-label data: one sigmoid per class and binary cross-entropy (the softmax loss's multi-label
+form; the SVM loss is single-label only); balance="weights" is BCE's pos_weight per label.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order, class_balance_weights
@@ -57,6 +58,13 @@ class LinearClassifier(Classifier):
         if self.lr <= 0 or self.reg < 0 or not 0 <= self.momentum < 1:
             raise ImgclsError("need lr > 0, reg >= 0 and 0 <= momentum < 1")
 
+    def check_task(self, task) -> None:
+        if task.multi_label and self.loss == "svm":
+            raise ImgclsError("the multiclass SVM loss is single-label; multi-label data needs loss=softmax "
+                              "(one sigmoid per label, binary cross-entropy)")
+        if task.multi_label and self.balance == "sampler":
+            raise ImgclsError("balance=sampler does not apply to multi-label data; use balance=weights")
+
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         x = data.images.reshape(len(data), -1)
@@ -96,7 +104,7 @@ class LinearClassifier(Classifier):
                    class_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss per sample; with class_weight, the weighted mean (as F.cross_entropy's weight)."""
         if self.loss == "softmax":
-            return F.cross_entropy(scores, labels, weight=class_weight)
+            return self.task_.loss(scores, labels, weight=class_weight)
         correct = scores.gather(1, labels[:, None])
         margins = (scores - correct + 1).clamp_min(0).scatter(1, labels[:, None], 0).sum(1)
         if class_weight is None:
@@ -113,7 +121,7 @@ class LinearClassifier(Classifier):
         return self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return (self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_).softmax(1)
+        return self.task_.activation(self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight_, "bias": self.bias_, "mean": self.mean_}

@@ -87,7 +87,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return TrainingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingConfig)})
 
     def network_options(self) -> dict:
-        own = {f.name for f in dataclasses.fields(TrainingConfig)} | {"tta"}
+        own = {f.name for f in dataclasses.fields(TrainingConfig)} | {"tta", "threshold"}
         return {k: v for k, v in self.get_params().items() if k not in own}
 
     def build_network(self, channels: int, num_classes: int, size: tuple[int, int],

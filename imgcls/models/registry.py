@@ -56,4 +56,5 @@ def create_model(name: str, **params):
                           f"valid: {', '.join(sorted(valid))}")
     model = cls(**params)
     model.check_params()
+    model.check_threshold()
     return model
