@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         try:
-            args = _apply_config_file(parser, args, argv)
+            args.config_file.apply(Path(args.config))
+            args = parser.parse_args(argv)
         except ImgclsError as exc:
             print(f"imgcls: error: {exc}", file=sys.stderr)
             return 2
@@ -47,31 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(subparsers)
     return parser
-
-
-def _apply_config_file(parser: argparse.ArgumentParser, args, argv) -> argparse.Namespace:
-    """Settings from a YAML file become the train command's defaults; unknown keys are errors."""
-    import yaml
-    path = Path(args.config)
-    try:
-        settings = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ImgclsError(f"{path}: cannot read config ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(settings, dict):
-        raise ImgclsError(f"{path}: a config file must be a mapping of setting: value")
-    train = parser._subparsers._group_actions[0].choices["train"]
-    known = {a.dest: a for a in train._actions}
-    defaults = {}
-    for key, value in settings.items():
-        dest = key.replace("-", "_")
-        dest = dest if dest in known and not dest.startswith("param_") else f"param_{dest}"
-        if dest not in known or dest in ("config", "help", "data"):
-            raise ImgclsError(f"{path}: unknown setting {key!r}")
-        action = known[dest]
-        defaults[dest] = action.type(str(value).lower() if isinstance(value, bool) else str(value)) \
-            if action.type and value is not None else value
-    train.set_defaults(**defaults)
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

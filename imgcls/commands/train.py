@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from imgcls.commands.common import add_command, add_data_flags, add_model_flags, data_options, model_params
+from imgcls.errors import ImgclsError
 
 NAME = "train"
 HELP = "train a classifier, evaluate it on the test split, save model and reports"
@@ -24,16 +27,51 @@ EXAMPLES = """examples:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
     parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)")
-    parser.add_argument("--out", default=None, help="run folder for model and reports (default: runs/<model>)")
+    settable = [
+        parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)"),
+        parser.add_argument("--out", default=None, help="run folder for model and reports (default: runs/<model>)"),
+    ]
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML file of settings (keys as the flags, e.g. lr: 0.1); flags override it")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--nproc", type=int, default=1, help="train with N processes on this machine (torchrun)")
-    add_data_flags(parser)
-    add_model_flags(parser)
-    parser.set_defaults(handler=handle)
+    settable += [
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its last checkpoint"),
+        parser.add_argument("--nproc", type=int, default=1, help="train with N processes on this machine (torchrun)"),
+    ]
+    settable += add_data_flags(parser)
+    settable += add_model_flags(parser)
+    parser.set_defaults(handler=handle, config_file=ConfigFile(parser, {action.dest: action for action in settable}))
     return parser
+
+
+@dataclass
+class ConfigFile:
+    """What a --config file may set: the train sub-parser's flags by dest (all but DATA, --config and --help)."""
+    parser: argparse.ArgumentParser
+    flags: dict[str, argparse.Action]
+
+    def apply(self, path: Path) -> None:
+        """Settings from a YAML file become the train command's defaults; unknown keys are errors.
+
+        Parse again afterwards: flags on the command line then override the file."""
+        import yaml
+        try:
+            settings = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ImgclsError(f"{path}: cannot read config ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(settings, dict):
+            raise ImgclsError(f"{path}: a config file must be a mapping of setting: value")
+        defaults = {}
+        for key, value in settings.items():
+            dest = key.replace("-", "_")
+            # Model hyperparameters are written bare (lr: 0.1); their flags' dests are param_<name>.
+            dest = dest if dest in self.flags and not dest.startswith("param_") else f"param_{dest}"
+            if dest not in self.flags:
+                raise ImgclsError(f"{path}: unknown setting {key!r}")
+            action = self.flags[dest]
+            defaults[dest] = action.type(str(value).lower() if isinstance(value, bool) else str(value)) \
+                if action.type and value is not None else value
+        self.parser.set_defaults(**defaults)
 
 
 def handle(args) -> int:
