@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from imgcls.commands.common import add_command, add_data_flags, data_options
-from imgcls.errors import ImgclsError
 
 NAME = "index"
 HELP = "embed a dataset's images and build a similarity-search index"
@@ -13,9 +12,6 @@ EXAMPLES = """examples:
   imgcls index fashion-mnist --split train --out runs/fashion-index            # raw pixels, exact search
   imgcls index photos/ --features efficientnet_lite0 --kind hnsw --out runs/photo-index
   imgcls index more-photos/ --add --out runs/photo-index    # add images to an existing index, no rebuild"""
-
-_INDEX_SETTINGS = {"features": "pixels", "kind": "exact", "m": 32, "ef_construction": 200, "ef_search": 64}
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
@@ -39,22 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    from imgcls.similarity import ImageIndex, index_dataset, index_path
-    path = index_path(args.out, must_exist=args.add)
-    given = {key: getattr(args, key) for key in _INDEX_SETTINGS if getattr(args, key) is not None}
-    if args.add:
-        index = ImageIndex.load(path)
-        differing = [f"--{k.replace('_', '-')} {v} (the index has {getattr(index, k)})" for k, v in given.items()
-                     if k != "features" and v != getattr(index, k)]
-        if "features" in given and given["features"] != index.features and \
-                ImageIndex(given["features"]).featurizer.spec != index.features:
-            differing.append(f"--features {given['features']} (the index has {index.features})")
-        if differing:
-            raise ImgclsError(f"--add keeps the index's settings; drop {', '.join(differing)}")
-    elif path.exists():
-        raise ImgclsError(f"{path} exists; add to it with --add, or choose another --out")
-    else:
-        index = ImageIndex(**{**_INDEX_SETTINGS, **given})
+    from imgcls.similarity import INDEX_SETTINGS, index_dataset, open_index_for
+    chosen = {key: getattr(args, key) for key in INDEX_SETTINGS if getattr(args, key) is not None}
+    index, path = open_index_for(args.out, args.add, chosen)
     splits = [s.strip() for s in args.split.split(",")] if args.split else None
     result = index_dataset(index, args.data, splits, data_options(args))
     index.save(path)
