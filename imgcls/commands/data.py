@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from imgcls.commands.common import add_command, add_data_flags, data_options
 
@@ -32,14 +31,10 @@ def handle_info(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from imgcls.data.inspect import describe, sample_grid
+    from imgcls.data.inspect import write_info
     from imgcls.data.load import load_dataset
     splits = load_dataset(args.data, data_options(args))
-    info = describe(splits)
-    out = Path(args.out or f"{splits.name.replace('/', '_')}-info")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "info.json").write_text(json.dumps(info, indent=2))
-    grid = sample_grid(splits.train, out / "samples.png", seed=args.seed)
+    info, paths = write_info(splits, args.out or f"{splits.name.replace('/', '_')}-info", seed=args.seed)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -59,5 +54,5 @@ def handle_info(args) -> int:
     console.print(f"pixel mean {info['pixels']['mean']}, std {info['pixels']['std']} (0..1 scale)")
     for s in info["skipped_files"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
-    console.print(f"samples: {grid}\ninfo:    {out / 'info.json'}")
+    console.print(f"samples: {paths['png']}\ninfo:    {paths['json']}")
     return 0
