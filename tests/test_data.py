@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import pickle
 import warnings
@@ -21,6 +22,7 @@ from PIL import Image
 from imgcls.data import (DataOptions, Preprocessing, decode_image, from_arrays, load_dataset, stratified_kfold,
                          stratified_split)
 from imgcls.data.images import decode_many
+from imgcls.data.inspect import write_info
 from imgcls.data.named import FASHION_CLASSES
 from imgcls.errors import ImgclsError
 
@@ -627,6 +629,18 @@ def test_named_digits():
     images = torch.cat([p.images for p in parts])
     assert images.shape[1:] == (1, 8, 8) and images.min() == 0 and images.max() == 255
     assert set(images.unique().tolist()) <= {round(k * 255 / 16) for k in range(17)}  # 0..16 scaled
+
+
+def test_write_info_counts_every_split_and_draws_a_row_per_class(tmp_path):
+    splits = load_dataset("digits")
+    info, paths = write_info(splits, tmp_path / "info", seed=1)
+    assert json.loads(paths["json"].read_text()) == info
+    assert info["sizes"] == {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
+    for split, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        assert {name: counts[split] for name, counts in info["counts"].items()} == part.class_counts()
+    assert info["pixels"]["mean"] == [pytest.approx(splits.train.images.double().mean().item() / 255, abs=1e-4)]
+    with Image.open(paths["png"]) as png:
+        assert png.size[1] == 10 * 110          # one 1.1-inch row at 100 dpi per class
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

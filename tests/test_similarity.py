@@ -20,7 +20,7 @@ from imgcls.data import DataOptions, load_dataset
 from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model, load_model
-from imgcls.similarity import ImageIndex, load_features
+from imgcls.similarity import ImageIndex, load_features, open_index_for
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,23 @@ def test_an_index_is_not_a_model_and_a_model_is_not_an_index(digits, tmp_path):
         ImageIndex.load(tmp_path / "knn" / "model.safetensors")
     with pytest.raises(ImgclsError, match="no index there"):
         ImageIndex.load(tmp_path / "nowhere")
+
+
+def test_open_index_for_builds_a_new_index_or_reopens_one_with_its_settings(digits, tmp_path):
+    index, path = open_index_for(tmp_path / "index", add=False, settings={"kind": "hnsw", "m": 8})
+    assert (index.features, index.kind, index.m, index.ef_construction, len(index)) == ("pixels", "hnsw", 8, 200, 0)
+    assert path == tmp_path / "index" / "index.safetensors" and not path.exists()
+    index.add(digits.train.subset(range(50)), [f"a{i}" for i in range(50)], "train").save(path)
+    with pytest.raises(ImgclsError, match="exists; add to it with --add"):
+        open_index_for(tmp_path / "index", add=False, settings={})
+    again, same = open_index_for(path, add=True, settings={"features": "pixels", "kind": "hnsw"})
+    assert same == path and (again.kind, again.m, again.items_) == ("hnsw", 8, index.items_)
+    with pytest.raises(ImgclsError, match=r"drop --kind exact \(the index has hnsw\), --m 16 \(the index has 8\)$"):
+        open_index_for(path, add=True, settings={"kind": "exact", "m": 16, "ef_search": 64})
+    with pytest.raises(ImgclsError, match="no index there"):
+        open_index_for(tmp_path / "nowhere", add=True, settings={})
+    with pytest.raises(ImgclsError, match="unknown index settings metric"):
+        open_index_for(tmp_path / "other", add=False, settings={"metric": "l1"})
 
 
 # -- the command line --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,19 @@ def describe(splits: DatasetSplits) -> dict:
             "sizes": splits.summary(), "image_size": list(prep.size),
             "mode": "grayscale" if prep.channels == 1 else "RGB", "counts": counts,
             "pixels": pixel_stats(splits.train), "skipped_files": [s.to_dict() for s in splits.skipped]}
+
+
+def write_info(splits: DatasetSplits, out_dir: str | Path, seed: int = 0) -> tuple[dict, dict[str, Path]]:
+    """describe(splits) as out_dir/info.json and a sample grid of the training images as out_dir/samples.png.
+
+    Returns the description and the two files' paths ("json", "png")."""
+    info = describe(splits)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "info.json", "png": out_dir / "samples.png"}
+    paths["json"].write_text(json.dumps(info, indent=2))
+    sample_grid(splits.train, paths["png"], seed=seed)
+    return info, paths
 
 
 def sample_grid(data: ImageDataset, path: Path, per_class: int = 8, seed: int = 0, max_classes: int = 20) -> Path:

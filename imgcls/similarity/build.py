@@ -15,7 +15,8 @@ from imgcls.data.images import UnreadableImage, decode_image, decode_many
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.progress import console, progress_bar
-from imgcls.similarity.index import ImageIndex
+from imgcls.similarity.features import load_features
+from imgcls.similarity.index import ImageIndex, index_path
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +29,35 @@ class Added:
     name: str             # the dataset's
     added: int
     skipped: int          # images already in the index (same file, or same dataset item)
+
+
+# ImageIndex's settings, which `imgcls index` takes as flags (--features, --kind, --m, ...).
+INDEX_SETTINGS = ("features", "kind", "m", "ef_construction", "ef_search")
+
+
+def open_index_for(path: str | Path, add: bool, settings: dict) -> tuple[ImageIndex, Path]:
+    """The index to fill at path (a folder or .safetensors file), and its file.
+
+    settings holds only the INDEX_SETTINGS the user chose. Without add, a new index with them (the
+    rest default) and path must be free; with add, the index there, which settings must not contradict."""
+    unknown = sorted(set(settings) - set(INDEX_SETTINGS))
+    if unknown:
+        raise ImgclsError(f"unknown index settings {', '.join(unknown)}; valid: {', '.join(INDEX_SETTINGS)}")
+    path = index_path(path, must_exist=add)
+    if not add:
+        if path.exists():
+            raise ImgclsError(f"{path} exists; add to it with --add, or choose another --out")
+        return ImageIndex(**settings), path
+    index = ImageIndex.load(path)
+    differing = [f"--{k.replace('_', '-')} {v} (the index has {getattr(index, k)})" for k, v in settings.items()
+                 if k != "features" and v != getattr(index, k)]
+    # A network named another way (its run folder, its model file) is the same features.
+    features = settings.get("features")
+    if features is not None and features != index.features and load_features(features).spec != index.features:
+        differing.append(f"--features {features} (the index has {index.features})")
+    if differing:
+        raise ImgclsError(f"--add keeps the index's settings; drop {', '.join(differing)}")
+    return index, path
 
 
 def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = None,

@@ -1,0 +1,11 @@
+"""One module per `imgcls` command: its sub-parser (`add_parser`), its handler and its examples.
+
+A command module imports nothing heavy at module level; its handler imports the library it calls.
+"""
+
+from imgcls.commands import (compare, data, doctor, evaluate, export, index, lr_find, models, predict, search, serve,
+                             train, tune)
+
+# In the order `imgcls --help` lists them.
+COMMANDS = (train, tune, lr_find, evaluate, predict, export, data, serve, compare, index, search, doctor, models)
+

@@ -1,0 +1,95 @@
+"""What several commands share: the sub-parser set-up, the data flags, the per-model flags.
+
+Nothing heavy is imported at module level; `imgcls --help` should not wait for torch more than it must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from imgcls.errors import ImgclsError
+
+# Model hyperparameters that are not per-model flags: they come from run-wide flags.
+RUN_WIDE = {"seed"}
+
+
+def add_command(subparsers, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    """A sub-parser whose description is its help line and whose epilog is its examples."""
+    return subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                                 epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """How a dataset is split and decoded; returns the flags added."""
+    group = parser.add_argument_group("data")
+    return [
+        group.add_argument("--seed", type=int, default=0, help="seed for splits and training (default: 0)"),
+        group.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train"),
+        group.add_argument("--test-fraction", type=float, default=0.2,
+                           help="test share, where the data has no test split"),
+        group.add_argument("--image-size", type=int, default=None, help="side in pixels for image files"),
+        group.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB)"),
+        group.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
+                           help="how differently sized images reach --image-size (default: crop)"),
+        group.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them"),
+        group.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 coarse superclasses"),
+    ]
+
+
+def data_options(args) -> "DataOptions":
+    from imgcls.data.load import DataOptions
+    return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                       size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
+                       coarse=args.coarse)
+
+
+def model_fields() -> dict[str, tuple[type, list[str]]]:
+    """Every hyperparameter of every registered model: name -> (type, models having it)."""
+    from imgcls.models import list_models
+    from imgcls.models.registry import model_class
+    from imgcls.models.transfer import TransferClassifier
+    fields: dict[str, tuple[type, list[str]]] = {}
+    prefixed = {"timm:NAME": model_class("timm:NAME"), "transfer:NAME": TransferClassifier}
+    for name, cls in {**list_models(), **prefixed}.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in RUN_WIDE:
+                kind = hints[f.name] if hints[f.name] in (int, float, str, bool) else str
+                kind = yes_no if kind is bool else kind
+                fields.setdefault(f.name, (kind, []))[1].append(name)
+    return fields
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added."""
+    group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
+    return [group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind, default=None,
+                               metavar="yes|no" if kind is yes_no else kind.__name__.upper(),
+                               help=f"({_owners_text(owners)})")
+            for name, (kind, owners) in sorted(model_fields().items())]
+
+
+def _owners_text(owners: list[str]) -> str:
+    return "all neural networks" if len(owners) > 4 else ", ".join(owners)
+
+
+def yes_no(text: str) -> bool:
+    value = text.lower()
+    if value not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
+    return value in ("yes", "true", "on", "1")
+
+
+def model_params(args) -> dict:
+    """The per-model flags given for args.model (others are errors), plus the run-wide seed if it takes one."""
+    from imgcls.models.registry import model_class
+    cls = model_class(args.model)
+    own = {f.name for f in dataclasses.fields(cls) if f.init}
+    given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise ImgclsError(f"--{foreign[0].replace('_', '-')} does not apply to model {args.model!r} "
+                          f"(its parameters: {', '.join(sorted(own - RUN_WIDE))})")
+    return {**given, **({"seed": args.seed} if "seed" in own else {})}

@@ -1,0 +1,86 @@
+"""imgcls doctor: check a dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.errors import ImgclsError
+
+NAME = "doctor"
+HELP = ("check a dataset: unreadable files, wrong extensions, duplicates, "
+        "near-duplicates, leakage between splits, class balance")
+EXAMPLES = """examples:
+  imgcls doctor photos/                                  # photos-doctor/doctor.html, doctor.json
+  imgcls doctor photos/ --fail-on leakage,corrupt        # exit status 1 when either has findings (CI)
+  imgcls doctor photos/ --quarantine ../photos-quarantine   # move unreadable files and redundant byte copies
+  imgcls doctor fashion-mnist --near 0.04 --out runs/fashion-doctor
+  imgcls doctor photos/ --features efficientnet_lite0 --near 0.02   # near-duplicates by embedding"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = add_command(subparsers, NAME, HELP, EXAMPLES)
+    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    parser.add_argument("--out", default=None,
+                        help="folder for doctor.json and doctor.html (default: ./<name>-doctor)")
+    parser.add_argument("--features", default="pixels",
+                        help="what near-duplicates are compared on: pixels, a saved network or a pretrained model "
+                             "name (default: pixels)")
+    parser.add_argument("--near", type=float, default=None, metavar="THRESHOLD",
+                        help="near-duplicate limit: RMS pixel difference on a 0..1 scale for pixels (default: 0.03), "
+                             "cosine distance for a network's embeddings (default: 0.02)")
+    parser.add_argument("--neighbours", type=int, default=10, help="nearest images searched per image (default: 10)")
+    parser.add_argument("--imbalance", type=float, default=3.0, metavar="RATIO",
+                        help="warn when train's largest class is over RATIO times its smallest (default: 3)")
+    parser.add_argument("--tiny", type=int, default=10, metavar="N",
+                        help="warn about classes with fewer than N training images (default: 10)")
+    parser.add_argument("--fail-on", default=None, metavar="CHECKS",
+                        help="exit with status 1 when any of these checks has findings: comma list of corrupt, "
+                             "mismatch, duplicates, near-duplicates, leakage, imbalance, tiny, or any")
+    parser.add_argument("--quarantine", default=None, metavar="DIR",
+                        help="move unreadable files and the redundant byte-identical copies (a train copy stays) "
+                             "into DIR, keeping their relative paths, logged in DIR/quarantine.json; "
+                             "near-duplicates are reported, never moved")
+    add_data_flags(parser)
+    parser.set_defaults(handler=handle)
+    return parser
+
+
+def handle(args) -> int:
+    from imgcls.doctor import (DoctorOptions, check_quarantine, diagnose, parse_fail_on, print_report, quarantine,
+                               write_report)
+    if args.strict:
+        raise ImgclsError("--strict does not apply to doctor: it reports unreadable files instead of stopping")
+    if args.neighbours < 1 or args.tiny < 0 or args.imbalance < 1 or (args.near is not None and args.near < 0):
+        raise ImgclsError("--neighbours must be at least 1, --imbalance at least 1, --tiny and --near at least 0")
+    options = DoctorOptions(features=args.features, near=args.near, neighbours=args.neighbours,
+                            imbalance=args.imbalance, tiny=args.tiny, fail_on=parse_fail_on(args.fail_on))
+    if args.quarantine:
+        check_quarantine(args.data, args.quarantine)
+    report = diagnose(args.data, data_options(args), options)
+    paths = write_report(report, _doctor_out(args.out, args.data, report.name))
+    print_report(report)
+    print(f"report: {paths['html']}  {paths['json']}")
+    if args.quarantine:
+        moves = quarantine(report, args.quarantine)
+        for move in moves:
+            print(f"moved {move.source} -> {move.target} ({move.reason})")
+        print(f"quarantine: {len(moves)} file(s) moved" + (f", listed in {Path(args.quarantine) / 'quarantine.json'}"
+                                                         if moves else ""))
+    failed = report.failed()
+    if failed:
+        print(f"imgcls doctor: failing checks: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _doctor_out(out: str | None, data: str, name: str) -> Path:
+    """--out, or ./<name>-doctor unless that lies inside the dataset folder (where it would become a class)."""
+    if out:
+        return Path(out)
+    default = Path(f"{name.replace('/', '_')}-doctor")
+    source = Path(data).expanduser()
+    if source.is_dir() and default.resolve().is_relative_to(source.resolve()):
+        raise ImgclsError(f"the default report folder {default} lies inside the dataset; choose one with --out")
+    return default

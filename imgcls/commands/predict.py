@@ -1,0 +1,70 @@
+"""imgcls predict: class probabilities for image files and folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from imgcls.commands.common import add_command
+from imgcls.errors import ImgclsError
+
+NAME = "predict"
+HELP = "class probabilities for image files and folders"
+EXAMPLES = """examples:
+  imgcls predict photo.jpg                      # the pretrained ImageNet model (EfficientNet-Lite0)
+  imgcls predict --model efficientnet_lite2 photo.jpg
+  imgcls predict runs/knn shoe.png              # a saved model (run folder or .safetensors file)
+  imgcls predict runs/knn photos/ --top-k 3 --json
+  imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = add_command(subparsers, NAME, HELP, EXAMPLES)
+    parser.add_argument("inputs", metavar="[MODEL] IMAGE_OR_FOLDER", nargs="+",
+                        help="an optional saved model (run folder, .safetensors or exported .onnx file) first, "
+                             "then images; folders are searched recursively")
+    parser.add_argument("--model", default=None,
+                        help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
+    parser.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--csv", default=None, metavar="FILE",
+                        help="also write rows path,label1,score1,label2,score2,... to FILE")
+    parser.set_defaults(handler=handle)
+    return parser
+
+
+def handle(args) -> int:
+    from imgcls.inference import find_images, predict_files
+    from imgcls.models import resolve_model
+    from imgcls.models.artifact import is_saved_model
+    if args.top_k < 1:
+        raise ImgclsError("--top-k must be at least 1")
+    inputs, spec = args.inputs, args.model
+    if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or inputs[0].lower().endswith(".onnx")):
+        spec, inputs = inputs[0], inputs[1:]
+    model = resolve_model(spec)
+    predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
+    if args.csv:
+        _write_predictions_csv(predictions, Path(args.csv))
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            ranked = ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
+            print(f"{p.path}: {ranked}")
+    for path, reason in failures:
+        print(f"imgcls: skipped {path}: {reason}", file=sys.stderr)
+    return 1 if failures and not predictions else 0
+
+
+def _write_predictions_csv(predictions, path: Path) -> None:
+    import csv
+    k = max((len(p.labels) for p in predictions), default=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *(f"{kind}{i}" for i in range(1, k + 1) for kind in ("label", "score"))])
+        for p in predictions:
+            writer.writerow([p.path, *(v for pair in zip(p.labels, (f"{s:.6g}" for s in p.scores)) for v in pair)])
