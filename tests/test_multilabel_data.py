@@ -145,3 +145,21 @@ def test_decoded_images_carry_their_preprocessing_through_splits(tmp_path, write
     for part in (splits.train, splits.val, splits.test):
         assert part.preprocessing.resize == resize and part.preprocessing == splits.preprocessing
     assert splits.train.concat(splits.val).preprocessing.resize == resize
+
+
+def test_data_info_shows_label_frequencies_cardinality_and_pairs(multilabel_manifest, tmp_path, capsys):
+    from imgcls.cli import main
+    from imgcls.data.inspect import label_stats
+    cells = ["dog;beach", "person", "", "dog;person", "dog;beach;person"] * 6
+    path = multilabel_manifest(cells)
+    assert main(["data", "info", str(path), "--out", str(tmp_path / "info"), "--val-fraction", "0"]) == 0
+    shown = capsys.readouterr().out
+    assert "multi-label" in shown and "cardinality" in shown and "beach + dog" in shown
+    data = ImageDataset.from_arrays(np.zeros((5, 4, 4)), [[1, 1, 0], [0, 0, 0], [1, 1, 1], [0, 1, 1], [1, 0, 0]],
+                                    ["beach", "dog", "person"])
+    stats = label_stats(data)
+    assert stats["frequency"] == {"beach": 0.6, "dog": 0.6, "person": 0.4}
+    assert stats["cardinality"] == 1.6 and stats["without_labels"] == 0.2
+    assert stats["co_occurrences"][0] == {"labels": ["beach", "dog"], "images": 2, "share": 0.4}
+    assert [c["labels"] for c in stats["co_occurrences"]] == [["beach", "dog"], ["dog", "person"],
+                                                              ["beach", "person"]]

@@ -40,17 +40,28 @@ def handle_info(args) -> int:
         return 0
     console = Console()
     split_names = list(info["sizes"])
-    console.print(f"[bold]{info['name']}[/]: {info['classes']} classes, {info['mode']} "
+    labels = info.get("labels")
+    kind = "labels (multi-label)" if labels else "classes"
+    console.print(f"[bold]{info['name']}[/]: {info['classes']} {kind}, {info['mode']} "
                   f"{info['image_size'][0]}x{info['image_size'][1]}", highlight=False)
     table = Table()
-    table.add_column("class")
+    table.add_column("label" if labels else "class")
     for split in split_names:
-        table.add_column(split, justify="right")
+        table.add_column(f"{split} images" if labels else split, justify="right")
+    if labels:
+        table.add_column("frequency (train)", justify="right")
     for name, counts in info["counts"].items():
-        table.add_row(name, *(f"{counts.get(s, 0):,}" for s in split_names))
+        share = [f"{labels['frequency'][name]:.1%}"] if labels else []
+        table.add_row(name, *(f"{counts.get(s, 0):,}" for s in split_names), *share)
     table.add_section()
-    table.add_row("total", *(f"{info['sizes'][s]:,}" for s in split_names))
+    table.add_row("images" if labels else "total", *(f"{info['sizes'][s]:,}" for s in split_names))
     console.print(table)
+    if labels:
+        console.print(f"label cardinality {labels['cardinality']:.2f} labels per image; "
+                      f"{labels['without_labels']:.1%} of images carry none", highlight=False)
+        pairs = ", ".join(f"{' + '.join(c['labels'])} ({c['images']:,})" for c in labels["co_occurrences"][:5])
+        if pairs:
+            console.print(f"most frequent pairs: {pairs}", highlight=False)
     console.print(f"pixel mean {info['pixels']['mean']}, std {info['pixels']['std']} (0..1 scale)")
     for s in info["skipped_files"]:
         console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")

@@ -1,4 +1,5 @@
-"""What is in a dataset: counts per class, image size and mode, skipped files, a grid of samples."""
+"""What is in a dataset: counts per class, image size and mode, skipped files, a grid of samples;
+for multi-label data also label frequencies, label cardinality and the most frequent pairs."""
 
 from __future__ import annotations
 
@@ -19,10 +20,28 @@ def describe(splits: DatasetSplits) -> dict:
             continue
         for name, n in part.class_counts().items():
             counts[name][split_name] = n
-    return {"name": splits.name, "source": splits.source, "classes": len(splits.class_names),
-            "sizes": splits.summary(), "image_size": list(prep.size),
+    info = {"name": splits.name, "source": splits.source, "task": splits.train.task.kind,
+            "classes": len(splits.class_names), "sizes": splits.summary(), "image_size": list(prep.size),
             "mode": "grayscale" if prep.channels == 1 else "RGB", "counts": counts,
             "pixels": pixel_stats(splits.train), "skipped_files": [s.to_dict() for s in splits.skipped]}
+    if splits.train.multi_label:
+        info["labels"] = label_stats(splits.train)
+    return info
+
+
+def label_stats(data: ImageDataset, pairs: int = 10) -> dict:
+    """Multi-label data: each label's frequency (share of images carrying it), the label cardinality
+    (mean labels per image), the share of images without a label, and the most frequent pairs."""
+    hot = data.labels.numpy().astype(np.int64)
+    together = hot.T @ hot
+    upper = [(int(together[i, j]), i, j) for i in range(len(together)) for j in range(i + 1, len(together))]
+    top = sorted((c for c in upper if c[0] > 0), key=lambda c: (-c[0], c[1], c[2]))[:pairs]
+    n = max(len(hot), 1)
+    return {"frequency": {name: round(float(f), 4) for name, f in zip(data.class_names, hot.sum(0) / n)},
+            "cardinality": round(float(hot.sum(1).mean()), 4) if len(hot) else 0.0,
+            "without_labels": round(float((hot.sum(1) == 0).mean()), 4) if len(hot) else 0.0,
+            "co_occurrences": [{"labels": [data.class_names[i], data.class_names[j]], "images": count,
+                                "share": round(count / n, 4)} for count, i, j in top]}
 
 
 def write_info(splits: DatasetSplits, out_dir: str | Path, seed: int = 0) -> tuple[dict, dict[str, Path]]:
@@ -49,7 +68,8 @@ def sample_grid(data: ImageDataset, path: Path, per_class: int = 8, seed: int = 
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1 + 1.6, len(classes) * 1.1),
                              squeeze=False, dpi=100)
     for row, label in enumerate(classes):
-        members = torch.nonzero(data.labels == label).flatten()
+        carries = data.labels[:, label] == 1 if data.multi_label else data.labels == label
+        members = torch.nonzero(carries).flatten()
         chosen = members[torch.randperm(len(members), generator=gen)[:per_class]]
         for col in range(per_class):
             ax = axes[row][col]

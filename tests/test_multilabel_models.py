@@ -1,0 +1,113 @@
+"""Multi-label classifiers: kNN against scikit-learn's multi-output kNN, linear with BCE, per-label
+thresholds, saving, and clear errors for models and options that cannot handle multi-label data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from imgcls.data.load import DataOptions, from_arrays
+from imgcls.errors import ImgclsError
+from imgcls.models import create_model, load_model
+from imgcls.task import MultiLabel, choose_thresholds
+
+
+def quadrants(n: int, seed: int = 0, noise: int = 60):
+    """8x8 images whose labels a, b, c each light one quadrant; any set of them (or none) per image."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+    x = rng.integers(0, noise, (n, 8, 8))
+    x[:, :4, :4] += 150 * y[:, 0, None, None]
+    x[:, 4:, :4] += 150 * y[:, 1, None, None]
+    x[:, :4, 4:] += 150 * y[:, 2, None, None]
+    return x.astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def splits():
+    x, y = quadrants(600)
+    return from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_label_shares_equal_scikit_learns_multi_output_knn(weights):
+    x, y = quadrants(300, seed=1, noise=200)      # noisy enough that neighbours disagree
+    train_x, train_y, test_x = x[:240], y[:240], x[240:]
+    ours = create_model("knn", k=7, weights=weights, threshold=0.5).fit(train_x, train_y)
+    theirs = KNeighborsClassifier(7, weights=weights, algorithm="brute").fit(
+        train_x.reshape(240, -1).astype(float), train_y)
+    flat = test_x.reshape(60, -1).astype(float)
+    expected = np.stack([p[:, 1] for p in theirs.predict_proba(flat)], axis=1)
+    assert np.allclose(ours.predict_proba(test_x), expected)
+    # scikit-learn's multi-output vote takes a label where more than half the weight carries it
+    assert ours.predict(test_x).shape == (60, 3)
+    assert (expected > 0.5).astype(np.uint8)[np.abs(expected - 0.5) > 1e-9].tolist() == \
+        ours.predict(test_x)[np.abs(expected - 0.5) > 1e-9].tolist()
+
+
+@pytest.mark.parametrize("name, params", [("knn", {"k": 5}), ("linear", {"epochs": 20}),
+                                          ("mlp", {"epochs": 8, "hidden": "32"})])
+def test_multi_label_models_learn_save_and_reload(splits, name, params, tmp_path):
+    model = create_model(name, **params).fit(splits.train, validation=splits.val)
+    assert isinstance(model.task_, MultiLabel) and len(model.task_.thresholds) == 3
+    proba = model.predict_proba(splits.test)
+    assert proba.shape == (len(splits.test), 3) and ((proba >= 0) & (proba <= 1)).all()
+    assert not np.allclose(proba.sum(1), 1)                    # not a softmax: labels are independent
+    predicted = model.predict(splits.test)
+    assert predicted.shape == (len(splits.test), 3) and set(np.unique(predicted)) <= {0, 1}
+    assert model.score(splits.test) > 0.85                    # subset accuracy: every label right
+    expected = choose_thresholds(splits.val.labels.numpy(), model.predict_proba(splits.val))
+    assert np.allclose(model.task_.thresholds, expected)      # chosen on validation for F1
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.task_ == model.task_
+    assert np.array_equal(again.predict(splits.test), predicted)
+
+
+def test_a_global_threshold_is_used_for_every_label(splits):
+    model = create_model("linear", epochs=5, threshold=0.3).fit(splits.train, validation=splits.val)
+    assert model.task_.thresholds == (0.3, 0.3, 0.3)
+    assert np.array_equal(model.predict(splits.test), (model.predict_proba(splits.test) >= 0.3).astype(np.uint8))
+
+
+def test_balance_weights_trains_with_pos_weight(splits):
+    model = create_model("linear", epochs=5, balance="weights").fit(splits.train, validation=splits.val)
+    assert model.score(splits.test) > 0.8
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"loss": "svm"}, "loss=softmax"),
+    ({"balance": "sampler"}, "balance=weights"),
+])
+def test_options_that_cannot_handle_multi_label_data_are_one_line_errors(splits, params, fragment):
+    with pytest.raises(ImgclsError, match=fragment) as info:
+        create_model("linear", **params).fit(splits.train)
+    assert "\n" not in str(info.value)
+
+
+def test_thresholds_outside_the_open_unit_interval_and_on_single_label_data_are_errors():
+    for bad in (1.0, 1.5, -0.2):
+        with pytest.raises(ImgclsError, match="strictly between 0 and 1"):
+            create_model("knn", threshold=bad)
+    x, _ = quadrants(20)
+    with pytest.raises(ImgclsError, match="multi-label data only"):
+        create_model("knn", threshold=0.4).fit(x, np.arange(20) % 2)
+
+
+def test_a_model_saved_before_tasks_existed_loads_as_single_label(tmp_path):
+    from safetensors.torch import load_file, save_file
+    import json
+    x, _ = quadrants(40)
+    model = create_model("knn", k=1).fit(x, np.arange(40) % 2)
+    path = model.save(tmp_path / "old")
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["imgcls"])
+    del meta["task"]
+    del meta["params"]["threshold"]
+    save_file(load_file(str(path)), str(path), metadata={"imgcls": json.dumps(meta)})
+    again = load_model(path)
+    assert not again.task_.multi_label and np.array_equal(again.predict(x), model.predict(x))
+    assert torch.equal(torch.as_tensor(again.predict(x)), torch.as_tensor(np.arange(40) % 2))
