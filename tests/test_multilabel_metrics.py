@@ -277,3 +277,122 @@ def test_align_classes_reorders_and_fills_multi_hot_labels():
     with pytest.raises(ImgclsError, match="unknown label.*owl"):
         align_classes(carried, ["cat", "bird", "dog"])
     assert align_classes(carried, ["dog", "cat", "owl"]) is carried
+
+
+def multilabel_run(tmp_path, y, proba, names, **write_options):
+    ev = evaluate_multilabel(y, proba, names, np.linspace(0.3, 0.6, len(names)))
+    info = RunInfo(title="multi-label run", model="cnn", params={"epochs": 1}, dataset="synthetic",
+                   sizes={"test": len(y)}, extra_metrics={"val_mAP": 0.5})
+    return ev, info, write_report(ev, info, tmp_path, **write_options)
+
+
+def test_multilabel_report_files(tmp_path, monkeypatch):
+    from imgcls.evaluation import report
+    plotted = []
+    real_curve = report.precision_recall_curve
+    monkeypatch.setattr(report, "precision_recall_curve",
+                        lambda y, s: plotted.append(np.asarray(y).copy()) or real_curve(y, s))
+    y, proba = random_multilabel(120, 9, 31, decimals=2)
+    y[:, 4] = 0
+    names = [f"label <{j}>" for j in range(9)]
+    rng = np.random.default_rng(0)
+    images = torch.as_tensor(rng.integers(0, 256, (120, 3, 12, 12)), dtype=torch.uint8)
+    ev, info, paths = multilabel_run(tmp_path, y, proba, names, images=images)
+
+    assert set(paths) == {"json", "html", "pr_curves", "mistakes"}
+    assert not (tmp_path / "confusion_matrix.png").exists()
+    data = json.loads(paths["json"].read_text())
+    assert data["task"] == "multi-label" and data["mAP"] == pytest.approx(ev.mAP)
+    kept = y.sum(0) > 0
+    assert data["mAP"] == pytest.approx(average_precision_score(y[:, kept], proba[:, kept], average="macro"))
+    assert data["per_class"]["label <2>"]["average_precision"] == pytest.approx(
+        average_precision_score(y[:, 2], proba[:, 2]))
+    assert data["per_class"]["label <4>"]["average_precision"] is None
+    assert data["labels_without_positives"] == ["label <4>"] and "label <4>" in data["warnings"][0]
+    assert data["thresholds"] == pytest.approx(np.linspace(0.3, 0.6, 9).tolist())
+    assert data["subset_accuracy"] == pytest.approx(accuracy_score(y, ev.y_pred))
+    assert data["hamming_loss"] == pytest.approx(hamming_loss(y, ev.y_pred))
+    assert data["samples_avg"]["f1"] == pytest.approx(f1_score(y, ev.y_pred, average="samples", zero_division=0))
+    assert data["support"] == 120 and data["val_mAP"] == 0.5 and "confusion_matrix" not in data
+
+    # The curves are those of the six labels with the lowest average precision.
+    lowest = sorted(j for j in range(9) if kept[j])
+    lowest = sorted(lowest, key=lambda j: average_precision_score(y[:, j], proba[:, j]))[:6]
+    assert len(plotted) == 6
+    assert all(np.array_equal(curve, y[:, j]) for curve, j in zip(plotted, lowest))
+    for key, min_width in (("pr_curves", 500), ("mistakes", 500)):
+        with Image.open(paths[key]) as png:
+            assert png.format == "PNG" and png.size[0] > min_width
+            assert len(png.convert("RGB").getcolors(1 << 24)) > 50   # drawn, not blank
+
+    html = paths["html"].read_text()
+    assert "Per-label results" in html and "Confusion matrix" not in html
+    for j, name in enumerate(names):
+        escaped = name.replace("<", "&lt;").replace(">", "&gt;")
+        assert f"<tr><td>{escaped}</td>" in html
+        assert f"<td>{int(y[:, j].sum()):,}</td><td>{np.linspace(0.3, 0.6, 9)[j]:.3f}</td></tr>" in html
+    assert f"{ev.per_class['label <2>']['average_precision']:.3f}" in html
+    assert ">mAP<" in html and f"{ev.mAP:.3f}" in html and "Hamming loss" in html and "Samples average" in html
+    assert "no positive among these 120 images" in html
+    assert html.count("data:image/png;base64,") == 2
+    assert "http://" not in html and "https://" not in html
+
+
+def test_multilabel_mistakes_are_the_most_confident_wrong_labels(tmp_path, monkeypatch):
+    from imgcls.evaluation import report
+    import matplotlib.axes
+    titles = []
+    real_set_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, label, *a, **k: titles.append(label) or real_set_title(self, label, *a, **k))
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.uint8)
+    proba = np.array([[0.9, 0.8], [0.2, 0.6], [0.1, 0.7], [0.55, 0.3]])
+    ev = evaluate_multilabel(y, proba, ["cat", "dog"])
+    assert report.plot_label_mistakes(ev, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), tmp_path / "m.png")
+    # False positives by highest probability first, then false negatives by lowest.
+    assert titles == ["FP: dog\n(80%)", "FP: cat\n(55%)", "FN: cat\n(10%)"]
+
+
+def test_all_correct_report_has_no_mistakes_figure(tmp_path):
+    y = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.uint8)
+    _, _, paths = multilabel_run(tmp_path, y, np.where(y == 1, 0.9, 0.1), ["a", "b"],
+                                 images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
+    assert "mistakes" not in paths and paths["pr_curves"].is_file()
+
+
+def test_multilabel_terminal_report():
+    import io
+
+    from rich.console import Console
+    y, proba = random_multilabel(80, 4, 37, decimals=2)
+    y[:, 3] = 0
+    ev = evaluate_multilabel(y, proba, ["cat", "dog", "car", "[boat]"])
+    buffer = io.StringIO()
+    print_report(ev, RunInfo(title="run", model="cnn", params={}, dataset="d"), Console(file=buffer, width=150))
+    text = buffer.getvalue()
+    for name in ("cat", "dog", "car"):
+        row = ev.per_class[name]
+        cells = [f"{row[m]:.3f}" for m in ("precision", "recall", "f1", "average_precision")]
+        line = next(line for line in text.splitlines() if f" {name} " in line)
+        assert all(cell in line for cell in cells) and f" {row['support']} " in line
+    assert next(line for line in text.splitlines() if "[boat]" in line and "│" in line).count("—") == 1
+    summary = next(line for line in text.splitlines() if line.startswith("mAP"))
+    for part in (f"mAP {ev.mAP:.3f}", f"micro F1 {ev.micro_avg['f1']:.3f}", f"macro F1 {ev.macro_avg['f1']:.3f}",
+                 f"samples F1 {ev.samples_avg['f1']:.3f}", f"subset accuracy {ev.subset_accuracy:.2%}",
+                 f"Hamming loss {ev.hamming_loss:.4f}"):
+        assert part in summary
+    assert "warning: [boat]: no positive among these 80 images" in " ".join(text.split())
+
+
+def test_single_label_report_keeps_its_files_and_format(tmp_path):
+    rng = np.random.default_rng(41)
+    proba = rng.dirichlet(np.ones(4), 50)
+    ev = evaluate(rng.integers(0, 4, 50), proba, list("abcd"))
+    info = RunInfo(title="single", model="knn", params={}, dataset="d")
+    paths = write_report(ev, info, tmp_path, images=torch.zeros(50, 1, 8, 8, dtype=torch.uint8))
+    assert set(paths) == {"json", "confusion_matrix", "html", "mistakes"}
+    assert not (tmp_path / "pr_curves.png").exists()
+    data = json.loads(paths["json"].read_text())
+    assert "task" not in data and "mAP" not in data and data["accuracy"] == ev.accuracy
+    html = paths["html"].read_text()
+    assert "Per-class results" in html and "Per-label results" not in html and "Hamming" not in html
