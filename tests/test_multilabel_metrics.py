@@ -21,7 +21,8 @@ def random_multilabel(n, labels, seed, decimals=None):
     """Multi-hot labels and probabilities that lean towards them; rounding makes many tied scores."""
     rng = np.random.default_rng(seed)
     y = (rng.random((n, labels)) < rng.uniform(0.05, 0.5, labels)).astype(np.uint8)
-    proba = 1 / (1 + np.exp(-(2 * y.astype(int) - 1) * rng.uniform(0, 2, (n, labels)) - rng.normal(0, 1.5, (n, labels))))
+    signal = (2 * y.astype(int) - 1) * rng.uniform(0, 2, (n, labels))
+    proba = 1 / (1 + np.exp(-signal - rng.normal(0, 1.5, (n, labels))))
     return y, (np.round(proba, decimals) if decimals is not None else proba)
 
 
@@ -51,7 +52,8 @@ def assert_matches_sklearn(ev: MultiLabelEvaluation, y, proba, thresholds):
     assert ev.support == len(y)
 
 
-@pytest.mark.parametrize("n,labels,seed,decimals", [(300, 5, 0, None), (500, 12, 1, 2), (64, 3, 2, 1), (1000, 20, 3, 3)])
+@pytest.mark.parametrize("n,labels,seed,decimals",
+                         [(300, 5, 0, None), (500, 12, 1, 2), (64, 3, 2, 1), (1000, 20, 3, 3)])
 def test_metrics_match_sklearn(n, labels, seed, decimals):
     y, proba = random_multilabel(n, labels, seed, decimals)
     thresholds = np.random.default_rng(seed).uniform(0.2, 0.8, labels)
