@@ -7,8 +7,11 @@ The per-class and averaged precision / recall / F1 / support follow scikit-learn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
+
+from imgcls.task import SingleLabel
 
 
 @dataclass
@@ -25,6 +28,13 @@ class Evaluation:
     y_true: np.ndarray | None = field(default=None, repr=False)
     y_pred: np.ndarray | None = field(default=None, repr=False)
     proba: np.ndarray | None = field(default=None, repr=False)
+
+    task: ClassVar[str] = SingleLabel.kind
+
+    @property
+    def headline_value(self) -> float:
+        """The figure that ranks models: accuracy (mAP for a MultiLabelEvaluation)."""
+        return self.accuracy
 
     def most_confused(self, n: int = 5) -> list[tuple[str, str, int]]:
         """The n largest off-diagonal cells: (true class, predicted class, count)."""

@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from imgcls import __version__
 from imgcls.evaluation.metrics import Evaluation
+from imgcls.evaluation.multilabel import MultiLabelEvaluation, precision_recall_curve
+
+PR_CURVES = "Precision-recall curves of the labels with the lowest average precision"
+LABEL_MISTAKES = ("Most confident mistakes: FP, a label predicted that the image lacks; "
+                  "FN, a label it carries that was missed (probability of the label)")
 
 
 @dataclass
@@ -33,8 +39,10 @@ class RunInfo:
     config: dict = field(default_factory=dict)
 
 
-def print_report(ev: Evaluation, info: RunInfo, console: Console | None = None) -> None:
+def print_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, console: Console | None = None) -> None:
     console = console or Console()
+    if ev.task == MultiLabelEvaluation.task:
+        return _print_multilabel(ev, info, console)
     table = Table(title=f"{info.title}: {info.split} split, {ev.support:,} images", title_justify="left")
     table.add_column("class")
     for name in ("precision", "recall", "f1"):
@@ -52,28 +60,77 @@ def print_report(ev: Evaluation, info: RunInfo, console: Console | None = None) 
     for key, value in info.extra_metrics.items():
         line += f"   {key.replace('_', ' ')} {value:.2%}"
     console.print(line)
+    _print_skipped(info, console)
+
+
+def _print_multilabel(ev: MultiLabelEvaluation, info: RunInfo, console: Console) -> None:
+    table = Table(title=f"{info.title}: {info.split} split, {ev.support:,} images", title_justify="left")
+    table.add_column("label")
+    for name in ("precision", "recall", "f1", "AP", "support", "threshold"):
+        table.add_column(name, justify="right")
+    for name, row in ev.per_class.items():
+        table.add_row(escape(name), *(f"{row[m]:.3f}" for m in ("precision", "recall", "f1")),
+                      _ap_text(row["average_precision"]), f"{row['support']:,}", f"{row['threshold']:.3f}")
+    table.add_section()
+    for label, row, ap in (("micro avg", ev.micro_avg, ""), ("macro avg", ev.macro_avg, _ap_text(ev.mAP)),
+                           ("samples avg", ev.samples_avg, "")):
+        table.add_row(label, *(f"{row[m]:.3f}" for m in ("precision", "recall", "f1")), ap, f"{row['support']:,}", "")
+    console.print(table)
+    line = (f"mAP [bold]{_ap_text(ev.mAP)}[/]   micro F1 {ev.micro_avg['f1']:.3f}   macro F1 {ev.macro_avg['f1']:.3f}"
+            f"   samples F1 {ev.samples_avg['f1']:.3f}   subset accuracy {ev.subset_accuracy:.2%}"
+            f"   Hamming loss {ev.hamming_loss:.4f}")
+    for key, value in info.extra_metrics.items():
+        line += f"   {key.replace('_', ' ')} {value:.2%}"
+    console.print(line)
+    for warning in ev.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    _print_skipped(info, console)
+
+
+def _ap_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _print_skipped(info: RunInfo, console: Console) -> None:
     if info.skipped_files:
         console.print(f"[yellow]{len(info.skipped_files)} unreadable file(s) skipped[/] (listed in the report)")
 
 
-def write_report(ev: Evaluation, info: RunInfo, out_dir: str | Path, *, images=None,
+def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: str | Path, *, images=None,
                  figures: dict[str, Path] | None = None) -> dict[str, Path]:
     """Write report.json, confusion_matrix.png, mistakes.png (given the evaluated images) and
-    report.html into out_dir; return their paths."""
+    report.html into out_dir; return their paths. A multi-label evaluation gets pr_curves.png
+    in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",
-             "html": out_dir / "report.html"}
     data = {**ev.to_dict(), **info.extra_metrics, "skipped_files": info.skipped_files,
             "model": info.model, "params": info.params, "dataset": info.dataset, "split": info.split,
             "sizes": info.sizes, "timings": info.timings, "imgcls_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if ev.task == MultiLabelEvaluation.task:
+        return _write_multilabel(ev, info, out_dir, data, images, figures)
+    paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",
+             "html": out_dir / "report.html"}
     paths["json"].write_text(json.dumps(data, indent=2))
     plot_confusion_matrix(ev, paths["confusion_matrix"])
     shown = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
     if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, out_dir / "mistakes.png"):
         paths["mistakes"] = shown["Most confident mistakes: true class → predicted class (confidence)"] = \
             out_dir / "mistakes.png"
+    paths["html"].write_text(render_html(ev, info, data, shown))
+    return paths
+
+
+def _write_multilabel(ev: MultiLabelEvaluation, info: RunInfo, out_dir: Path, data: dict, images,
+                      figures: dict[str, Path] | None) -> dict[str, Path]:
+    paths = {"json": out_dir / "report.json", "html": out_dir / "report.html"}
+    paths["json"].write_text(json.dumps(data, indent=2))
+    shown = {}
+    if plot_pr_curves(ev, out_dir / "pr_curves.png"):
+        paths["pr_curves"] = shown[PR_CURVES] = out_dir / "pr_curves.png"
+    shown.update(figures or {})
+    if images is not None and plot_label_mistakes(ev, images, out_dir / "mistakes.png"):
+        paths["mistakes"] = shown[LABEL_MISTAKES] = out_dir / "mistakes.png"
     paths["html"].write_text(render_html(ev, info, data, shown))
     return paths
 
@@ -135,10 +192,73 @@ def plot_mistakes(ev: Evaluation, images, path: Path, n: int = 24) -> Path | Non
     return path
 
 
+def plot_pr_curves(ev: MultiLabelEvaluation, path: Path, n: int = 6) -> Path | None:
+    """Precision against recall for the (up to) n labels with the lowest average precision;
+    None when no label has a positive."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [(row["average_precision"], j) for j, row in enumerate(ev.per_class.values())
+              if row["average_precision"] is not None]
+    if not scored:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=110)
+    for ap, j in sorted(scored)[:n]:
+        precision, recall, _ = precision_recall_curve(ev.y_true[:, j], ev.proba[:, j])
+        # Steps as scikit-learn's PrecisionRecallDisplay draws them: the area under them is the AP.
+        ax.step(recall, precision, where="post", label=f"{ev.class_names[j]} (AP {ap:.3f})")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"Lowest average precision (mAP {ev.mAP:.3f} over {len(scored)} labels)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_label_mistakes(ev: MultiLabelEvaluation, images, path: Path, n: int = 24) -> Path | None:
+    """A grid of the most confident wrong labels: false positives by highest probability, then
+    false negatives by lowest, each image titled 'FP|FN label (probability)'; None without mistakes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = ev.proba
+    false_pos = np.argwhere((ev.y_pred == 1) & (ev.y_true == 0))
+    false_neg = np.argwhere((ev.y_pred == 0) & (ev.y_true == 1))
+    false_pos = false_pos[np.argsort(-p[tuple(false_pos.T)], kind="stable")]
+    false_neg = false_neg[np.argsort(p[tuple(false_neg.T)], kind="stable")]
+    # Half of the grid each, unless one kind has fewer to show.
+    k_pos = min(len(false_pos), max(n // 2, n - len(false_neg)))
+    chosen = [("FP", i, j) for i, j in false_pos[:k_pos]] + [("FN", i, j) for i, j in false_neg[:n - k_pos]]
+    if not chosen:
+        return None
+    cols = min(8, len(chosen))
+    rows = (len(chosen) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (kind, i, j) in zip(axes.flat, chosen):
+        image = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(f"{kind}: {ev.class_names[j]}\n({p[i, j]:.0%})", fontsize=7,
+                     color="#b03030" if kind == "FP" else "#3050b0")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 _ENV = Environment(loader=PackageLoader("imgcls", "evaluation/templates"), autoescape=select_autoescape())
 
 
-def render_html(ev: Evaluation, info: RunInfo, data: dict, images: dict[str, Path]) -> str:
+def render_html(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, data: dict, images: dict[str, Path]) -> str:
     """One self-contained HTML file: figures are embedded, nothing is fetched from the network."""
     embedded = {title: base64.b64encode(Path(p).read_bytes()).decode() for title, p in images.items()
                 if Path(p).is_file()}

@@ -1,0 +1,258 @@
+"""Multi-label metrics from multi-hot labels (N, C) and per-label probabilities (N, C).
+
+Every figure equals scikit-learn's on the same predictions (zero_division=0): `f1_score`,
+`precision_score`, `recall_score` with average micro / macro / samples, `hamming_loss`,
+`accuracy_score` (subset accuracy) and `average_precision_score`, the step-wise AP in which
+tied scores form one step. A label without a positive image has no average precision (its
+recall is 0/0): mAP averages over the other labels and the report says which were left out.
+
+The ranking metrics sort each label's scores once, vectorised over all labels, instead of
+calling scikit-learn label by label: as fast at 10,000 images x 80 labels, about 15 times
+faster on small validation sets, which threshold search and per-epoch monitoring evaluate often.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from imgcls.errors import ImgclsError
+from imgcls.task import DEFAULT_THRESHOLD, MultiLabel
+
+# choose_thresholds keeps thresholds strictly inside (0, 1), as MultiLabel requires.
+THRESHOLD_MARGIN = 1e-6
+
+
+@dataclass
+class MultiLabelEvaluation:
+    """Metrics of a multi-label classifier; field names follow Evaluation where they mean the same.
+
+    support is the number of images; a per-label or average row's support counts positive labels.
+    """
+
+    class_names: list[str]
+    mAP: float | None                     # None when no label has a positive image
+    per_class: dict[str, dict]            # precision, recall, f1, average_precision, support, threshold
+    micro_avg: dict[str, float]
+    macro_avg: dict[str, float]
+    samples_avg: dict[str, float]
+    subset_accuracy: float
+    hamming_loss: float
+    thresholds: np.ndarray
+    support: int
+    labels_without_positives: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    # The raw predictions behind the numbers, for figures; not written to report.json.
+    y_true: np.ndarray | None = field(default=None, repr=False)
+    y_pred: np.ndarray | None = field(default=None, repr=False)
+    proba: np.ndarray | None = field(default=None, repr=False)
+
+    task: ClassVar[str] = MultiLabel.kind
+
+    @property
+    def headline_value(self) -> float | None:
+        """The figure that ranks models: mAP (accuracy for a single-label Evaluation)."""
+        return self.mAP
+
+    def to_dict(self) -> dict:
+        out = {
+            "task": self.task,
+            "mAP": self.mAP,
+            "per_class": self.per_class,
+            "micro_avg": self.micro_avg,
+            "macro_avg": self.macro_avg,
+            "samples_avg": self.samples_avg,
+            "subset_accuracy": self.subset_accuracy,
+            "hamming_loss": self.hamming_loss,
+            "class_names": self.class_names,
+            "support": self.support,
+            "thresholds": [float(t) for t in self.thresholds],
+            "labels_without_positives": self.labels_without_positives,
+            "warnings": self.warnings,
+        }
+        return {**out, **self.extra}
+
+    def headline(self) -> dict[str, float]:
+        """The few numbers worth storing with a model."""
+        keys = {"mAP": self.mAP, "micro_f1": self.micro_avg["f1"], "macro_f1": self.macro_avg["f1"],
+                "samples_f1": self.samples_avg["f1"], "subset_accuracy": self.subset_accuracy,
+                "hamming_loss": self.hamming_loss, "support": self.support}
+        return {k: v for k, v in keys.items() if v is not None}
+
+
+def evaluate_multilabel(y_true, proba, class_names: list[str], thresholds=None, *,
+                        y_pred=None) -> MultiLabelEvaluation:
+    """Metrics for multi-hot labels and probabilities (N, C).
+
+    thresholds: one per label, or None for 0.5 everywhere; a label is predicted where its
+    probability reaches its threshold. y_pred: the model's own multi-hot decisions, if it made them.
+    """
+    y_true, proba = _check_pair(y_true, proba, len(class_names))
+    n, c = y_true.shape
+    thresholds = _threshold_array(thresholds, c)
+    if y_pred is None:
+        y_pred = (proba >= thresholds).astype(np.uint8)
+    else:
+        y_pred = _check_multi_hot(y_pred, "y_pred")
+        if y_pred.shape != y_true.shape:
+            raise ImgclsError(f"y_pred has shape {y_pred.shape}; the labels have {y_true.shape}")
+
+    hit = y_true & y_pred
+    tp, predicted, actual = hit.sum(0), y_pred.sum(0), y_true.sum(0)
+    precision, recall, f1 = _prf(tp, predicted, actual)
+    ap = average_precision(y_true, proba)
+    kept = actual > 0
+    per_class = {name: {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
+                        "average_precision": float(ap[j]) if kept[j] else None,
+                        "support": int(actual[j]), "threshold": float(thresholds[j])}
+                 for j, name in enumerate(class_names)}
+    positives = int(actual.sum())
+
+    def row(p, r, f):
+        return {"precision": float(p), "recall": float(r), "f1": float(f), "support": positives}
+
+    micro = _prf(tp.sum(), predicted.sum(), actual.sum())
+    per_image = _prf(hit.sum(1), y_pred.sum(1), y_true.sum(1))
+    mean = (lambda a: a.mean() if a.size else 0.0)
+    missing = [name for name, k in zip(class_names, kept) if not k]
+    notes = []
+    if missing:
+        which = "this label" if len(missing) == 1 else f"these {len(missing)} of {c} labels"
+        notes.append(f"{', '.join(missing)}: no positive among these {n:,} images, so average precision is "
+                     f"undefined for {which} and mAP averages over the other {c - len(missing)}")
+    return MultiLabelEvaluation(
+        class_names=list(class_names),
+        mAP=float(ap[kept].mean()) if kept.any() else None,
+        per_class=per_class,
+        micro_avg=row(*micro),
+        macro_avg=row(mean(precision), mean(recall), mean(f1)),
+        samples_avg=row(*(mean(a) for a in per_image)),
+        subset_accuracy=float(mean((y_true == y_pred).all(1))),
+        hamming_loss=float(mean(y_true != y_pred)),
+        thresholds=thresholds, support=n,
+        labels_without_positives=missing, warnings=notes,
+        y_true=y_true, y_pred=y_pred, proba=proba,
+    )
+
+
+def average_precision(y_true, proba) -> np.ndarray:
+    """Each label's average precision (C,), as scikit-learn's average_precision_score: the sum over
+    distinct scores s (high to low) of (recall at s - recall at the previous score) * precision at s.
+    NaN for a label without a positive."""
+    y_true, proba = _check_pair(y_true, proba)
+    n = len(y_true)
+    if n == 0:
+        return np.full(y_true.shape[1], np.nan)
+    ranked = _rank(y_true, proba)
+    precision = ranked.tps / np.arange(1, n + 1)[:, None]
+    # A positive raises recall by 1/P at the end of its group of tied scores, where the precision
+    # of that step is taken, so each positive contributes the precision at its group's end.
+    group_end = np.where(ranked.is_end, np.arange(n)[:, None], n)
+    group_end = np.minimum.accumulate(group_end[::-1], axis=0)[::-1]
+    step_precision = np.take_along_axis(precision, group_end, axis=0)
+    total = ranked.tps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (ranked.y * step_precision).sum(0) / total, np.nan)
+
+
+def precision_recall_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One label's curve as scikit-learn's precision_recall_curve: precision, recall (ending at
+    recall 0, precision 1) and the distinct scores, lowest first."""
+    y_true, scores = _check_pair(np.reshape(y_true, (-1, 1)), np.reshape(scores, (-1, 1)))
+    ranked = _rank(y_true, scores)
+    ends = ranked.is_end[:, 0]
+    tps = ranked.tps[ends, 0]
+    precision = tps / (np.flatnonzero(ends) + 1)
+    recall = tps / tps[-1] if len(tps) and tps[-1] > 0 else np.ones_like(tps)
+    return (np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], ranked.scores[ends, 0][::-1])
+
+
+def choose_thresholds(y_true, proba) -> np.ndarray:
+    """Per label, the threshold that maximises that label's F1 on this (validation) data.
+
+    Exact: every distinct score s is a candidate (predict the label where the probability >= s).
+    Where several candidates reach the best F1, the lowest wins (the largest predicted set, so
+    the most recall), and the threshold is put midway between it and the next lower score (0
+    below the lowest), in the middle of the gap rather than on a score seen here. Thresholds lie
+    in [1e-6, 1 - 1e-6], so scores below 1e-6 can never be predicted and all scores from
+    1 - 1e-6 up count as one. A label without a positive (above 1e-6) keeps 0.5.
+    """
+    y_true, proba = _check_pair(y_true, proba)
+    n, c = y_true.shape
+    if n == 0:
+        return np.full(c, DEFAULT_THRESHOLD)
+    low, high = THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN
+    # Scores below the lowest allowed threshold become one group that is never a candidate.
+    ranked = _rank(y_true, np.where(proba < low, -1.0, np.minimum(proba, high)))
+    candidate = ranked.is_end & (ranked.scores >= low)
+    f1 = np.where(candidate, 2 * ranked.tps / (np.arange(1, n + 1)[:, None] + ranked.tps[-1]), -1.0)
+    best = f1.max(0)
+    last = n - 1 - np.argmax((f1 == best)[::-1], axis=0)     # the lowest score reaching the best F1
+    columns = np.arange(c)
+    cut = ranked.scores[last, columns]
+    below = np.where(last + 1 < n, ranked.scores[np.minimum(last + 1, n - 1), columns], 0.0)
+    below = np.maximum(below, 0.0)
+    midway = (cut + below) / 2
+    midway = np.where(midway > below, midway, cut)           # adjacent floats: stay on the candidate
+    return np.where(best > 0, np.clip(midway, low, high), DEFAULT_THRESHOLD)
+
+
+@dataclass
+class _Ranked:
+    """Each label's images sorted by score, high to low, with running counts of true positives."""
+
+    scores: np.ndarray       # (N, C) sorted scores
+    y: np.ndarray            # (N, C) labels in that order, as floats
+    tps: np.ndarray          # (N, C) positives among the first i + 1
+    is_end: np.ndarray       # (N, C) True at the last image of each group of tied scores
+
+
+def _rank(y_true: np.ndarray, proba: np.ndarray) -> _Ranked:
+    order = np.argsort(-proba, axis=0, kind="stable")
+    scores = np.take_along_axis(proba, order, axis=0)
+    y = np.take_along_axis(y_true, order, axis=0).astype(np.float64)
+    is_end = np.ones(scores.shape, dtype=bool)
+    is_end[:-1] = scores[1:] != scores[:-1]
+    return _Ranked(scores, y, np.cumsum(y, axis=0), is_end)
+
+
+def _prf(tp, predicted, actual) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 from counts; 0 where undefined (scikit-learn's zero_division=0)."""
+    tp, predicted, actual = (np.asarray(a, dtype=np.float64) for a in (tp, predicted, actual))
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros(np.shape(b)), where=b > 0)
+    return ratio(tp, predicted), ratio(tp, actual), ratio(2 * tp, predicted + actual)
+
+
+def _check_multi_hot(labels, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ImgclsError(f"{what} must be a multi-hot matrix (N, labels); got shape {labels.shape}")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise ImgclsError(f"{what} must be 0 or 1")
+    return labels.astype(np.uint8)
+
+
+def _check_pair(y_true, proba, n_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    y_true = _check_multi_hot(y_true, "multi-label y_true")
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape != y_true.shape:
+        raise ImgclsError(f"probabilities have shape {proba.shape}; the labels have {y_true.shape}")
+    if n_labels is not None and y_true.shape[1] != n_labels:
+        raise ImgclsError(f"{y_true.shape[1]} label columns for {n_labels} label names")
+    if not np.isfinite(proba).all():
+        raise ImgclsError("probabilities must be finite numbers")
+    return y_true, proba
+
+
+def _threshold_array(thresholds, n_labels: int) -> np.ndarray:
+    if thresholds is None:
+        return np.full(n_labels, DEFAULT_THRESHOLD)
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if len(thresholds) != n_labels:
+        raise ImgclsError(f"{len(thresholds)} thresholds for {n_labels} labels")
+    return thresholds
