@@ -15,11 +15,14 @@ import torch
 
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
-from imgcls.inference.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 from imgcls.models.base import Classifier
 from imgcls.runtime import with_tta
 
+# The file format, written by imgcls.inference.export and read here: the graph's input and output
+# names, and the metadata_props key that holds the JSON metadata.
 FORMAT_VERSION = 1
+METADATA_KEY = "imgcls"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 class OnnxClassifier(Classifier):
