@@ -459,7 +459,7 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     from imgcls.inference import find_images, predict_files
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     from imgcls.models.artifact import is_saved_model
     if args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")
@@ -495,7 +495,7 @@ def _write_predictions_csv(predictions, path: Path) -> None:
 def _export(args) -> int:
     from imgcls.data.load import DataOptions, load_dataset
     from imgcls.inference.export import check_exportable, export_model
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     if args.int8 and args.format != "onnx":
         raise ImgclsError("--int8 applies to --format onnx only")
     if args.int8 and not args.calibrate:
@@ -600,7 +600,7 @@ def _model_settings(path: Path, names: list[str]) -> dict[str, dict]:
 def _serve(args) -> int:
     import uvicorn
 
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     from imgcls.serving.app import create_app
     model = resolve_model(args.model)
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,

@@ -126,7 +126,7 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    split: str = "test") -> RunResult:
     """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
     preprocessing)."""
-    from imgcls.models.pretrained import resolve_model
+    from imgcls.inference.resolve import resolve_model
     model = resolve_model(str(model_path))
     prep = model.preprocessing_
     options = dataclasses.replace(options, size=options.size or prep.size, channels=options.channels or prep.channels,
