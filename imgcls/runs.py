@@ -22,12 +22,12 @@ from imgcls.data.dataset import DatasetSplits
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.models.artifact import save_model
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
 from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
-from imgcls.tuning.test_log import record_test_evaluation
 
 
 @dataclass

@@ -17,11 +17,11 @@ from imgcls.data.dataset import DatasetSplits, ImageDataset
 from imgcls.data.splits import stratified_kfold
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.models.artifact import save_model
 from imgcls.models.distance import METRICS, ExactSearch
 from imgcls.models.knn import WEIGHTS, decide, vote
 from imgcls.models.registry import create_model
-from imgcls.tuning.test_log import record_test_evaluation
 
 GRID_KEYS = ("k", "metric", "weights")
 DEFAULT_GRID = {"k": [1, 3, 5, 7, 9, 11, 15], "metric": ["l1", "l2"], "weights": ["uniform"]}

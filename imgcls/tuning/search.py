@@ -20,11 +20,11 @@ from rich.table import Table
 from imgcls.data.dataset import DatasetSplits
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.models.artifact import load_model, save_model
 from imgcls.models.registry import create_model, model_class
 from imgcls.progress import console, stdout
 from imgcls.training.trainer import Hook
-from imgcls.tuning.test_log import record_test_evaluation
 
 METHODS = ("random", "grid")
 
