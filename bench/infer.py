@@ -42,7 +42,7 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 
 from imgcls.inference import OnnxClassifier, export_model, quantize_onnx  # noqa: E402
 from imgcls.models import pretrained_model  # noqa: E402
-from imgcls.training.trainer import use_bf16, use_channels_last  # noqa: E402
+from imgcls.runtime import use_bf16, use_channels_last  # noqa: E402
 
 SIZE = 224
 CALIBRATION_PHOTOS = ["chelsea", "coffee", "astronaut", "immunohistochemistry", "hubble_deep_field", "retina",

@@ -18,9 +18,9 @@ from rich.table import Table
 
 from imgcls import __version__
 from imgcls.data.load import DataOptions, load_dataset
+from imgcls.finish import fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
-from imgcls.runs import fit_and_report
 
 _ENV = Environment(loader=PackageLoader("imgcls", "evaluation/templates"), autoescape=select_autoescape())
 

@@ -3,7 +3,7 @@
 A run folder holds model.safetensors (the self-describing model), config.json and config.yaml
 (the resolved settings), report.json / report.html / confusion_matrix.png / mistakes.png, and for
 models trained by gradient descent history.json / history.csv / curves.png and checkpoints/.
-The test split is evaluated once, at the end. Under torchrun every process trains; rank 0 alone
+The test split is evaluated once, at the end (imgcls.finish). Under torchrun every process trains; rank 0 alone
 evaluates and writes.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import yaml
 from dataclasses import dataclass, field
@@ -22,12 +21,10 @@ from imgcls.data.dataset import DatasetSplits
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
-from imgcls.models.artifact import save_model
+from imgcls.finish import RunResult, fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
-from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
-from imgcls.tuning.test_log import record_test_evaluation
 
 
 @dataclass
@@ -41,14 +38,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {"data": self.data, "model": self.model, "params": self.params, "out": self.out,
                 "data_options": dataclasses.asdict(self.data_options), "imgcls_version": __version__}
-
-
-@dataclass
-class RunResult:
-    out: Path
-    model_path: Path
-    report_paths: dict[str, Path]
-    metrics: dict
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
@@ -75,37 +64,6 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank)
 
 
-def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
-                   rank: int = 0, print_table: bool = True) -> RunResult | None:
-    """Fit on train (validating on val), evaluate once on test, save the model and the reports in out."""
-    hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
-    start = time.perf_counter()
-    model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)
-    fit_seconds = time.perf_counter() - start
-    if rank != 0:
-        return None
-    extra = {}
-    if splits.val is not None and len(splits.val):
-        val_eval, _ = evaluate_model(model, splits.val)
-        extra["val_accuracy"] = val_eval.accuracy
-    test_eval, predict_seconds = evaluate_model(model, splits.test)
-    record_test_evaluation(out, name)
-    figures = {}
-    if getattr(model, "history_", None):
-        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]
-
-    model.metrics_ = {**test_eval.headline(), **extra, "evaluated_on": f"{splits.name} test"}
-    model_path = save_model(model, out)
-    timings = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
-    info = RunInfo(title=f"{name} on {splits.name}", model=name, params=model.get_params(), dataset=splits.name,
-                   sizes=splits.summary(), timings=timings, skipped_files=[s.to_dict() for s in splits.skipped],
-                   extra_metrics=extra, config=config)
-    if print_table:
-        print_report(test_eval, info, stdout)
-    paths = write_report(test_eval, info, out, images=splits.test.images, figures=figures)
-    return RunResult(out, model_path, paths, {**model.metrics_, **timings, "macro_f1": test_eval.macro_avg["f1"]})
-
-
 def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
     """config.json / config.yaml: the resolved settings. Resuming requires the same ones."""
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +84,7 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    split: str = "test") -> RunResult:
     """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
     preprocessing)."""
-    from imgcls.models.pretrained import resolve_model
+    from imgcls.inference.resolve import resolve_model
     model = resolve_model(str(model_path))
     prep = model.preprocessing_
     options = dataclasses.replace(options, size=options.size or prep.size, channels=options.channels or prep.channels,

@@ -14,9 +14,9 @@ from imgcls.cli import main
 from imgcls.data import load_dataset
 from imgcls.data.images import decode_image
 from imgcls.errors import ImgclsError
-from imgcls.inference import OnnxClassifier, export_model
+from imgcls.inference import OnnxClassifier, export_model, resolve_model
 from imgcls.inference.export import read_torchscript
-from imgcls.models import create_model, resolve_model
+from imgcls.models import create_model
 from imgcls.models.pretrained import pretrained_model
 
 

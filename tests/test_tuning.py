@@ -10,6 +10,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+import imgcls.finish as finish
 import imgcls.tuning.knn_cv as knn_cv
 from imgcls.cli import main
 from imgcls.data import DataOptions, load_dataset
@@ -58,7 +59,7 @@ def test_k_sweep_from_one_search_equals_separate_fits(digits, weights):
 def test_tune_cli_evaluates_test_once_and_writes_results(tmp_path, monkeypatch, capsys):
     splits = load_dataset("digits")
     evaluated, searched = [], []
-    real_evaluate, real_search = knn_cv.evaluate_model, knn_cv.ExactSearch
+    real_evaluate, real_search = finish.evaluate_model, knn_cv.ExactSearch
 
     def spy_evaluate(model, data):
         evaluated.append(data)
@@ -69,7 +70,7 @@ def test_tune_cli_evaluates_test_once_and_writes_results(tmp_path, monkeypatch, 
             searched.append((len(self.reference), len(queries)))
             return super().search(queries, k, progress)
 
-    monkeypatch.setattr(knn_cv, "evaluate_model", spy_evaluate)
+    monkeypatch.setattr(finish, "evaluate_model", spy_evaluate)     # tune_knn evaluates through finish_run
     monkeypatch.setattr(knn_cv, "ExactSearch", SpySearch)
     out = tmp_path / "tuned"
     argv = ["tune", "digits", "--model", "knn", "--grid", "k=1,3,5", "--grid", "metric=l1,l2", "--cv", "3",

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from imgcls.data.load import DataOptions, load_dataset
     from imgcls.inference.export import check_exportable, export_model
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     if args.int8 and args.format != "onnx":
         raise ImgclsError("--int8 applies to --format onnx only")
     if args.int8 and not args.calibrate:

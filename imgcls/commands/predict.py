@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args) -> int:
     from imgcls.inference import find_images, predict_files
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     from imgcls.models.artifact import is_saved_model
     if args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     import uvicorn
 
-    from imgcls.models import resolve_model
+    from imgcls.inference import resolve_model
     from imgcls.serving.app import create_app
     model = resolve_model(args.model)
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,

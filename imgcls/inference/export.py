@@ -25,11 +25,10 @@ import torch
 from imgcls import __version__
 from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.errors import ImgclsError
+from imgcls.inference.onnx_model import FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
 
 FORMATS = ("onnx", "torchscript")
-METADATA_KEY = "imgcls"
 TORCHSCRIPT_METADATA = "imgcls.json"
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # The torch.export-based exporter writes opset 18 natively; lower opsets go through a version
 # converter that cannot convert every operator (Pad, for the TensorFlow-style padded convolutions).
 DEFAULT_OPSET = 18
@@ -38,7 +37,7 @@ CALIBRATION_IMAGES = 200
 
 def export_metadata(model) -> dict:
     """What an exported file carries about its model: enough to predict from it alone."""
-    return {"format": "imgcls-export", "format_version": 1, "imgcls_version": __version__,
+    return {"format": "imgcls-export", "format_version": FORMAT_VERSION, "imgcls_version": __version__,
             "model": model.model_name, "params": model.get_params(), "class_names": list(model.class_names_),
             "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
             "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
@@ -127,7 +126,6 @@ def calibration_subset(model, calibration, count: int = CALIBRATION_IMAGES) -> t
 
 def check_exportable(model) -> None:
     """Raise ImgclsError unless model is a fitted neural classifier (it has a PyTorch network)."""
-    from imgcls.inference.onnx_model import OnnxClassifier
     if isinstance(model, OnnxClassifier):
         raise ImgclsError(f"{model.path} is already an exported model; export the original model")
     if getattr(model, "net_", None) is None:

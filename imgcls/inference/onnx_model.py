@@ -15,10 +15,14 @@ import torch
 
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
-from imgcls.inference.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 from imgcls.models.base import Classifier
+from imgcls.runtime import with_tta
 
+# The file format, written by imgcls.inference.export and read here: the graph's input and output
+# names, and the metadata_props key that holds the JSON metadata.
 FORMAT_VERSION = 1
+METADATA_KEY = "imgcls"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 class OnnxClassifier(Classifier):
@@ -76,10 +80,9 @@ class OnnxClassifier(Classifier):
         return np.concatenate(outputs) if outputs else np.empty((0, len(self.class_names_)), np.float32)
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        proba = _softmax(self.logits(images))
-        if self.get_params().get("tta") == "flip":   # as the original NeuralClassifier predicts
-            proba = (proba + _softmax(self.logits(images.flip(3)))) / 2
-        return torch.from_numpy(proba)
+        # The original NeuralClassifier's tta travels in the exported params, so both predict alike.
+        tta = self.get_params().get("tta", "none")
+        return torch.from_numpy(with_tta(lambda x: _softmax(self.logits(x)), images, tta))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ def parameter_count(name: str, shape: tuple[int, int, int], num_classes: int) ->
     return 0   # kNN learns no parameters: it memorises the training set
 
 
-from imgcls.models.pretrained import pretrained_model, resolve_model  # noqa: E402
+from imgcls.models.pretrained import pretrained_model  # noqa: E402
 
-__all__ = ["parameter_count", "pretrained_model", "resolve_model", "Classifier", "KNNClassifier", "LinearClassifier", "create_model", "list_models", "load_model",
+__all__ = ["parameter_count", "pretrained_model", "Classifier", "KNNClassifier", "LinearClassifier", "create_model", "list_models", "load_model",
            "read_metadata", "register", "save_model"]

@@ -2,8 +2,9 @@
 
 Every network is wrapped with its input normalisation, so it takes uint8 (or 0..255 float)
 images and the mean/std travel inside the saved weights: prediction, serving and export
-never re-declare preprocessing. `fit` hands the work to imgcls.training.Trainer (imported
-there, since training sits above models in the layering).
+never re-declare preprocessing. Prediction runs the network through imgcls.runtime; `fit`
+hands the work to imgcls.training.Trainer, imported there so that loading a model to predict
+never loads the training loop.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from imgcls.errors import ImgclsError
 from imgcls.models import networks
 from imgcls.models.base import Classifier
 from imgcls.models.registry import register, register_prefix
+from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
 from imgcls.training.config import TrainingConfig
 
 
@@ -62,9 +64,6 @@ class ImageNetwork(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logit features: the image embedding that the head classifies."""
         return self.forward_head(self.forward_features(x), pre_logits=True)
-
-
-TTA_MODES = ("none", "flip")
 
 
 @dataclass
@@ -135,10 +134,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.train_state_ = state
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        proba = self.logits(images).softmax(1)
-        if self.tta == "flip":
-            proba = (proba + self.logits(images.flip(3)).softmax(1)) / 2
-        return proba
+        return with_tta(lambda x: self.logits(x).softmax(1), images, self.tta)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.run_network(images)
@@ -146,7 +142,6 @@ class NeuralClassifier(Classifier, TrainingConfig):
     def run_network(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
         """Float32 outputs of forward (default: the network, giving logits) on uint8 images, in batches
         on the model's device, with bf16 and channels_last where they are on."""
-        from imgcls.training.trainer import predict_logits, resolve_device, use_bf16, use_channels_last
         device = resolve_device(self.device)
         net = self.net_.to(device)
         bf16 = use_bf16(self.bf16, device)

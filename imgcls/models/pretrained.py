@@ -81,23 +81,6 @@ def pretrained_model(name: str = DEFAULT_MODEL):
     return model
 
 
-def resolve_model(spec: str | None):
-    """A saved model (file or run folder), an exported .onnx file, or a pretrained model name;
-    None means the default."""
-    spec = spec or DEFAULT_MODEL
-    if spec in PRETRAINED:
-        return pretrained_model(spec)
-    path = Path(spec).expanduser()
-    if path.suffix.lower() == ".onnx":
-        # Imported here: inference sits above models, and only this lookup needs it.
-        from imgcls.inference.onnx_model import OnnxClassifier
-        return OnnxClassifier.load(path)
-    if path.exists():
-        return load_model(path)
-    raise ImgclsError(f"{spec}: neither a saved model (file or run folder) nor a pretrained model "
-                      f"({', '.join(PRETRAINED)})")
-
-
 def imagenet_class_names() -> list[str]:
     """The 1,000 ImageNet-1k class names, short and unique (timm ships the WordNet descriptions)."""
     from timm.data import ImageNetInfo
@@ -144,5 +127,4 @@ def _in_order(source: dict, target: dict, name: str) -> dict:
     return mapped
 
 
-__all__ = ["DEFAULT_MODEL", "ImageNetwork", "PRETRAINED", "imagenet_class_names", "pretrained_model",
-           "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "ImageNetwork", "PRETRAINED", "imagenet_class_names", "pretrained_model"]

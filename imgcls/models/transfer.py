@@ -31,6 +31,7 @@ from imgcls.models.knn import decide, vote
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar
+from imgcls.runtime import predict_logits, resolve_device, use_bf16
 
 MODES = ("probe", "knn", "finetune")
 
@@ -181,7 +182,6 @@ class TransferClassifier(NeuralClassifier):
     # -- prediction ---------------------------------------------------------------------------
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone embeddings (N, num_features) of uint8 images, in bf16 where the CPU is fast at it."""
-        from imgcls.training.trainer import predict_logits, resolve_device, use_bf16
         device = resolve_device(self.device)
         net = self.net_.to(device)
         bf16 = use_bf16(self.bf16, device)

@@ -67,8 +67,9 @@ def load_features(spec: str) -> PixelFeatures | EmbeddingFeatures:
     """Features named by spec: "pixels", a saved network (file or run folder) or a pretrained model name."""
     if spec == PIXELS:
         return PixelFeatures()
+    from imgcls.inference.resolve import resolve_model
     from imgcls.models.artifact import is_saved_model, resolve_model_path
-    from imgcls.models.pretrained import PRETRAINED, resolve_model
+    from imgcls.models.pretrained import PRETRAINED
     if spec in PRETRAINED:
         return EmbeddingFeatures(spec, resolve_model(spec))
     if not is_saved_model(spec):

@@ -24,6 +24,7 @@ from torch import nn
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
+from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training.augment import AugmentConfig, augment_batch
 from imgcls.training.config import TrainingConfig
@@ -268,57 +269,3 @@ def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimize
     if cfg.opt == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-@torch.no_grad()
-def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device, bf16: bool, channels_last: bool,
-                   batch_size: int = 512, forward=None, progress=None) -> torch.Tensor:
-    """Float32 outputs on the CPU of forward (default: the network itself, giving logits) for
-    uint8 images (N, C, H, W), in batches."""
-    net.eval()
-    forward = forward or net
-    outputs = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            outputs.append(forward(x).float().cpu())
-        if progress is not None:
-            progress(len(x))
-    return torch.cat(outputs) if outputs else torch.empty(0)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = dist.get_rank() % torch.cuda.device_count() if dist.is_initialized() else 0
-            return torch.device("cuda", local)
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ImgclsError(f"--device {name}: no CUDA device is available here")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ImgclsError("--device mps: no MPS device is available here")
-    return torch.device(name)
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """auto: bf16 where the hardware has native bf16 matrix units (CPU with AMX, CUDA with bf16)."""
-    if setting != "auto":
-        return setting == "on"
-    if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
-    """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
-    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it can be
-    slower, so auto leaves it off there."""
-    if setting != "auto":
-        return setting == "on"
-    has_conv = any(isinstance(m, nn.Conv2d) for m in net.modules())
-    return has_conv and bf16 and device.type in ("cpu", "cuda")

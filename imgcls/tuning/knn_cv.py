@@ -16,12 +16,10 @@ import numpy as np
 from imgcls.data.dataset import DatasetSplits, ImageDataset
 from imgcls.data.splits import stratified_kfold
 from imgcls.errors import ImgclsError
-from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
-from imgcls.models.artifact import save_model
+from imgcls.finish import finish_run
 from imgcls.models.distance import METRICS, ExactSearch
 from imgcls.models.knn import WEIGHTS, decide, vote
 from imgcls.models.registry import create_model
-from imgcls.tuning.test_log import record_test_evaluation
 
 GRID_KEYS = ("k", "metric", "weights")
 DEFAULT_GRID = {"k": [1, 3, 5, 7, 9, 11, 15], "metric": ["l1", "l2"], "weights": ["uniform"]}
@@ -156,26 +154,14 @@ def tune_knn(splits: DatasetSplits, grid: dict[str, list], folds: int, seed: int
     start = time.perf_counter()
     model.fit(development)
     fit_seconds = time.perf_counter() - start
-    test_eval, predict_seconds = evaluate_model(model, splits.test)
-    count = record_test_evaluation(out, "knn", command)
-
-    model.metrics_ = {**test_eval.headline(), "cv_accuracy": best["mean"], "evaluated_on": f"{splits.name} test"}
-    model_path = save_model(model, out)
-    info = RunInfo(title=f"knn (k={best['k']}, {best['metric']}, chosen by {folds}-fold CV) on {splits.name}",
-                   model="knn", params=model.get_params(), dataset=splits.name,
-                   sizes={**splits.summary(), "refit (train+val)": len(development)},
-                   timings={"cv_seconds": cv_seconds, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds},
-                   skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics={"cv_accuracy": best["mean"]},
-                   config={"tuning": {k: v for k, v in tuning.items() if k != "rows"}, "test_evaluations": count})
-    print_report(test_eval, info, stdout)
-    if count > 1:
-        console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
-                      f"(see {out / 'test_evaluations.json'})")
-    paths = write_report(test_eval, info, out, images=splits.test.images,
-                         figures={"Cross-validation: accuracy against k (points: folds; bars: ±1 std)": out / "cv.png"})
-    # report.json's own keys come from write_report; the tuning record is added beside them.
-    report = json.loads(paths["json"].read_text())
-    report.update({"tuning": tuning, "test_evaluations": count})
-    paths["json"].write_text(json.dumps(report, indent=2))
-    return {"best": params, "summary": summary, "test_accuracy": test_eval.accuracy, "test_evaluations": count,
-            "model_path": model_path, "report_paths": paths}
+    result = finish_run(model, "knn", splits, out, command=command,
+                        title=f"knn (k={best['k']}, {best['metric']}, chosen by {folds}-fold CV) on {splits.name}",
+                        extra_metrics={"cv_accuracy": best["mean"]},
+                        timings={"cv_seconds": cv_seconds, "fit_seconds": fit_seconds},
+                        sizes={**splits.summary(), "refit (train+val)": len(development)},
+                        config={"tuning": {k: v for k, v in tuning.items() if k != "rows"}},
+                        figures={"Cross-validation: accuracy against k (points: folds; bars: ±1 std)": out / "cv.png"},
+                        report={"tuning": tuning})
+    return {"best": params, "summary": summary, "test_accuracy": result.metrics["accuracy"],
+            "test_evaluations": result.test_evaluations, "model_path": result.model_path,
+            "report_paths": result.report_paths}

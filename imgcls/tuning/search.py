@@ -19,12 +19,11 @@ from rich.table import Table
 
 from imgcls.data.dataset import DatasetSplits
 from imgcls.errors import ImgclsError
-from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.finish import finish_run
 from imgcls.models.artifact import load_model, save_model
 from imgcls.models.registry import create_model, model_class
 from imgcls.progress import console, stdout
 from imgcls.training.trainer import Hook
-from imgcls.tuning.test_log import record_test_evaluation
 
 METHODS = ("random", "grid")
 
@@ -117,21 +116,11 @@ def _finish(study, splits: DatasetSplits, model: str, out: Path, command: str) -
         raise ImgclsError("no trial completed; see trials.json")
     best = study.best_trial
     classifier = load_model(out / "trials" / f"trial-{best.number:03d}")
-    evaluation, seconds = evaluate_model(classifier, splits.test)        # the one look at the test split
-    count = record_test_evaluation(out, model, command)
-    classifier.metrics_ = {**evaluation.headline(), "val_accuracy": best.value}
-    model_path = save_model(classifier, out)
-    info = RunInfo(title=f"{model} on {splits.name}, best of {len(rows)} trials", model=model,
-                   params=classifier.get_params(), dataset=splits.name, sizes=splits.summary(),
-                   timings={"predict_seconds": seconds}, extra_metrics={"val_accuracy": best.value},
-                   config={"search": rows})
-    print_report(evaluation, info, stdout)
-    paths = write_report(evaluation, info, out, images=splits.test.images)
-    report = json.loads(paths["json"].read_text())
-    report |= {"tuning": {"trials": rows, "best_trial": best.number, "best_params": best.params},
-               "test_evaluations": count}
-    paths["json"].write_text(json.dumps(report, indent=2))
-    return {"best": best.params, "model_path": model_path, "report_paths": paths, "trials": rows}
+    result = finish_run(classifier, model, splits, out, command=command,
+                        title=f"{model} on {splits.name}, best of {len(rows)} trials",
+                        extra_metrics={"val_accuracy": best.value}, config={"search": rows},
+                        report={"tuning": {"trials": rows, "best_trial": best.number, "best_params": best.params}})
+    return {"best": best.params, "model_path": result.model_path, "report_paths": result.report_paths, "trials": rows}
 
 
 def _print_trials(rows: list[dict]) -> None:

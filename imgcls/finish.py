@@ -1,0 +1,85 @@
+"""The end of every run, written once: evaluate on the test split once, record that look, save
+the model with its test metrics, and write the reports, all in the run folder.
+
+`imgcls train` and `imgcls compare` (through fit_and_report) and both tuners (kNN
+cross-validation, network search) end here, so what a run folder holds and how often its test
+split was looked at read the same for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgcls.data.dataset import DatasetSplits
+from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
+from imgcls.models.artifact import save_model
+from imgcls.progress import console, stdout
+from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
+
+
+@dataclass
+class RunResult:
+    out: Path
+    model_path: Path
+    report_paths: dict[str, Path]
+    metrics: dict
+    test_evaluations: int = 0      # looks at the test split recorded in out, this one included
+
+
+def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
+                   rank: int = 0, print_table: bool = True) -> RunResult | None:
+    """Fit on train (validating on val), then finish_run: evaluate once on test, save the model and
+    the reports in out. Returns None on the ranks other than 0 of a distributed run."""
+    hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
+    start = time.perf_counter()
+    model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)
+    fit_seconds = time.perf_counter() - start
+    if rank != 0:
+        return None
+    extra = {}
+    if splits.val is not None and len(splits.val):
+        val_eval, _ = evaluate_model(model, splits.val)
+        extra["val_accuracy"] = val_eval.accuracy
+    figures = {}
+    if getattr(model, "history_", None):
+        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]
+    return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
+                      config=config, figures=figures, print_table=print_table)
+
+
+def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, title: str | None = None,
+               extra_metrics: dict | None = None, timings: dict | None = None, sizes: dict | None = None,
+               config: dict | None = None, figures: dict[str, Path] | None = None, report: dict | None = None,
+               command: str | None = None, print_table: bool = True) -> RunResult:
+    """Evaluate the fitted model once on splits.test, record that look in out, save the model with
+    its test metrics (and extra_metrics, e.g. val_accuracy) in out, and write the reports there.
+
+    extra_metrics, timings, sizes, config, figures and title describe the run in the report;
+    report's keys join report.json beside the evaluation's own (a tuner's table, say).
+    """
+    out = Path(out)
+    evaluation, predict_seconds = evaluate_model(model, splits.test)      # the one look at the test split
+    count = record_test_evaluation(out, name, command)
+    extra = dict(extra_metrics or {})
+    model.metrics_ = {**evaluation.headline(), **extra, "evaluated_on": f"{splits.name} test"}
+    model_path = save_model(model, out)
+    timings = {**(timings or {}), "predict_seconds": predict_seconds}
+    info = RunInfo(title=title or f"{name} on {splits.name}", model=name, params=model.get_params(),
+                   dataset=splits.name, sizes=sizes or splits.summary(), timings=timings,
+                   skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
+                   config={**(config or {}), "test_evaluations": count})
+    if print_table:
+        print_report(evaluation, info, stdout)
+    if count > 1:
+        console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
+                      f"(see {out / LOG_FILE})")
+    paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures)
+    data = json.loads(paths["json"].read_text())
+    data.update({**(report or {}), "test_evaluations": count})
+    paths["json"].write_text(json.dumps(data, indent=2))
+    metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
+    return RunResult(out, model_path, paths, metrics, count)
