@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from imgcls.errors import ImgclsError
 
 DEFAULT_THRESHOLD = 0.5
+THRESHOLD_MARGIN = 1e-6       # chosen thresholds stay this far inside (0, 1)
 
 
 @dataclass(frozen=True)
@@ -138,26 +139,49 @@ def check_threshold(*values: float) -> None:
 
 
 def choose_thresholds(y_true, proba) -> np.ndarray:
-    """Per label, the threshold that maximises that label's F1 on (y_true, proba): validation data.
+    """Per label, the threshold that maximises that label's F1 on this (validation) data.
 
-    Every distinct score is a candidate cut (predict the label where proba >= cut). Of the best
-    cuts the highest is taken, and the threshold is placed midway between it and the next lower
-    score, so that new images scoring a little below the chosen one still count. A label
-    without positives keeps DEFAULT_THRESHOLD. Thresholds stay strictly inside (0, 1).
+    Exact: every distinct score s is a candidate (predict the label where the probability >= s).
+    Where several candidates reach the best F1, the lowest wins (the largest predicted set, so
+    the most recall), and the threshold is put midway between it and the next lower score (0
+    below the lowest), in the middle of the gap rather than on a score seen here. Thresholds lie
+    in [1e-6, 1 - 1e-6], so scores below 1e-6 can never be predicted and all scores from
+    1 - 1e-6 up count as one. A label without a positive (above 1e-6) keeps 0.5.
     """
-    y_true, proba = np.asarray(y_true).astype(bool), np.asarray(proba, dtype=np.float64)
-    thresholds = np.full(proba.shape[1], DEFAULT_THRESHOLD)
-    for label in range(proba.shape[1]):
-        positives = int(y_true[:, label].sum())
-        if positives == 0:
-            continue
-        order = np.argsort(-proba[:, label], kind="stable")
-        scores, hits = proba[order, label], y_true[order, label]
-        tp = np.cumsum(hits)
-        predicted = np.arange(1, len(scores) + 1)
-        last_of_tie = np.r_[scores[1:] != scores[:-1], True]      # a cut lands after a whole tie group
-        f1 = np.where(last_of_tie, 2 * tp / (predicted + positives), -1)
-        best = int(np.argmax(f1))                                  # first = highest cut among the best
-        below = scores[best + 1] if best + 1 < len(scores) else 0.0
-        thresholds[label] = (scores[best] + below) / 2
-    return np.clip(thresholds, 1e-6, 1 - 1e-6)
+    y_true, proba = np.asarray(y_true).astype(np.uint8), np.asarray(proba, dtype=np.float64)
+    n, c = y_true.shape
+    if n == 0:
+        return np.full(c, DEFAULT_THRESHOLD)
+    low, high = THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN
+    # Scores below the lowest allowed threshold become one group that is never a candidate.
+    ranked = rank_scores(y_true, np.where(proba < low, -1.0, np.minimum(proba, high)))
+    candidate = ranked.is_end & (ranked.scores >= low)
+    f1 = np.where(candidate, 2 * ranked.tps / (np.arange(1, n + 1)[:, None] + ranked.tps[-1]), -1.0)
+    best = f1.max(0)
+    last = n - 1 - np.argmax((f1 == best)[::-1], axis=0)     # the lowest score reaching the best F1
+    columns = np.arange(c)
+    cut = ranked.scores[last, columns]
+    below = np.where(last + 1 < n, ranked.scores[np.minimum(last + 1, n - 1), columns], 0.0)
+    below = np.maximum(below, 0.0)
+    midway = (cut + below) / 2
+    midway = np.where(midway > below, midway, cut)           # adjacent floats: stay on the candidate
+    return np.where(best > 0, np.clip(midway, low, high), DEFAULT_THRESHOLD)
+
+
+@dataclass
+class RankedScores:
+    """Each label's images sorted by score, high to low, with running counts of true positives."""
+
+    scores: np.ndarray       # (N, C) sorted scores
+    y: np.ndarray            # (N, C) labels in that order, as floats
+    tps: np.ndarray          # (N, C) positives among the first i + 1
+    is_end: np.ndarray       # (N, C) True at the last image of each group of tied scores
+
+
+def rank_scores(y_true: np.ndarray, proba: np.ndarray) -> RankedScores:
+    order = np.argsort(-proba, axis=0, kind="stable")
+    scores = np.take_along_axis(proba, order, axis=0)
+    y = np.take_along_axis(y_true, order, axis=0).astype(np.float64)
+    is_end = np.ones(scores.shape, dtype=bool)
+    is_end[:-1] = scores[1:] != scores[:-1]
+    return RankedScores(scores, y, np.cumsum(y, axis=0), is_end)

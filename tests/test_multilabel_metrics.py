@@ -11,10 +11,10 @@ from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, 
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
-from imgcls.evaluation import (Evaluation, MultiLabelEvaluation, RunInfo, align_classes, choose_thresholds,
+from imgcls.evaluation import (Evaluation, MultiLabelEvaluation, RunInfo, align_classes,
                                evaluate, evaluate_model, evaluate_multilabel, print_report, write_report)
 from imgcls.evaluation import multilabel
-from imgcls.task import MultiLabel, SingleLabel
+from imgcls.task import MultiLabel, SingleLabel, choose_thresholds
 
 
 def random_multilabel(n, labels, seed, decimals=None):

@@ -16,7 +16,7 @@ from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import metrics
 from imgcls.evaluation.metrics import Evaluation, confusion_matrix, top_k_accuracy
-from imgcls.evaluation.multilabel import MultiLabelEvaluation, choose_thresholds, evaluate_multilabel
+from imgcls.evaluation.multilabel import MultiLabelEvaluation, evaluate_multilabel
 from imgcls.evaluation.report import RunInfo, print_report, write_report
 from imgcls.task import SingleLabel, Task, task_from_dict, task_of_labels
 
@@ -83,6 +83,6 @@ def align_classes(data: ImageDataset, class_names: list[str]) -> ImageDataset:
     return ImageDataset(data.images, labels, list(class_names), data.paths, data.ids, data.decoded_with)
 
 
-__all__ = ["Evaluation", "MultiLabelEvaluation", "RunInfo", "align_classes", "choose_thresholds",
+__all__ = ["Evaluation", "MultiLabelEvaluation", "RunInfo", "align_classes",
            "confusion_matrix", "evaluate", "evaluate_model", "evaluate_multilabel", "print_report",
            "top_k_accuracy", "write_report"]

@@ -19,10 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from imgcls.errors import ImgclsError
-from imgcls.task import DEFAULT_THRESHOLD, MultiLabel
-
-# choose_thresholds keeps thresholds strictly inside (0, 1), as MultiLabel requires.
-THRESHOLD_MARGIN = 1e-6
+from imgcls.task import DEFAULT_THRESHOLD, MultiLabel, rank_scores
 
 
 @dataclass
@@ -146,7 +143,7 @@ def average_precision(y_true, proba) -> np.ndarray:
     n = len(y_true)
     if n == 0:
         return np.full(y_true.shape[1], np.nan)
-    ranked = _rank(y_true, proba)
+    ranked = rank_scores(y_true, proba)
     precision = ranked.tps / np.arange(1, n + 1)[:, None]
     # A positive raises recall by 1/P at the end of its group of tied scores, where the precision
     # of that step is taken, so each positive contributes the precision at its group's end.
@@ -162,61 +159,12 @@ def precision_recall_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.n
     """One label's curve as scikit-learn's precision_recall_curve: precision, recall (ending at
     recall 0, precision 1) and the distinct scores, lowest first."""
     y_true, scores = _check_pair(np.reshape(y_true, (-1, 1)), np.reshape(scores, (-1, 1)))
-    ranked = _rank(y_true, scores)
+    ranked = rank_scores(y_true, scores)
     ends = ranked.is_end[:, 0]
     tps = ranked.tps[ends, 0]
     precision = tps / (np.flatnonzero(ends) + 1)
     recall = tps / tps[-1] if len(tps) and tps[-1] > 0 else np.ones_like(tps)
     return (np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], ranked.scores[ends, 0][::-1])
-
-
-def choose_thresholds(y_true, proba) -> np.ndarray:
-    """Per label, the threshold that maximises that label's F1 on this (validation) data.
-
-    Exact: every distinct score s is a candidate (predict the label where the probability >= s).
-    Where several candidates reach the best F1, the lowest wins (the largest predicted set, so
-    the most recall), and the threshold is put midway between it and the next lower score (0
-    below the lowest), in the middle of the gap rather than on a score seen here. Thresholds lie
-    in [1e-6, 1 - 1e-6], so scores below 1e-6 can never be predicted and all scores from
-    1 - 1e-6 up count as one. A label without a positive (above 1e-6) keeps 0.5.
-    """
-    y_true, proba = _check_pair(y_true, proba)
-    n, c = y_true.shape
-    if n == 0:
-        return np.full(c, DEFAULT_THRESHOLD)
-    low, high = THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN
-    # Scores below the lowest allowed threshold become one group that is never a candidate.
-    ranked = _rank(y_true, np.where(proba < low, -1.0, np.minimum(proba, high)))
-    candidate = ranked.is_end & (ranked.scores >= low)
-    f1 = np.where(candidate, 2 * ranked.tps / (np.arange(1, n + 1)[:, None] + ranked.tps[-1]), -1.0)
-    best = f1.max(0)
-    last = n - 1 - np.argmax((f1 == best)[::-1], axis=0)     # the lowest score reaching the best F1
-    columns = np.arange(c)
-    cut = ranked.scores[last, columns]
-    below = np.where(last + 1 < n, ranked.scores[np.minimum(last + 1, n - 1), columns], 0.0)
-    below = np.maximum(below, 0.0)
-    midway = (cut + below) / 2
-    midway = np.where(midway > below, midway, cut)           # adjacent floats: stay on the candidate
-    return np.where(best > 0, np.clip(midway, low, high), DEFAULT_THRESHOLD)
-
-
-@dataclass
-class _Ranked:
-    """Each label's images sorted by score, high to low, with running counts of true positives."""
-
-    scores: np.ndarray       # (N, C) sorted scores
-    y: np.ndarray            # (N, C) labels in that order, as floats
-    tps: np.ndarray          # (N, C) positives among the first i + 1
-    is_end: np.ndarray       # (N, C) True at the last image of each group of tied scores
-
-
-def _rank(y_true: np.ndarray, proba: np.ndarray) -> _Ranked:
-    order = np.argsort(-proba, axis=0, kind="stable")
-    scores = np.take_along_axis(proba, order, axis=0)
-    y = np.take_along_axis(y_true, order, axis=0).astype(np.float64)
-    is_end = np.ones(scores.shape, dtype=bool)
-    is_end[:-1] = scores[1:] != scores[:-1]
-    return _Ranked(scores, y, np.cumsum(y, axis=0), is_end)
 
 
 def _prf(tp, predicted, actual) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
