@@ -46,6 +46,11 @@ class Classifier:
         if task.multi_label and not self.multi_label_ok:
             raise ImgclsError(f"{self.model_name} does not learn multi-label data")
 
+    def input_preprocessing(self) -> Preprocessing | None:
+        """How image files should be decoded for this model before it has seen any: a pretrained
+        backbone's own size, crop and interpolation. None: the data decides (the usual case)."""
+        return None
+
     @property
     def task_(self) -> Task:
         """The learned task: single-label, or multi-label with its thresholds."""
