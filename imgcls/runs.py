@@ -55,6 +55,7 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     # A model that knows its input (a pretrained backbone) decodes files its own way unless flags say otherwise.
     config = dataclasses.replace(config, data_options=config.data_options.decoding_as(model.input_preprocessing()))
     splits = load_dataset(config.data, config.data_options)
+    model.check_can_learn(splits.train.task)              # before anything is written
     if not len(splits.test):
         raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
