@@ -147,3 +147,19 @@ def test_multi_label_network_learns_and_early_stops_on_map(splits16, tmp_path):
     one = create_model("cnn", monitor="val_mAP")
     with pytest.raises(ImgclsError, match="multi-label data"):
         one.fit(splits16.train.images, np.arange(len(splits16.train)) % 2)
+
+
+@pytest.mark.parametrize("mode", ["probe", "knn", "finetune"])
+def test_transfer_learns_multi_label_data_in_every_mode(splits16, mode):
+    model = create_model("transfer:efficientnet_lite0", mode=mode, input_size=32, epochs=2, head_epochs=2,
+                         lr=0.01, batch_size=32, k=5)
+    model.fit(splits16.train, validation=splits16.val)
+    assert isinstance(model.task_, MultiLabel)
+    proba = model.predict_proba(splits16.test)
+    assert proba.shape == (len(splits16.test), 3) and not np.allclose(proba.sum(1), 1)
+    predicted = model.predict(splits16.test)
+    assert np.array_equal(predicted, (proba >= np.asarray(model.task_.thresholds)).astype(np.uint8))
+    if mode == "knn":      # a label's score is the share of the k nearest training embeddings carrying it
+        assert set(np.unique(np.round(proba * 5, 6))) <= {0, 1, 2, 3, 4, 5}
+    from sklearn.metrics import average_precision_score
+    assert average_precision_score(splits16.test.labels.numpy(), proba) > 0.6
