@@ -51,6 +51,11 @@ class SingleLabel:
         """How many of a batch's predictions are right (for a running training accuracy)."""
         return float((logits.argmax(1) == targets).sum())
 
+    def validation_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """What the trainer records after each epoch: val_loss and val_accuracy."""
+        return {"val_loss": self.loss(logits, targets).item(),
+                "val_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+
     def to_dict(self) -> dict:
         return {"kind": self.kind}
 
@@ -103,6 +108,14 @@ class MultiLabel:
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         """Images whose whole label set is right at threshold 1/2 (subset accuracy's numerator)."""
         return float(((logits > 0) == targets.bool()).all(1).sum())
+
+    def validation_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """What the trainer records after each epoch: val_loss, val_mAP (over the labels with a
+        positive) and val_accuracy (subset accuracy at threshold 1/2)."""
+        ap = average_precision(targets.numpy(), self.activation(logits).numpy())
+        return {"val_loss": self.loss(logits, targets).item(),
+                "val_mAP": float(np.nanmean(ap)) if not np.isnan(ap).all() else 0.0,
+                "val_accuracy": self.correct(logits, targets) / max(len(targets), 1)}
 
     def with_thresholds(self, thresholds) -> MultiLabel:
         return MultiLabel(tuple(float(t) for t in thresholds))
@@ -185,3 +198,23 @@ def rank_scores(y_true: np.ndarray, proba: np.ndarray) -> RankedScores:
     is_end = np.ones(scores.shape, dtype=bool)
     is_end[:-1] = scores[1:] != scores[:-1]
     return RankedScores(scores, y, np.cumsum(y, axis=0), is_end)
+
+
+def average_precision(y_true, proba) -> np.ndarray:
+    """Each label's average precision (C,), as scikit-learn's average_precision_score: the sum over
+    distinct scores s (high to low) of (recall at s - recall at the previous score) * precision at s.
+    NaN for a label without a positive."""
+    y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    n = len(y_true)
+    if n == 0:
+        return np.full(y_true.shape[1], np.nan)
+    ranked = rank_scores(y_true, proba)
+    precision = ranked.tps / np.arange(1, n + 1)[:, None]
+    # A positive raises recall by 1/P at the end of its group of tied scores, where the precision
+    # of that step is taken, so each positive contributes the precision at its group's end.
+    group_end = np.where(ranked.is_end, np.arange(n)[:, None], n)
+    group_end = np.minimum.accumulate(group_end[::-1], axis=0)[::-1]
+    step_precision = np.take_along_axis(precision, group_end, axis=0)
+    total = ranked.tps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (ranked.y * step_precision).sum(0) / total, np.nan)

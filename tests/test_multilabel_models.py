@@ -111,3 +111,39 @@ def test_a_model_saved_before_tasks_existed_loads_as_single_label(tmp_path):
     again = load_model(path)
     assert not again.task_.multi_label and np.array_equal(again.predict(x), model.predict(x))
     assert torch.equal(torch.as_tensor(again.predict(x)), torch.as_tensor(np.arange(40) % 2))
+
+
+@pytest.fixture(scope="module")
+def splits16():
+    x, y = quadrants(480, seed=2)
+    x = np.kron(x, np.ones((2, 2), dtype=np.uint8))              # 16x16: big enough for every network
+    return from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.2, test_fraction=0.2))
+
+
+@pytest.mark.parametrize("name, params", [
+    ("mlp", {"hidden": "64"}), ("lenet5", {}), ("cnn", {}), ("vgg", {"widths": "8,16"}), ("resnet20", {}),
+    ("timm:resnet10t", {}),
+])
+def test_every_network_trains_on_multi_label_data_with_bce_and_validation_map(splits16, name, params):
+    model = create_model(name, epochs=3, batch_size=32, lr=0.05, **params)
+    model.fit(splits16.train, validation=splits16.val)
+    assert [set(r) >= {"val_loss", "val_mAP", "val_accuracy"} for r in model.history_] == [True] * 3
+    best = max(range(3), key=lambda e: model.history_[e]["val_mAP"])
+    assert model.train_state_.best_epoch == best + 1                     # auto monitor: validation mAP
+    assert isinstance(model.task_, MultiLabel) and len(model.task_.thresholds) == 3
+    proba = model.predict_proba(splits16.test)
+    assert proba.shape == (len(splits16.test), 3) and not np.allclose(proba.sum(1), 1)
+    logits = model.logits(torch.as_tensor(splits16.test.images))
+    assert np.allclose(proba, torch.sigmoid(logits).numpy(), atol=1e-5)  # one sigmoid per label
+
+
+def test_multi_label_network_learns_and_early_stops_on_map(splits16, tmp_path):
+    model = create_model("cnn", epochs=12, batch_size=32, lr=0.05, patience=3, balance="weights")
+    model.fit(splits16.train, validation=splits16.val, run_dir=tmp_path / "run")
+    from sklearn.metrics import average_precision_score
+    test_map = average_precision_score(splits16.test.labels.numpy(), model.predict_proba(splits16.test))
+    assert test_map > 0.9
+    assert (tmp_path / "run" / "checkpoints" / "best.safetensors").is_file()
+    one = create_model("cnn", monitor="val_mAP")
+    with pytest.raises(ImgclsError, match="multi-label data"):
+        one.fit(splits16.train.images, np.arange(len(splits16.train)) % 2)

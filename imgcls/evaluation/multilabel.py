@@ -20,6 +20,7 @@ import numpy as np
 
 from imgcls.errors import ImgclsError
 from imgcls.task import DEFAULT_THRESHOLD, MultiLabel, rank_scores
+from imgcls.task import average_precision as task_average_precision
 
 
 @dataclass
@@ -136,23 +137,9 @@ def evaluate_multilabel(y_true, proba, class_names: list[str], thresholds=None, 
 
 
 def average_precision(y_true, proba) -> np.ndarray:
-    """Each label's average precision (C,), as scikit-learn's average_precision_score: the sum over
-    distinct scores s (high to low) of (recall at s - recall at the previous score) * precision at s.
-    NaN for a label without a positive."""
-    y_true, proba = _check_pair(y_true, proba)
-    n = len(y_true)
-    if n == 0:
-        return np.full(y_true.shape[1], np.nan)
-    ranked = rank_scores(y_true, proba)
-    precision = ranked.tps / np.arange(1, n + 1)[:, None]
-    # A positive raises recall by 1/P at the end of its group of tied scores, where the precision
-    # of that step is taken, so each positive contributes the precision at its group's end.
-    group_end = np.where(ranked.is_end, np.arange(n)[:, None], n)
-    group_end = np.minimum.accumulate(group_end[::-1], axis=0)[::-1]
-    step_precision = np.take_along_axis(precision, group_end, axis=0)
-    total = ranked.tps[-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (ranked.y * step_precision).sum(0) / total, np.nan)
+    """Each label's average precision (C,), as scikit-learn's average_precision_score; NaN for a
+    label without a positive (see imgcls.task.average_precision)."""
+    return task_average_precision(*_check_pair(y_true, proba))
 
 
 def precision_recall_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -82,6 +82,13 @@ class NeuralClassifier(Classifier, TrainingConfig):
         if self.tta not in TTA_MODES:
             raise ImgclsError(f"unknown tta {self.tta!r}; valid: {', '.join(TTA_MODES)}")
 
+    def check_task(self, task) -> None:
+        if task.multi_label and self.balance == "sampler":
+            raise ImgclsError("balance=sampler does not apply to multi-label data; use balance=weights "
+                              "(BCE pos_weight per label)")
+        if self.monitor == "val_mAP" and not task.multi_label:
+            raise ImgclsError("monitor val_mAP applies to multi-label data; use val_accuracy or val_loss")
+
     def training_config(self) -> TrainingConfig:
         return TrainingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingConfig)})
 
@@ -134,7 +141,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.train_state_ = state
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return with_tta(lambda x: self.logits(x).softmax(1), images, self.tta)
+        return with_tta(lambda x: self.task_.activation(self.logits(x)), images, self.tta)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.run_network(images)

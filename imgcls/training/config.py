@@ -9,7 +9,7 @@ from imgcls.errors import ImgclsError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MONITORS = ("val_accuracy", "val_loss")
+MONITORS = ("auto", "val_accuracy", "val_mAP", "val_loss")
 BALANCES = ("none", "weights", "sampler")
 
 
@@ -33,7 +33,7 @@ class TrainingConfig:
     ema: float = 0.0                 # decay of an exponential moving average of weights; 0 = off
     augment: str = "none"            # e.g. "crop,flip" (see imgcls.training.augment)
     patience: int = 0                # early stopping after N epochs without improvement; 0 = off
-    monitor: str = "val_accuracy"
+    monitor: str = "auto"            # auto: val_accuracy, or val_mAP for multi-label data; or val_loss
     channels_last: str = "auto"      # auto, on, off
     bf16: str = "auto"               # auto, on, off
     device: str = "auto"

@@ -16,8 +16,17 @@ from imgcls.progress import console, progress_enabled
 from imgcls.training.trainer import Hook, Trainer
 
 _HEADINGS = {"train_loss": "loss", "train_accuracy": "acc", "val_loss": "val loss", "val_accuracy": "val acc",
-             "images_per_second": "img/s", "seconds": "s"}
+             "val_mAP": "val mAP", "images_per_second": "img/s", "seconds": "s"}
 _COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second", "seconds")
+# Multi-label runs also show validation mAP; their accuracies are subset accuracies (every label right).
+_MULTI_LABEL_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mAP", "val_accuracy",
+                        "images_per_second", "seconds")
+
+
+def _columns(history_or_trainer) -> tuple[str, ...]:
+    if isinstance(history_or_trainer, Trainer):
+        return _MULTI_LABEL_COLUMNS if history_or_trainer.task.multi_label else _COLUMNS
+    return _MULTI_LABEL_COLUMNS if any("val_mAP" in r for r in history_or_trainer) else _COLUMNS
 
 
 class ProgressHook(Hook):
@@ -31,7 +40,8 @@ class ProgressHook(Hook):
                                  TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
                                             "{task.fields[speed]:,.0f} img/s"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.table = _epoch_table()
+        self.columns = _columns(trainer)
+        self.table = _epoch_table(self.columns)
         self.live = Live(Group(self.table, self.progress), console=console, refresh_per_second=4)
         self.live.start()
         self._new_task(trainer)
@@ -55,7 +65,7 @@ class ProgressHook(Hook):
         if not self.enabled:
             return
         self.progress.remove_task(self.task)
-        self.table.add_row(*(_format(k, record.get(k)) for k in _COLUMNS))
+        self.table.add_row(*(_format(k, record.get(k)) for k in self.columns))
         if trainer.state.epoch < trainer.cfg.epochs and not trainer.state.stopped_early:
             self._new_task(trainer)
 
@@ -65,7 +75,7 @@ class ProgressHook(Hook):
         self.live.stop()
         console.print()
         if trainer.state.stopped_early:
-            console.print(f"early stop after epoch {trainer.state.epoch}: no {trainer.cfg.monitor} improvement "
+            console.print(f"early stop after epoch {trainer.state.epoch}: no {trainer.monitor} improvement "
                           f"for {trainer.cfg.patience} epochs; keeping epoch {trainer.state.best_epoch}")
 
 
@@ -83,7 +93,7 @@ def write_history(history: list[dict], run_dir: Path) -> dict[str, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": run_dir / "history.json", "csv": run_dir / "history.csv", "curves": run_dir / "curves.png"}
     paths["json"].write_text(json.dumps(history, indent=2))
-    keys = [k for k in _COLUMNS if any(k in r for r in history)]
+    keys = [k for k in _columns(history) if any(k in r for r in history)]
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
@@ -98,14 +108,18 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in history]
+    multi_label = any("val_mAP" in r for r in history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    accuracy = "subset accuracy" if multi_label else "accuracy"
     for key, label, ax in (("train_loss", "train", loss_ax), ("val_loss", "validation", loss_ax),
-                           ("train_accuracy", "train", acc_ax), ("val_accuracy", "validation", acc_ax)):
+                           ("train_accuracy", f"train {accuracy}", acc_ax),
+                           ("val_accuracy", f"validation {accuracy}", acc_ax), ("val_mAP", "validation mAP", acc_ax)):
         values = [r.get(key) for r in history]
         if any(v is not None for v in values):
             ax.plot(epochs, values, marker="o", markersize=3, label=label)
-    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="binary cross-entropy" if multi_label else "cross-entropy")
+    acc_ax.set(title="mAP and subset accuracy" if multi_label else "Accuracy", xlabel="epoch",
+               ylabel="mAP / accuracy" if multi_label else "accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -115,9 +129,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _epoch_table() -> Table:
+def _epoch_table(columns: tuple[str, ...]) -> Table:
     table = Table(title_justify="left")
-    for key in _COLUMNS:
+    for key in columns:
         table.add_column(_HEADINGS.get(key, key), justify="right")
     return table
 
@@ -129,7 +143,7 @@ def _format(key: str, value) -> str:
         return str(value)
     if key == "lr":
         return f"{value:.2e}"
-    if key.endswith("accuracy"):
+    if key.endswith("accuracy") or key == "val_mAP":
         return f"{value:.2%}"
     if key == "images_per_second":
         return f"{value:,.0f}"

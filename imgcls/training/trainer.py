@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
+from imgcls.task import SingleLabel, Task
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training.augment import AugmentConfig, augment_batch
@@ -62,7 +62,8 @@ class Trainer:
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
-        self.class_weight = None         # balance=weights: per-class weights of the training loss
+        self.class_weight = None         # balance=weights: per-class weights (multi-label: pos_weight)
+        self.task: Task = SingleLabel()  # the training data's: decides loss and validation figures
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
@@ -110,8 +111,7 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with self._autocast():
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=self.class_weight,
-                                   label_smoothing=self.cfg.label_smoothing)
+            loss = self.task.loss(logits, y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_grad > 0:
@@ -120,7 +120,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
         self.state.step += 1
-        return loss.item(), int((logits.argmax(1) == y).sum())
+        return loss.item(), int(self.task.correct(logits.detach(), y))
 
     def _end_epoch(self, record: dict) -> None:
         state = self.state
@@ -140,9 +140,7 @@ class Trainer:
     def evaluate(self, data: ImageDataset) -> dict:
         logits = predict_logits(self.eval_net, data.images, device=self.device, bf16=self.bf16,
                                 channels_last=self.channels_last)
-        labels = data.labels
-        return {"val_loss": F.cross_entropy(logits, labels).item(),
-                "val_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+        return self.task.validation_metrics(logits, data.labels)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -152,6 +150,8 @@ class Trainer:
     def setup(self, train: ImageDataset) -> None:
         """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
         n_train = len(train)
+        self.task = train.task
+        self.monitor = monitored(self.cfg.monitor, self.task)
         if self.cfg.balance == "weights":
             self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
         torch.manual_seed(self.cfg.seed)
@@ -191,11 +191,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _track_best(self, record: dict) -> bool:
-        state, key = self.state, self.cfg.monitor
+        state, key = self.state, self.monitor
         if key not in record:     # no validation data: the last epoch is the best
             state.best_epoch = state.epoch
             return True
-        value = record[key] if key.endswith("accuracy") else -record[key]
+        value = -record[key] if key.endswith("loss") else record[key]
         if state.best is None or value > state.best:
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
             return True
@@ -249,6 +249,16 @@ class Trainer:
                 self.eval_net.load_state_dict(self._best_weights)
         if self.ema is not None:
             self.net.load_state_dict(self.ema.module.state_dict())
+
+
+def monitored(setting: str, task: Task) -> str:
+    """The validation figure early stopping and the best epoch go by: auto means the task's headline
+    (val_accuracy, or val_mAP for multi-label data)."""
+    if setting == "auto":
+        return f"val_{task.headline}"
+    if setting == "val_mAP" and not task.multi_label:
+        raise ImgclsError("monitor val_mAP applies to multi-label data; use val_accuracy or val_loss")
+    return setting
 
 
 def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
