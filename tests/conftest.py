@@ -85,3 +85,13 @@ def quadrants():
     """quadrants(n, seed=0, noise=60) -> (images (N, 8, 8) uint8, multi-hot labels (N, 3)): a small
     multi-label dataset whose labels a, b, c each light one quadrant of the image."""
     return _quadrants
+
+
+@pytest.fixture(scope="session")
+def quadrant_model(quadrants):
+    """A linear multi-label model trained on 600 quadrant images, its thresholds chosen on validation."""
+    from imgcls.data.load import DataOptions, from_arrays
+    from imgcls.models import create_model
+    x, y = quadrants(600)
+    splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
+    return create_model("linear", epochs=20).fit(splits.train, validation=splits.val)
