@@ -18,6 +18,7 @@ from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_repor
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.models.artifact import save_model
 from imgcls.progress import console, stdout
+from imgcls.task import TASKS
 from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
 
 
@@ -43,7 +44,8 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     extra = {}
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val)
-        extra["val_accuracy"] = val_eval.accuracy
+        if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
+            extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     figures = {}
     if getattr(model, "history_", None):
         figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]

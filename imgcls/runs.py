@@ -52,7 +52,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
 
 
 def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | None:
+    # A model that knows its input (a pretrained backbone) decodes files its own way unless flags say otherwise.
+    config = dataclasses.replace(config, data_options=config.data_options.decoding_as(model.input_preprocessing()))
     splits = load_dataset(config.data, config.data_options)
+    model.check_can_learn(splits.train.task)              # before anything is written
     if not len(splits.test):
         raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
@@ -86,10 +89,10 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     preprocessing)."""
     from imgcls.inference.resolve import resolve_model
     model = resolve_model(str(model_path))
-    prep = model.preprocessing_
-    options = dataclasses.replace(options, size=options.size or prep.size, channels=options.channels or prep.channels,
-                                  resize=prep.resize)
-    splits = load_dataset(data, options)
+    if options.size is not None or options.channels is not None:
+        raise ImgclsError("eval decodes images exactly as the model expects "
+                          f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")
+    splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     part = getattr(splits, split)
     if part is None:
         raise ImgclsError(f"{data} has no {split} split")
@@ -101,6 +104,11 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     print_report(evaluation, info, stdout)
     paths = write_report(evaluation, info, out, images=part.images) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
+
+
+def _decode_text(prep) -> str:
+    return (f"{prep.channels} channel(s), {prep.size[0]}x{prep.size[1]}, {prep.resize}, crop {prep.crop_pct:g}, "
+            f"{prep.interpolation}")
 
 
 def _sizes_text(splits: DatasetSplits) -> str:

@@ -163,3 +163,43 @@ def test_data_info_shows_label_frequencies_cardinality_and_pairs(multilabel_mani
     assert stats["co_occurrences"][0] == {"labels": ["beach", "dog"], "images": 2, "share": 0.4}
     assert [c["labels"] for c in stats["co_occurrences"]] == [["beach", "dog"], ["dog", "person"],
                                                               ["beach", "person"]]
+
+
+@pytest.mark.parametrize("command", [["doctor", "{data}"], ["index", "{data}", "--out", "{tmp}/index"],
+                                     ["tune", "{data}", "--model", "knn", "--cv", "2"],
+                                     ["tune", "{data}", "--model", "mlp", "--grid", "lr=0.1", "--trials", "1"]])
+def test_commands_for_single_label_data_refuse_multi_label_data_in_one_line(multilabel_manifest, tmp_path, capsys,
+                                                                            command):
+    from imgcls.cli import main
+    path = multilabel_manifest(["dog;beach", "person", "", "dog;person", "beach"] * 6)
+    argv = [a.format(data=path, tmp=tmp_path) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imgcls: error:") and "multi-label" in err and "\n" not in err
+    assert not (tmp_path / "index").exists()
+
+
+def test_train_a_multi_label_manifest_end_to_end(multilabel_manifest, tmp_path, capsys):
+    import json
+    from imgcls.cli import main
+    from imgcls.models import load_model, read_metadata
+    cells = ["dog;beach", "person", "", "dog;person", "beach", "dog", "beach;person", "dog;beach;person"] * 10
+    path = multilabel_manifest(cells)
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--model", "knn", "--k", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "multi-label" and set(report["per_class"]) == set(LABELS) and "mAP" in report
+    meta = read_metadata(out)
+    assert meta["task"]["kind"] == "multi-label" and len(meta["task"]["thresholds"]) == 3
+    assert "val_mAP" in meta["metrics"] and meta["metrics"]["mAP"] == report["mAP"]
+    model = load_model(out)
+    assert model.task_.multi_label
+    capsys.readouterr()
+    for bad, fragment in ((["--model", "linear", "--loss", "svm"], "loss=softmax"),
+                          (["--model", "knn", "--threshold", "1.5"], "strictly between 0 and 1"),
+                          (["--model", "mlp", "--balance", "sampler"], "balance=weights")):
+        target = tmp_path / f"bad-{bad[1]}-{bad[-1]}"
+        assert main(["train", str(path), *bad, "--out", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and "\n" not in err
+        assert not target.exists()                       # nothing half-written

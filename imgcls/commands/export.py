@@ -53,7 +53,7 @@ def handle(args) -> int:
     calibration = None
     if args.calibrate:
         prep = model.preprocessing_
-        splits = load_dataset(args.calibrate, DataOptions(size=prep.size, channels=prep.channels, resize=prep.resize))
+        splits = load_dataset(args.calibrate, DataOptions(preprocessing=prep, val_fraction=0))   # as the model decodes
         calibration = splits.train
     out = Path(args.out) if args.out else _export_path(args.model, args.format, args.int8)
     path = export_model(model, out, args.format, int8=args.int8, calibration=calibration,

@@ -131,6 +131,16 @@ class DatasetSplits:
         parts = {"train": self.train, "val": self.val, "test": self.test}
         return {name: len(part) for name, part in parts.items() if part is not None}
 
+    def require_single_label(self, what: str) -> DatasetSplits:
+        """self, or a one-line error for a command that handles single-label data only."""
+        require_single_label(self.train.multi_label, self.name, what)
+        return self
+
+
+def require_single_label(multi_label: bool, name: str, what: str) -> None:
+    if multi_label:
+        raise ImgclsError(f"{name} is multi-label; {what} handles single-label data only (one class per image)")
+
 
 def check_classes(class_names: list[str], labels: np.ndarray, where: str) -> None:
     """One-line errors for datasets no classifier can learn from: fewer than 2 classes (or no label

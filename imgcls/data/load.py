@@ -14,6 +14,7 @@ What a path holds decides how it is read:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,18 @@ class DataOptions:
     preprocessing: Preprocessing | None = None   # decode files exactly so (a model's, an index's); wins over size...
     any_classes: bool = False      # accept one class, empty classes and a flat folder (indexing and checking
                                    # a dataset need no classifier); a flat folder is one class named after it
+
+    def decoding_as(self, expected: Preprocessing | None) -> DataOptions:
+        """These options with image files decoded as a model expects (expected: its size, crop and
+        interpolation; None: the data decides), except where the flags say otherwise: --image-size,
+        --channels and a --resize other than crop win. In-memory datasets are not decoded."""
+        if expected is None or self.preprocessing is not None:
+            return self
+        size = (self.size, self.size) if isinstance(self.size, int) else (self.size or expected.size)
+        crop = self.resize == "crop"
+        prep = Preprocessing(channels=self.channels or expected.channels, size=size, resize=self.resize,
+                             crop_pct=expected.crop_pct if crop else 1.0, interpolation=expected.interpolation)
+        return dataclasses.replace(self, preprocessing=prep)
 
 
 def load_dataset(source: str | Path, options: DataOptions | None = None) -> DatasetSplits:

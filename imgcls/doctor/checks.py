@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.dataset import DatasetSplits, relative_name
+from imgcls.data.dataset import DatasetSplits, relative_name, require_single_label
 from imgcls.data.files import SPLIT_NAMES
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
 from imgcls.errors import ImgclsError
@@ -263,9 +263,11 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
     options = options or DoctorOptions()
     data_options = replace(data_options or DataOptions(), strict=False, any_classes=True)
     files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True)
+    if files is not None:
+        require_single_label(files.multi_label, str(source), "imgcls doctor")
     split_problem = ""
     if isinstance(source, DatasetSplits):
-        splits = source
+        splits = source.require_single_label("imgcls doctor")
     else:
         try:
             splits = load_dataset(source, data_options)

@@ -41,10 +41,21 @@ class Classifier:
     def check_params(self) -> None:
         """Raise ImgclsError for an invalid hyperparameter. Called by create_model and fit."""
 
+    def check_can_learn(self, task: Task) -> None:
+        """Raise ImgclsError when this classifier, with these hyperparameters, cannot learn data of
+        this task (fit calls it; so do commands, before they write anything)."""
+        self._check_threshold_applies(task)
+        self.check_task(task)
+
     def check_task(self, task: Task) -> None:
-        """Raise ImgclsError when this classifier (with these hyperparameters) cannot learn task."""
+        """What each classifier refuses: multi-label data, or options that do not apply to it."""
         if task.multi_label and not self.multi_label_ok:
             raise ImgclsError(f"{self.model_name} does not learn multi-label data")
+
+    def input_preprocessing(self) -> Preprocessing | None:
+        """How image files should be decoded for this model before it has seen any: a pretrained
+        backbone's own size, crop and interpolation. None: the data decides (the usual case)."""
+        return None
 
     @property
     def task_(self) -> Task:
@@ -65,8 +76,7 @@ class Classifier:
         are used by classifiers trained by gradient descent and ignored by the others."""
         self.check_params()
         data = as_dataset(X, y, class_names)
-        self._check_threshold_applies(data.task)
-        self.check_task(data.task)
+        self.check_can_learn(data.task)
         self.class_names_ = list(data.class_names)
         self.preprocessing_ = data.preprocessing
         self.metrics_ = {}

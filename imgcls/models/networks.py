@@ -252,6 +252,22 @@ def timm_network(name: str, in_chans: int, num_classes: int, pretrained: bool = 
     raise ImgclsError(f"unknown timm model {name!r}{hint}; see timm.list_models('*{family}*')") from None
 
 
+def timm_preprocessing(name: str):
+    """The decode timm's pretrained weights for `name` were evaluated with, or None if timm has none."""
+    import timm
+    from imgcls.data.images import INTERPOLATIONS, Preprocessing
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        return None
+    if cfg is None:
+        return None
+    channels, height, width = cfg.input_size
+    interpolation = cfg.interpolation if cfg.interpolation in INTERPOLATIONS else "bilinear"
+    return Preprocessing(channels=channels if channels in (1, 3) else 3, size=(height, width), resize="crop",
+                         crop_pct=min(float(cfg.crop_pct or 1.0), 1.0), interpolation=interpolation)
+
+
 def _weights_error(name: str, error: Exception) -> ImgclsError:
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     return ImgclsError(f"cannot load pretrained weights for timm model {name!r} ({reason}); without internet, "

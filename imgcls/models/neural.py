@@ -82,6 +82,14 @@ class NeuralClassifier(Classifier, TrainingConfig):
         if self.tta not in TTA_MODES:
             raise ImgclsError(f"unknown tta {self.tta!r}; valid: {', '.join(TTA_MODES)}")
 
+    def input_preprocessing(self):
+        """With pretrained timm weights, the weights' own decode (timm's pretrained config: input
+        size, crop_pct, interpolation); otherwise the data decides."""
+        options = self.network_options()
+        if not options.get("pretrained") or not hasattr(self.builder, "timm_name"):
+            return None
+        return networks.timm_preprocessing(self.builder.timm_name)
+
     def check_task(self, task) -> None:
         if task.multi_label and self.balance == "sampler":
             raise ImgclsError("balance=sampler does not apply to multi-label data; use balance=weights "
@@ -201,6 +209,7 @@ def _timm_class(name: str) -> type:
 
     def builder(in_chans: int, num_classes: int, *, pretrained: bool = False, weights: str = "") -> nn.Module:
         return networks.timm_network(timm_name, in_chans, num_classes, pretrained=pretrained, weights=weights)
+    builder.timm_name = timm_name
     return _network_class(name, builder, f"timm's {timm_name}")
 
 

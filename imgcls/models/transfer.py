@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.images import Preprocessing
 from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
-from imgcls.models.knn import decide, vote
+from imgcls.models.knn import as_probabilities, decide, vote
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar
@@ -108,6 +109,13 @@ class TransferClassifier(NeuralClassifier):
     def network_options(self) -> dict:
         return {}
 
+    def input_preprocessing(self) -> Preprocessing:
+        """The backbone's evaluation decode at the side it is fed: RGB, the centre crop covering
+        side / (side + 32) of the image, bicubic (EfficientNet-Lite's; 224 px: 0.875)."""
+        side = self._side()
+        return Preprocessing(channels=3, size=(side, side), resize="crop", crop_pct=round(side / (side + 32), 3),
+                             interpolation="bicubic")
+
     def _side(self) -> int:
         from imgcls.models.pretrained import PRETRAINED
         return self.input_size or PRETRAINED[self.backbone].size
@@ -138,7 +146,8 @@ class TransferClassifier(NeuralClassifier):
         self.net_.eval()
 
     def _fit_probe(self, embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
-        """Multinomial logistic regression on the embeddings: full-batch L-BFGS, L2 penalty."""
+        """Logistic regression on the embeddings (multinomial, or one per label for multi-label data):
+        full-batch L-BFGS, L2 penalty."""
         head = nn.Linear(embeddings.shape[1], n_classes)
         optimizer = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=200, history_size=20,
                                       line_search_fn="strong_wolfe")
@@ -149,7 +158,7 @@ class TransferClassifier(NeuralClassifier):
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(head(embeddings), labels, weight=weight, label_smoothing=self.label_smoothing)
+            loss = self.task_.loss(head(embeddings), labels, weight=weight, label_smoothing=self.label_smoothing)
             loss = loss + penalty * head.weight.square().sum()
             loss.backward()
             return loss
@@ -193,13 +202,16 @@ class TransferClassifier(NeuralClassifier):
         if self.mode != "knn":
             return super()._predict_proba(images)
         votes, _ = self._knn_votes(images)
-        return (votes / votes.sum(1, keepdim=True)).float()
+        return as_probabilities(votes, self.task_.multi_label).float()
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         if self.mode != "knn":
             return super().predict_with_proba(X)
         votes, first_rank = self._knn_votes(self._images(X))
-        return decide(votes, first_rank).numpy(), (votes / votes.sum(1, keepdim=True)).numpy()
+        proba = as_probabilities(votes, self.task_.multi_label).numpy()
+        if self.task_.multi_label:          # a label's score: the share of neighbours carrying it
+            return self.task_.decide(proba), proba
+        return decide(votes, first_rank).numpy(), proba
 
     def predict(self, X) -> np.ndarray:
         return self.predict_with_proba(X)[0]

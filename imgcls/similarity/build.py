@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from imgcls.data.dataset import DatasetSplits, ImageDataset, SkippedFile, relative_name
+from imgcls.data.dataset import DatasetSplits, ImageDataset, SkippedFile, relative_name, require_single_label
 from imgcls.data.files import report_skipped
 from imgcls.data.images import UnreadableImage, decode_image, decode_many
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
@@ -69,9 +69,11 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
     at the network's size; otherwise (pixels, first build) the dataset is loaded as for training."""
     options = decode_options(index, options)
     files = dataset_files(source, flat_ok=True)
+    if files is not None:
+        require_single_label(files.multi_label, str(source), "a similarity index")
     if files is not None and options.preprocessing is not None:
         return _index_files(index, files, splits, options)
-    data = load_dataset(source, options)
+    data = load_dataset(source, options).require_single_label("a similarity index")
     held, added, skipped = set(index.items_), 0, 0
     for split in _chosen(splits, [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))],
                          source):
@@ -195,6 +197,7 @@ def queries_from_dataset(index: ImageIndex, source: str, split: str, n: int, see
         raise ImgclsError("--n must be at least 1")
     files = dataset_files(source, flat_ok=True)
     if files is not None:
+        require_single_label(files.multi_label, str(source), "search --from")
         return _queries_from_files(index, files, split, n, seed)
     data = load_dataset(source, decode_options(index, DataOptions()))
     part = getattr(data, split, None) if split in SPLITS else None

@@ -132,6 +132,7 @@ def tune_knn(splits: DatasetSplits, grid: dict[str, list], folds: int, seed: int
     """Cross-validate the grid on train+val, refit the best on train+val, evaluate once on test, and
     write cv_results.json, cv.png, model.safetensors and the report (with the CV table) into out."""
     from imgcls.progress import console, stdout
+    splits.require_single_label("tune (cross-validated accuracy)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # The validation split is not needed when cross-validating: its images join the folds.

@@ -68,6 +68,7 @@ class _ReportToTrial(Hook):
 def search(splits: DatasetSplits, model: str, grid: dict[str, list], *, method: str, trials: int, seed: int,
            out: str | Path, command: str = "") -> dict:
     import optuna
+    splits.require_single_label("tune (validation accuracy)")
     if splits.val is None or not len(splits.val):
         raise ImgclsError("searching needs a validation split: use --val-fraction above 0")
     if method not in METHODS:
