@@ -12,7 +12,6 @@ from PIL import Image
 
 from imgcls.cli import main
 from imgcls.data.images import decode_image
-from imgcls.data.load import DataOptions, from_arrays
 from imgcls.inference.predict import predictions
 from imgcls.models import create_model, load_model
 from imgcls.task import MultiLabel, SingleLabel
@@ -21,16 +20,11 @@ NAMES = ["a", "b", "c"]
 
 
 @pytest.fixture(scope="module")
-def splits(quadrants):
-    x, y = quadrants(600)
-    return from_arrays(x, y, class_names=NAMES, options=DataOptions(val_fraction=0.15, test_fraction=0.2))
-
-
-@pytest.fixture(scope="module")
-def linear_run(splits, tmp_path_factory):
+def linear_run(quadrant_model, tmp_path_factory):
     """A linear multi-label model (thresholds chosen on validation), saved."""
+    assert quadrant_model.class_names_ == NAMES
     out = tmp_path_factory.mktemp("run") / "linear"
-    create_model("linear", epochs=20).fit(splits.train, validation=splits.val).save(out)
+    quadrant_model.save(out)
     return out
 
 
@@ -57,7 +51,8 @@ def expected(run, folder):
 
 
 def test_labels_at_or_above_each_labels_own_threshold_in_score_order():
-    proba = np.array([[0.35, 0.45, 0.85], [0.2, 0.5, 0.95], [0.29, 0.1, 0.89], [0.3, 0.6, 0.9]])   # float64: "at" is exact
+    # float64, so that a score equal to its threshold is exactly "at" it
+    proba = np.array([[0.35, 0.45, 0.85], [0.2, 0.5, 0.95], [0.29, 0.1, 0.89], [0.3, 0.6, 0.9]])
     got = predictions(proba, NAMES, MultiLabel((0.3, 0.5, 0.9)))
     assert [p.chosen for p in got] == [["a"], ["c", "b"], [], ["c", "b", "a"]]
     assert [p.chosen_scores for p in got][1] == pytest.approx([0.95, 0.5])
