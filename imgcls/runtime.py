@@ -73,9 +73,13 @@ def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def with_tta(proba_of, images: torch.Tensor, tta: str):
-    """proba_of(images); with tta="flip", its average with proba_of the mirror images. The outputs
-    may be tensors or arrays, so PyTorch and ONNX Runtime models average the same way."""
+def with_tta(outputs_of, images: torch.Tensor, tta: str, activation=None):
+    """Probabilities: activation(outputs_of(images)), with tta="flip" averaged with those of the
+    mirror images. activation is the model's task's (softmax, or a sigmoid per label) for logits, or
+    None where outputs_of gives probabilities already. PyTorch and ONNX Runtime models both come
+    here, so they average alike: probabilities, never logits."""
+    def proba_of(x):
+        return outputs_of(x) if activation is None else activation(outputs_of(x))
     proba = proba_of(images)
     if tta == "flip":
         proba = (proba + proba_of(images.flip(3))) / 2

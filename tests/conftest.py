@@ -67,3 +67,31 @@ def stop_after():
             if trainer.state.epoch == self.epoch:
                 raise KeyboardInterrupt
     return StopAfter
+
+
+def _quadrants(n: int, seed: int = 0, noise: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images whose labels a, b, c each light one quadrant; any set of them (or none) per image."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+    x = rng.integers(0, noise, (n, 8, 8))
+    x[:, :4, :4] += 150 * y[:, 0, None, None]
+    x[:, 4:, :4] += 150 * y[:, 1, None, None]
+    x[:, :4, 4:] += 150 * y[:, 2, None, None]
+    return x.astype(np.uint8), y
+
+
+@pytest.fixture(scope="session")
+def quadrants():
+    """quadrants(n, seed=0, noise=60) -> (images (N, 8, 8) uint8, multi-hot labels (N, 3)): a small
+    multi-label dataset whose labels a, b, c each light one quadrant of the image."""
+    return _quadrants
+
+
+@pytest.fixture(scope="session")
+def quadrant_model(quadrants):
+    """A linear multi-label model trained on 600 quadrant images, its thresholds chosen on validation."""
+    from imgcls.data.load import DataOptions, from_arrays
+    from imgcls.models import create_model
+    x, y = quadrants(600)
+    splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
+    return create_model("linear", epochs=20).fit(splits.train, validation=splits.val)

@@ -181,3 +181,100 @@ def test_pretrained_efficientnet_exports_faithfully(tmp_path):
     assert top1 == [model.class_names_[i] for i in expected.argmax(1)]
     assert top1[0] in {"tabby", "tiger cat", "Egyptian cat"} and top1[1] == "espresso"
     assert onnx_model.preprocessing_ == model.preprocessing_
+
+
+@pytest.fixture(scope="module")
+def multi_label(quadrants):
+    """A small MLP trained on multi-label quadrant images (fp32, so PyTorch is the exact reference),
+    and held-out images."""
+    from imgcls.data.load import DataOptions, from_arrays
+    x, y = quadrants(600)
+    splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
+    model = create_model("mlp", epochs=6, hidden="32", bf16="off").fit(splits.train, validation=splits.val)
+    return model, splits.test
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z.astype(np.float64)))
+
+
+def test_a_multi_label_export_predicts_like_the_original(multi_label, tmp_path):
+    import onnxruntime as ort
+    model, test = multi_label
+    assert model.task_.multi_label and len(set(model.task_.thresholds)) == 3      # three different thresholds
+    path = export_model(model, tmp_path / "ml.onnx")
+    metadata = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["imgcls"])
+    assert metadata["task"] == {"kind": "multi-label", "thresholds": list(model.task_.thresholds)}
+    assert metadata["format_version"] == 2          # an imgcls that would apply a softmax refuses it
+    exported = OnnxClassifier.load(path)
+    assert exported.task_ == model.task_
+
+    # onnxruntime's own raw outputs through a sigmoid: the reference, independent of OnnxClassifier
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"images": test.images.numpy().astype(np.float32)})[0]
+    proba = exported.predict_proba(test)
+    np.testing.assert_allclose(proba, _sigmoid(logits), atol=1e-6)
+    np.testing.assert_allclose(proba, model.predict_proba(test), atol=1e-4)
+    assert not np.allclose(proba.sum(1), 1)                 # per-label probabilities, not a softmax
+    predicted = exported.predict(test)
+    assert predicted.shape == (len(test), 3) and np.array_equal(predicted, model.predict(test))
+    assert 0 < predicted.sum(1).mean() < 3                  # label sets of several sizes, not all or none
+    assert exported.score(test) == model.score(test) > 0.8
+
+
+def test_flip_tta_averages_multi_label_probabilities(multi_label, tmp_path):
+    model, test = multi_label
+    flip = create_model("mlp", **{**model.get_params(), "tta": "flip"})
+    flip.class_names_, flip.preprocessing_, flip.net_, flip.task_ = (model.class_names_, model.preprocessing_,
+                                                                     model.net_, model.task_)
+    exported = OnnxClassifier.load(export_model(flip, tmp_path / "flip.onnx"))
+    logits, mirrored = exported.logits(test.images), exported.logits(test.images.flip(3))
+    expected = (_sigmoid(logits) + _sigmoid(mirrored)) / 2                    # probabilities averaged
+    np.testing.assert_allclose(exported.predict_proba(test), expected, atol=1e-6)
+    np.testing.assert_allclose(exported.predict_proba(test), flip.predict_proba(test), atol=1e-4)
+    assert np.array_equal(exported.predict(test), flip.predict(test))
+
+
+def test_an_old_export_without_a_task_is_single_label(exported, digits, tmp_path):
+    proto = onnx.load(str(exported["mlp"]))
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}["imgcls"])
+    assert metadata["task"] == {"kind": "single-label"} and metadata["format_version"] == 1
+    for prop in proto.metadata_props:
+        if prop.key == "imgcls":
+            del metadata["task"]
+            prop.value = json.dumps(metadata)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    old, new = OnnxClassifier.load(tmp_path / "old.onnx"), OnnxClassifier.load(exported["mlp"])
+    assert not old.task_.multi_label
+    logits = old.logits(digits.test.images).astype(np.float64)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(old.predict_proba(digits.test), softmax / softmax.sum(1, keepdims=True), atol=1e-6)
+    assert np.array_equal(old.predict(digits.test), new.predict(digits.test))
+    assert old.predict(digits.test).shape == (len(digits.test),)
+
+
+def test_predicting_from_a_multi_label_export_gives_the_same_label_sets(multi_label, tmp_path, capsys):
+    model, test = multi_label
+    run = tmp_path / "run"
+    model.save(run)
+    assert main(["export", str(run)]) == 0
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    assert read_torchscript(run / "model.torchscript")[1]["task"] == model.task_.to_dict()
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(16):
+        Image.fromarray(test.images[i, 0].numpy()).save(folder / f"q{i:02d}.png")
+    capsys.readouterr()
+
+    def answer(spec):
+        assert main(["predict", spec, str(folder), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+    pytorch, onnx_runtime = answer(str(run)), answer(str(run / "model.onnx"))
+    assert [r["labels"] for r in onnx_runtime] == [r["labels"] for r in pytorch]
+    expected = model.predict(test.images[:16])
+    assert [set(r["labels"]) for r in pytorch] == [{model.class_names_[j] for j in np.flatnonzero(row)}
+                                                   for row in expected]
+    for a, b in zip(pytorch, onnx_runtime):
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
+                                   atol=1e-4)

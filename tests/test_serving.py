@@ -83,7 +83,8 @@ def test_health_model_and_openapi(server):
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     info = httpx.get(server.url + "/v1/model").json()
     assert info["name"] == "knn" and info["num_classes"] == 10 and info["input_size"] == [8, 8]
-    assert info["max_upload_bytes"] == 200_000
+    assert info["max_upload_bytes"] == 200_000 and info["top_k"] == 5
+    assert info["task"] == "single-label" and info["thresholds"] is None
     spec = httpx.get(server.url + "/openapi.json").json()
     body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
@@ -99,6 +100,7 @@ def test_classify_multipart_several_files(server, digits_model):
     assert body["model"] == "knn" and body["time_ms"] > 0
     assert [r["filename"] for r in body["results"]] == ["0.png", "1.png", "2.png", "3.png"]
     for i, result in enumerate(body["results"]):
+        assert set(result) == {"filename", "predictions"}           # single-label: no "labels"
         scores = [p["score"] for p in result["predictions"]]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True)
         assert result["predictions"][0]["label"] == expected_label(digits_model, digit_png(i))
@@ -111,6 +113,61 @@ def test_classify_json_base64_and_data_url(server, digits_model):
     assert reply.status_code == 200, reply.text
     assert [r["predictions"][0]["label"] for r in reply.json()["results"]] == [expected_label(digits_model,
                                                                                               digit_png(5))] * 2
+
+
+@pytest.fixture(scope="module")
+def multi_label_server(quadrant_model):
+    with LiveServer(create_app(quadrant_model)) as live:
+        yield live
+
+
+def quadrant_pngs(quadrants) -> list[bytes]:
+    x, _ = quadrants(12, seed=5, noise=90)
+    x[0] = 20                                               # no quadrant lit: no label
+    return [png_bytes(image) for image in x]
+
+
+def library_answer(model, data: bytes) -> tuple[dict[str, float], list[str]]:
+    """What the library itself makes of these bytes: every label's probability, and the labels
+    model.predict gives, in score order."""
+    from imgcls.data.images import decode_image
+    image = decode_image(data, model.preprocessing_)[None]
+    proba, chosen = model.predict_proba(image)[0], model.predict(image)[0]
+    order = np.argsort(-proba, kind="stable")
+    return dict(zip(model.class_names_, proba.tolist())), [model.class_names_[j] for j in order if chosen[j]]
+
+
+def test_a_multi_label_model_describes_its_task_and_thresholds(multi_label_server, quadrant_model):
+    info = httpx.get(multi_label_server.url + "/v1/model").json()
+    assert info["task"] == "multi-label" and info["classes"] == ["a", "b", "c"]
+    assert info["thresholds"] == pytest.approx(list(quadrant_model.task_.thresholds))
+    assert info["top_k"] == 3                               # every label, unless a request asks for fewer
+
+
+def test_multi_label_results_rank_every_label_and_list_those_above_threshold(multi_label_server, quadrant_model,
+                                                                              quadrants):
+    pngs = quadrant_pngs(quadrants)
+    files = [("file", (f"q{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+    reply = httpx.post(multi_label_server.url + "/v1/classify", files=files)
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert [r["filename"] for r in results] == [f"q{i}.png" for i in range(len(pngs))]
+    for result, data in zip(results, pngs):
+        scores, chosen = library_answer(quadrant_model, data)
+        assert set(result) == {"filename", "predictions", "labels"}
+        assert [p["label"] for p in result["predictions"]] == sorted(scores, key=lambda label: -scores[label])
+        assert {p["label"]: p["score"] for p in result["predictions"]} == pytest.approx(scores, abs=1e-6)
+        assert result["labels"] == chosen
+    assert results[0]["labels"] == [] and {len(r["labels"]) for r in results} >= {0, 1, 2}
+
+    # top_k asked for ranks fewer labels; the labels above threshold are all still there
+    encoded = [base64.b64encode(data).decode() for data in pngs]
+    reply = httpx.post(multi_label_server.url + "/v1/classify", json={"images": encoded, "top_k": 1})
+    assert reply.status_code == 200, reply.text
+    for result, data in zip(reply.json()["results"], pngs):
+        scores, chosen = library_answer(quadrant_model, data)
+        assert [p["label"] for p in result["predictions"]] == [max(scores, key=scores.get)]
+        assert result["labels"] == chosen
 
 
 def _bomb() -> bytes:
@@ -182,6 +239,7 @@ def test_64_concurrent_clients_are_all_served_in_batches(digits_model):
 def test_full_queue_answers_503_with_retry_after(digits_model):
     class Slow:
         model_name, class_names_, preprocessing_ = "slow", digits_model.class_names_, digits_model.preprocessing_
+        task_ = digits_model.task_
 
         def predict_proba(self, images):
             time.sleep(0.3)

@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium, against the real server and the pretrained model."""
+"""The web page in a real headless Chromium, against the real server: the pretrained model, and a
+multi-label model whose labels above threshold the page must mark."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
@@ -30,15 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server():
-    """The real app on uvicorn in a thread; yields its base URL."""
-    from imgcls.models import pretrained_model
+@contextmanager
+def _serving(model):
+    """The real app serving model on uvicorn in a thread; yields its base URL."""
     from imgcls.serving.app import create_app
 
     port = _free_port()
-    config = uvicorn.Config(create_app(pretrained_model("efficientnet_lite0")), host="127.0.0.1", port=port,
-                            log_level="warning")
+    config = uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -53,20 +54,39 @@ def server():
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("the server did not answer /healthz within 30 s")
         time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def _browser(url):
+    """A headless Chromium page opened on url."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(15_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def server():
+    """The pretrained ImageNet model served; yields its base URL."""
+    from imgcls.models import pretrained_model
+    with _serving(pretrained_model("efficientnet_lite0")) as url:
+        yield url
 
 
 @pytest.fixture
 def page(server):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.set_default_timeout(15_000)
-        page.goto(server)
+    with _browser(server) as page:
         yield page
-        browser.close()
 
 
 def _photo(tmp_path: Path, name: str) -> Path:
@@ -91,6 +111,7 @@ def test_upload_errors_and_drop_in_a_real_browser(page, tmp_path):
     score = _newest(page).locator(".top-score").inner_text()
     assert score.endswith("%") and 50 < float(score[:-1]) <= 100
     assert _newest(page).locator(".predictions li").count() == 5
+    assert _newest(page).locator(".chosen, li.above, .cut").count() == 0      # nothing multi-label about it
 
     # Text under an image name: the browser calls it image/png, so only the server can refuse it,
     # and its JSON error must reach the card.
@@ -137,3 +158,52 @@ def test_upload_errors_and_drop_in_a_real_browser(page, tmp_path):
     assert shot.startswith(b"\x89PNG\r\n\x1a\n") and (tmp_path / "page.png").stat().st_size > 10_000
     with Image.open(tmp_path / "page.png") as image:
         assert image.width == 1100 and image.height >= 900
+
+
+ACCENT = "rgb(37, 99, 235)"       # --accent in index.html
+
+
+def test_a_multi_label_model_marks_the_labels_above_threshold(quadrant_model, tmp_path):
+    from imgcls.data.images import decode_image
+    lit = np.full((8, 8), 20, np.uint8)
+    lit[:4, :4] = lit[:4, 4:] = 200                     # quadrants a and c
+    files = {"ac": lit, "none": np.full((8, 8), 20, np.uint8)}
+    for name, image in files.items():
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+
+    def library(name):
+        """Every label's probability and the labels model.predict gives, in score order."""
+        image = decode_image(tmp_path / f"{name}.png", quadrant_model.preprocessing_)[None]
+        proba, chosen = quadrant_model.predict_proba(image)[0], quadrant_model.predict(image)[0]
+        order = np.argsort(-proba, kind="stable")
+        return proba, [quadrant_model.class_names_[j] for j in order if chosen[j]]
+
+    with _serving(quadrant_model) as url, _browser(url) as page:
+        sync_api.expect(page.locator("#model")).to_contain_text("3 labels · multi-label")
+
+        page.set_input_files("input[type=file]", tmp_path / "ac.png")
+        card = _newest(page)
+        proba, chosen = library("ac")
+        assert sorted(chosen) == ["a", "c"]                                  # the model sees both quadrants
+        sync_api.expect(card.locator(".chosen")).to_have_text("labels: " + ", ".join(chosen))
+        sync_api.expect(card.locator(".predictions li")).to_have_count(3)    # every label's score
+        assert card.locator("li.above .label").all_inner_texts() == chosen
+        for item in card.locator(".predictions li").all():
+            label = item.locator(".label").inner_text()
+            above = label in chosen
+            tick = item.locator(".label").evaluate("(n) => getComputedStyle(n, '::before').content")
+            fill = item.locator(".fill").evaluate("(n) => getComputedStyle(n).backgroundColor")
+            assert ("\u2713" in tick) == above and (fill == ACCENT) == above, (label, tick, fill)
+            j = quadrant_model.class_names_.index(label)
+            assert item.locator(".score").inner_text() == f"{proba[j] * 100:.1f}%"
+            cut = item.locator(".cut").evaluate("(n) => n.style.left")
+            assert float(cut.rstrip("%")) == pytest.approx(100 * quadrant_model.task_.thresholds[j])
+
+        page.set_input_files("input[type=file]", tmp_path / "none.png")
+        sync_api.expect(page.locator(".result")).to_have_count(2)
+        card = _newest(page)
+        assert library("none")[1] == []
+        sync_api.expect(card.locator(".chosen")).to_have_text("no label above threshold")
+        sync_api.expect(card.locator(".predictions li")).to_have_count(3)
+        assert card.locator("li.above").count() == 0
+        page.screenshot(path=tmp_path / "multi-label.png", full_page=True)

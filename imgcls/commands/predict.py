@@ -17,7 +17,12 @@ EXAMPLES = """examples:
   imgcls predict --model efficientnet_lite2 photo.jpg
   imgcls predict runs/knn shoe.png              # a saved model (run folder or .safetensors file)
   imgcls predict runs/knn photos/ --top-k 3 --json
-  imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model"""
+  imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model
+
+multi-label models: the text shows each image's labels at or above their thresholds (what the
+model predicts), or "(none above threshold; best: ...)"; --json ranks every label (the top k with
+an explicit --top-k) under "predictions" and lists the chosen labels under "labels"; --csv adds a
+'labels' column (';'-separated, as in a multi-label manifest)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,10 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "then images; folders are searched recursively")
     parser.add_argument("--model", default=None,
                         help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
-    parser.add_argument("--top-k", type=int, default=5, help="labels shown per image (default: 5)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="labels ranked per image (default: 5; every label for a multi-label model)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--csv", default=None, metavar="FILE",
-                        help="also write rows path,label1,score1,label2,score2,... to FILE")
+                        help="also write rows path,label1,score1,label2,score2,... to FILE "
+                             "(path,labels,label1,score1,... for a multi-label model)")
     parser.set_defaults(handler=handle)
     return parser
 
@@ -39,7 +46,7 @@ def handle(args) -> int:
     from imgcls.inference import find_images, predict_files
     from imgcls.inference import resolve_model
     from imgcls.models.artifact import is_saved_model
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")
     inputs, spec = args.inputs, args.model
     if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or inputs[0].lower().endswith(".onnx")):
@@ -47,24 +54,35 @@ def handle(args) -> int:
     model = resolve_model(spec)
     predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
     if args.csv:
-        _write_predictions_csv(predictions, Path(args.csv))
+        _write_predictions_csv(predictions, Path(args.csv), multi_label=model.task_.multi_label)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         for p in predictions:
-            ranked = ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
-            print(f"{p.path}: {ranked}")
+            print(f"{p.path}: {_text(p)}")
     for path, reason in failures:
         print(f"imgcls: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failures and not predictions else 0
 
 
-def _write_predictions_csv(predictions, path: Path) -> None:
+def _text(p) -> str:
+    """The ranked labels with their scores; for a multi-label model the chosen ones only."""
+    if p.chosen is None:
+        return ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
+    if not p.chosen:
+        return f"(none above threshold; best: {p.labels[0]} {p.scores[0]:.0%})"
+    return ", ".join(f"{label} {score:.0%}" for label, score in zip(p.chosen, p.chosen_scores))
+
+
+def _write_predictions_csv(predictions, path: Path, multi_label: bool = False) -> None:
     import csv
     k = max((len(p.labels) for p in predictions), default=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", *(f"{kind}{i}" for i in range(1, k + 1) for kind in ("label", "score"))])
+        chosen = ["labels"] if multi_label else []
+        writer.writerow(["path", *chosen, *(f"{kind}{i}" for i in range(1, k + 1) for kind in ("label", "score"))])
         for p in predictions:
-            writer.writerow([p.path, *(v for pair in zip(p.labels, (f"{s:.6g}" for s in p.scores)) for v in pair)])
+            labels = [";".join(p.chosen)] if multi_label else []
+            writer.writerow([p.path, *labels,
+                             *(v for pair in zip(p.labels, (f"{s:.6g}" for s in p.scores)) for v in pair)])

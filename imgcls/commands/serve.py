@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
     parser.add_argument("--queue-size", type=int, default=256, help="requests waiting before 503 (default: 256)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default: 20)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="labels ranked per image unless a request asks (default: 5; every label for a "
+                             "multi-label model)")
     parser.set_defaults(handler=handle)
     return parser
 

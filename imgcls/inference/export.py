@@ -2,9 +2,10 @@
 
 The whole ImageNetwork is exported, normalisation included, so an exported file takes the same
 input as the PyTorch model: float32 images N x C x H x W with pixels in 0..255. It is
-self-describing: class names, preprocessing and model name travel inside it as JSON (ONNX:
-metadata_props["imgcls"]; TorchScript: the extra file imgcls.json), so prediction from an
-exported file never re-declares them.
+self-describing: class names, preprocessing, model name and task (with a multi-label model's
+thresholds) travel inside it as JSON (ONNX: metadata_props["imgcls"]; TorchScript: the extra file
+imgcls.json), so prediction from an exported file never re-declares them. The network outputs
+logits; the task says which activation turns them into probabilities.
 
 int8 is ONNX Runtime's static post-training quantisation: QDQ format, int8 weights per output
 channel, uint8 activations whose ranges come from calibration images (MinMax). On x86 ONNX
@@ -25,7 +26,8 @@ import torch
 from imgcls import __version__
 from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.errors import ImgclsError
-from imgcls.inference.onnx_model import FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
+from imgcls.inference.onnx_model import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
+                                         SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
 
 FORMATS = ("onnx", "torchscript")
 TORCHSCRIPT_METADATA = "imgcls.json"
@@ -37,10 +39,13 @@ CALIBRATION_IMAGES = 200
 
 def export_metadata(model) -> dict:
     """What an exported file carries about its model: enough to predict from it alone."""
-    return {"format": "imgcls-export", "format_version": FORMAT_VERSION, "imgcls_version": __version__,
+    task = model.task_
+    version = FORMAT_VERSION if task.multi_label else SINGLE_LABEL_FORMAT_VERSION
+    return {"format": "imgcls-export", "format_version": version, "imgcls_version": __version__,
             "model": model.model_name, "params": model.get_params(), "class_names": list(model.class_names_),
             "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
-            "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
+            "task": task.to_dict(), "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255",
+            "output": OUTPUT_NAME}
 
 
 def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = False, calibration=None,

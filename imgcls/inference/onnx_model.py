@@ -1,7 +1,9 @@
 """Exported ONNX models (imgcls.inference.export) run by ONNX Runtime, behind the classifier contract.
 
-An exported file carries its class names, preprocessing and model name, so `imgcls predict`,
-`imgcls eval` and serving take a .onnx file wherever they take a saved model.
+An exported file carries its class names, preprocessing, model name and task (single-label, or
+multi-label with its thresholds), so `imgcls predict`, `imgcls eval` and serving take a .onnx file
+wherever they take a saved model. The graph ends in logits; the task's activation (softmax or one
+sigmoid per label) is applied here, as the PyTorch model applies it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.base import Classifier
 from imgcls.runtime import with_tta
+from imgcls.task import task_from_dict
 
 # The file format, written by imgcls.inference.export and read here: the graph's input and output
-# names, and the metadata_props key that holds the JSON metadata.
-FORMAT_VERSION = 1
+# names, and the metadata_props key that holds the JSON metadata. Version 2 marks multi-label
+# exports, whose logits need a sigmoid: an imgcls that reads only version 1 (and would apply a
+# softmax) refuses them. Single-label exports stay version 1; files without a task are single-label.
+FORMAT_VERSION = 2
+SINGLE_LABEL_FORMAT_VERSION = 1
 METADATA_KEY = "imgcls"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -37,6 +43,7 @@ class OnnxClassifier(Classifier):
         self.class_names_ = list(metadata["class_names"])
         self.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
         self.metrics_ = metadata.get("metrics", {})
+        self.task_ = task_from_dict(metadata.get("task"))
         self.quantization = metadata.get("quantization")
 
     @classmethod
@@ -82,12 +89,7 @@ class OnnxClassifier(Classifier):
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         # The original NeuralClassifier's tta travels in the exported params, so both predict alike.
         tta = self.get_params().get("tta", "none")
-        return torch.from_numpy(with_tta(lambda x: _softmax(self.logits(x)), images, tta))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+        return with_tta(lambda x: torch.from_numpy(self.logits(x)), images, tta, self.task_.activation)
 
 
 def _cpu_count() -> int:

@@ -1,4 +1,11 @@
-"""Class probabilities for image files, decoded exactly as the model's training data was."""
+"""Class probabilities for image files, decoded exactly as the model's training data was.
+
+What a prediction holds depends on the model's task. A single-label model's is its top k classes
+(k = 5 unless asked), best first. A multi-label model's ranks every label by score (or the top k,
+when k is asked for), and adds `chosen`: the labels at or above their thresholds, which is what the
+model predicts, best first, and may be empty. `imgcls predict` and the server both answer with
+`Prediction.body()`.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +17,28 @@ import numpy as np
 from imgcls.data.images import decode_many, is_image_file
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
+from imgcls.task import Task
+
+DEFAULT_TOP_K = 5     # labels ranked per image by a single-label model unless k is given
 
 
 @dataclass
 class Prediction:
     path: str
-    labels: list[str]
+    labels: list[str]                   # ranked, best first
     scores: list[float]
+    chosen: list[str] | None = None     # multi-label: the labels at or above their thresholds, best first
+    chosen_scores: list[float] | None = None
+
+    def body(self) -> dict:
+        """{"predictions": [{"label", "score"}, ...]}, and "labels" (the chosen ones) for multi-label models."""
+        out = {"predictions": [{"label": l, "score": s} for l, s in zip(self.labels, self.scores)]}
+        if self.chosen is not None:
+            out["labels"] = list(self.chosen)
+        return out
 
     def to_dict(self) -> dict:
-        return {"path": self.path,
-                "predictions": [{"label": l, "score": s} for l, s in zip(self.labels, self.scores)]}
+        return {"path": self.path, **self.body()}
 
 
 def find_images(inputs: list[str | Path]) -> list[Path]:
@@ -44,18 +62,42 @@ def top_k(proba: np.ndarray, class_names: list[str], k: int) -> list[tuple[list[
     return [([class_names[i] for i in row], [float(p[i]) for i in row]) for row, p in zip(order, proba)]
 
 
-def predict_files(model, paths: list[Path], k: int = 5, batch_size: int = 256
+def ranked_k(task: Task, n_labels: int, k: int | None) -> int:
+    """How many labels a prediction ranks: k if given (at most all of them), else DEFAULT_TOP_K for a
+    single-label model and every label for a multi-label one."""
+    if k is None:
+        k = n_labels if task.multi_label else DEFAULT_TOP_K
+    return max(1, min(k, n_labels))
+
+
+def predictions(proba, class_names: list[str], task: Task, k: int | None = None,
+                paths: list[str] | None = None) -> list[Prediction]:
+    """One Prediction per row of proba (N, labels): the ranked labels (see ranked_k), and for a
+    multi-label task the labels its thresholds choose (task.decide, as model.predict does)."""
+    proba = np.asarray(proba)
+    paths = paths if paths is not None else [""] * len(proba)
+    ranked = top_k(proba, class_names, ranked_k(task, len(class_names), k))
+    if not task.multi_label:
+        return [Prediction(path, labels, scores) for path, (labels, scores) in zip(paths, ranked)]
+    chosen = task.decide(proba).astype(bool)
+    order = np.argsort(-proba, axis=1, kind="stable")
+    return [Prediction(path, labels, scores, [class_names[i] for i in row if hit[i]],
+                       [float(p[i]) for i in row if hit[i]])
+            for path, (labels, scores), row, hit, p in zip(paths, ranked, order, chosen, proba)]
+
+
+def predict_files(model, paths: list[Path], k: int | None = None, batch_size: int = 256
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Top-k predictions per readable file, and (path, reason) for files that could not be read."""
-    predictions, failures = [], []
-    k = min(k, len(model.class_names_))
+    """Predictions per readable file (k labels ranked, see ranked_k), and (path, reason) for files
+    that could not be read."""
+    found, failures = [], []
     with progress_bar(len(paths) if len(paths) > 64 else 0, "predicting") as advance:
         for start in range(0, len(paths), batch_size):
             batch = paths[start:start + batch_size]
             images, ok, bad = decode_many(batch, model.preprocessing_)
             failures += [(str(p), reason) for p, reason in bad]
             if ok:
-                for i, (labels, scores) in zip(ok, top_k(model.predict_proba(images), model.class_names_, k)):
-                    predictions.append(Prediction(str(batch[i]), labels, scores))
+                found += predictions(model.predict_proba(images), model.class_names_, model.task_, k,
+                                     [str(batch[i]) for i in ok])
             advance(len(batch))
-    return predictions, failures
+    return found, failures

@@ -2,8 +2,12 @@
 
     GET  /            the drag-and-drop page (self-contained: no CDN, no web fonts)
     GET  /healthz     liveness
-    GET  /v1/model    model name, classes, input size, metrics, limits
+    GET  /v1/model    model name, classes, task and thresholds, input size, metrics, limits
     POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]}
+
+A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
+model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
+the ones at or above their thresholds, best first, which is what the model predicts.
 
 Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the upload limit
 (default 20 MB for all its images together) is 413, refused from its Content-Length or while
@@ -29,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgcls.data.images import UnreadableImage, decode_image
-from imgcls.inference.predict import top_k
+from imgcls.inference.predict import DEFAULT_TOP_K, predictions
 from imgcls.serving.batcher import MicroBatcher, Overloaded
 
 MAX_FILES = 32
@@ -42,10 +46,16 @@ class BadInput(Exception):
 
 
 def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
-               max_upload_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000, top_k: int = 5) -> FastAPI:
-    """An ASGI app serving `model` (any imgcls classifier, saved, pretrained or exported)."""
+               max_upload_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000,
+               top_k: int | None = None) -> FastAPI:
+    """An ASGI app serving `model` (any imgcls classifier, saved, pretrained or exported).
+
+    top_k: labels ranked per result unless a request asks; None for 5 (single-label) or every
+    label (multi-label)."""
     batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     name = getattr(model, "model_name", "model")
+    task, classes = model.task_, model.class_names_
+    shown_k = top_k if top_k is not None else len(classes) if task.multi_label else DEFAULT_TOP_K
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,9 +81,11 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     @app.get("/v1/model")
     async def describe() -> dict:
         prep = model.preprocessing_
-        return {"name": name, "classes": model.class_names_, "num_classes": len(model.class_names_),
-                "input_size": list(prep.size), "channels": prep.channels, "metrics": getattr(model, "metrics_", {}),
-                "max_upload_bytes": max_upload_bytes, "top_k": top_k}
+        thresholds = task.threshold_vector(len(classes)).tolist() if task.multi_label else None
+        return {"name": name, "classes": classes, "num_classes": len(classes), "task": task.kind,
+                "thresholds": thresholds, "input_size": list(prep.size), "channels": prep.channels,
+                "metrics": getattr(model, "metrics_", {}), "max_upload_bytes": max_upload_bytes,
+                "top_k": shown_k}
 
     @app.post("/v1/classify", openapi_extra=_CLASSIFY_BODY)
     async def classify(request: Request) -> dict:
@@ -84,19 +96,15 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
             proba = await batcher.submit(images)
         except Overloaded:
             raise BadInput(503, "server busy: too many images waiting; try again shortly", {"Retry-After": "1"})
-        k = max(1, min(k, len(model.class_names_)))
-        results = [{"filename": filename, "predictions": [{"label": l, "score": s} for l, s in zip(labels, scores)]}
-                   for (filename, _), (labels, scores) in zip(uploads, top_k_rows(proba, model.class_names_, k))]
+        results = [{"filename": filename, **p.body()}
+                   for (filename, _), p in zip(uploads, predictions(proba, classes, task, k))]
         return {"model": name, "time_ms": (time.perf_counter() - start) * 1000, "results": results}
 
     return app
 
 
-def top_k_rows(proba, class_names, k):
-    return top_k(np.asarray(proba), class_names, k)
-
-
-async def _read_uploads(request: Request, limit: int, default_k: int) -> tuple[list[tuple[str, bytes]], int]:
+async def _read_uploads(request: Request, limit: int, default_k: int | None
+                        ) -> tuple[list[tuple[str, bytes]], int | None]:
     kind = request.headers.get("content-type", "")
     k = _int(request.query_params.get("top_k"), default_k)
     if kind.startswith("multipart/form-data"):
@@ -120,7 +128,7 @@ async def _read_uploads(request: Request, limit: int, default_k: int) -> tuple[l
     return uploads, k
 
 
-def _json_images(body: bytes, limit: int, k: int) -> tuple[list[tuple[str, bytes]], int]:
+def _json_images(body: bytes, limit: int, k: int | None) -> tuple[list[tuple[str, bytes]], int | None]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -160,7 +168,7 @@ def _decode(data: bytes, filename: str, prep, max_pixels: int) -> np.ndarray:
         raise BadInput(status, f"{filename}: {reason}") from None
 
 
-def _int(value, default: int) -> int:
+def _int(value, default: int | None) -> int | None:
     if value is None or value == "":
         return default
     try:
