@@ -55,10 +55,11 @@ def mosaics(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int, n_cla
     return torch.cat([top, bottom], dim=2).contiguous(), hot
 
 
-def build(seed: int = 0) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+def build(seed: int = 0, scale: float = 1.0) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0.1, seed=seed))
     names = splits.class_names
-    parts = [(splits.train, 60_000, seed), (splits.val, 6_000, seed + 1), (splits.test, 10_000, seed + 2)]
+    sizes = [round(n * scale) for n in (60_000, 6_000, 10_000)]
+    parts = [(splits.train, sizes[0], seed), (splits.val, sizes[1], seed + 1), (splits.test, sizes[2], seed + 2)]
     return tuple(ImageDataset(*mosaics(p.images, p.labels, n, s), names) for p, n, s in parts)
 
 
@@ -134,12 +135,16 @@ def main() -> None:
     parser.add_argument("--plain-epochs", type=int, default=None, help="epochs of the plain loop (default: the recipe's)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (quick checks)")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the mosaics to build (quick checks)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     os.environ.setdefault("IMGCLS_PROGRESS", "0")
     print(banner())
     recipe = yaml.safe_load(RECIPE.read_text())
-    train, val, test = build()
+    if args.epochs:
+        recipe["epochs"] = args.epochs
+    train, val, test = build(scale=args.scale)
     cardinality = train.labels.sum(1).float().mean().item()
     print(f"mosaics: {len(train):,} train, {len(val):,} val, {len(test):,} test, 56x56, "
           f"{cardinality:.2f} labels per image on average")

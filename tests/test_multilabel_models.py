@@ -3,9 +3,13 @@ thresholds, saving, and clear errors for models and options that cannot handle m
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from sklearn.neighbors import KNeighborsClassifier
 
 from imgcls.data.load import DataOptions, from_arrays
@@ -14,25 +18,14 @@ from imgcls.models import create_model, load_model
 from imgcls.task import MultiLabel, choose_thresholds
 
 
-def quadrants(n: int, seed: int = 0, noise: int = 60):
-    """8x8 images whose labels a, b, c each light one quadrant; any set of them (or none) per image."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random((n, 3)) < 0.4).astype(np.uint8)
-    x = rng.integers(0, noise, (n, 8, 8))
-    x[:, :4, :4] += 150 * y[:, 0, None, None]
-    x[:, 4:, :4] += 150 * y[:, 1, None, None]
-    x[:, :4, 4:] += 150 * y[:, 2, None, None]
-    return x.astype(np.uint8), y
-
-
 @pytest.fixture(scope="module")
-def splits():
+def splits(quadrants):
     x, y = quadrants(600)
     return from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
 
 
 @pytest.mark.parametrize("weights", ["uniform", "distance"])
-def test_knn_label_shares_equal_scikit_learns_multi_output_knn(weights):
+def test_knn_label_shares_equal_scikit_learns_multi_output_knn(quadrants, weights):
     x, y = quadrants(300, seed=1, noise=200)      # noisy enough that neighbours disagree
     train_x, train_y, test_x = x[:240], y[:240], x[240:]
     ours = create_model("knn", k=7, weights=weights, threshold=0.5).fit(train_x, train_y)
@@ -87,7 +80,7 @@ def test_options_that_cannot_handle_multi_label_data_are_one_line_errors(splits,
     assert "\n" not in str(info.value)
 
 
-def test_thresholds_outside_the_open_unit_interval_and_on_single_label_data_are_errors():
+def test_thresholds_outside_the_open_unit_interval_and_on_single_label_data_are_errors(quadrants):
     for bad in (1.0, 1.5, -0.2):
         with pytest.raises(ImgclsError, match="strictly between 0 and 1"):
             create_model("knn", threshold=bad)
@@ -96,13 +89,10 @@ def test_thresholds_outside_the_open_unit_interval_and_on_single_label_data_are_
         create_model("knn", threshold=0.4).fit(x, np.arange(20) % 2)
 
 
-def test_a_model_saved_before_tasks_existed_loads_as_single_label(tmp_path):
-    from safetensors.torch import load_file, save_file
-    import json
+def test_a_model_saved_before_tasks_existed_loads_as_single_label(quadrants, tmp_path):
     x, _ = quadrants(40)
     model = create_model("knn", k=1).fit(x, np.arange(40) % 2)
     path = model.save(tmp_path / "old")
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["imgcls"])
     del meta["task"]
@@ -114,7 +104,7 @@ def test_a_model_saved_before_tasks_existed_loads_as_single_label(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def splits16():
+def splits16(quadrants):
     x, y = quadrants(480, seed=2)
     x = np.kron(x, np.ones((2, 2), dtype=np.uint8))              # 16x16: big enough for every network
     return from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.2, test_fraction=0.2))
