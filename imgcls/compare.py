@@ -42,9 +42,12 @@ def compare(data: str, models: list[str], out: str | Path, options: DataOptions,
     """Train and evaluate each model; returns the leaderboard rows, best first by the task's headline
     figure (test accuracy, or test mAP for multi-label data)."""
     built = {name: create_model(name, **params.get(name, {})) for name in models}   # bad names fail first
+    # One decoding for all (identical splits): files are decoded by the flags, not by any one model.
     splits = load_dataset(data, options)
     out = Path(out)
     task = splits.train.task
+    for model in built.values():       # every model must take the data before the first is trained
+        model.check_can_learn(task)
     rows = []
     for name, model in built.items():
         console.print(f"[bold]{name}[/] ({len(rows) + 1}/{len(built)})")

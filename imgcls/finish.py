@@ -48,7 +48,7 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
             extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     figures = {}
     if getattr(model, "history_", None):
-        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out)["curves"]
+        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
     return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
                       config=config, figures=figures, print_table=print_table)
 

@@ -46,7 +46,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
     model = create_model(config.model, **config.params)   # bad names fail before data loads
     rank = distributed.setup()
     try:
-        return _train(config, model, resume, rank)
+        result = _train(config, model, resume, rank)
+        distributed.wait_for_all()     # the other ranks wait while rank 0 evaluates and writes
+        return result
     finally:
         distributed.teardown()
 

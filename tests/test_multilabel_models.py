@@ -153,3 +153,27 @@ def test_transfer_learns_multi_label_data_in_every_mode(splits16, mode):
         assert set(np.unique(np.round(proba * 5, 6))) <= {0, 1, 2, 3, 4, 5}
     from sklearn.metrics import average_precision_score
     assert average_precision_score(splits16.test.labels.numpy(), proba) > 0.6
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_task_and_takes_one_from_before_auto(splits16, tmp_path):
+    from imgcls.training import checkpoint as ckpt
+    run = tmp_path / "run"
+    create_model("mlp", hidden="16", epochs=1, batch_size=64).fit(splits16.train, validation=splits16.val,
+                                                                  run_dir=run)
+    last = run / "checkpoints" / "last.safetensors"
+    tensors, meta = ckpt.load_checkpoint(last)
+    assert meta["task"] == "multi-label"
+    # a checkpoint written before monitor "auto" existed (monitor val_mAP spelled out) resumes
+    ckpt.save_checkpoint(last, tensors, {**meta, "config": {**meta["config"], "monitor": "val_mAP"}})
+    resumed = create_model("mlp", hidden="16", epochs=2, batch_size=64)
+    resumed.fit(splits16.train, validation=splits16.val, run_dir=run, resume=True)
+    assert [r["epoch"] for r in resumed.history_] == [1, 2]
+    single = splits16.train.images, np.arange(len(splits16.train)) % 2
+    with pytest.raises(ImgclsError, match="multi-label data, this data is single-label"):
+        create_model("mlp", hidden="16", epochs=3, batch_size=64).fit(*single, run_dir=run, resume=True)
+
+
+def test_score_refuses_labels_of_the_other_task(splits):
+    model = create_model("knn", k=3).fit(splits.train)
+    with pytest.raises(ImgclsError, match="multi-label model scored against class-index labels"):
+        model.score(splits.test.images, np.zeros(len(splits.test), dtype=int))

@@ -35,7 +35,8 @@ def handle(args) -> int:
     model = create_model(args.model, **model_params(args))
     if not hasattr(model, "training_config"):
         raise ImgclsError(f"lr-find needs a neural network; {args.model!r} is not trained by gradient descent")
-    splits = load_dataset(args.data, data_options(args))
+    splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
+    model.check_can_learn(splits.train.task)
     out = Path(args.out or f"runs/lr-find-{args.model.replace(':', '-')}")
     result = lr_find(model, splits.train, out, steps=args.steps, min_lr=args.min_lr, max_lr=args.max_lr)
     print(f"suggested learning rate: {result['suggested_lr']:.3g}  (plot: {out / 'lr_find.png'})")

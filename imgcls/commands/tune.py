@@ -53,10 +53,11 @@ def _tune_network(args) -> int:
     from imgcls.data.load import load_dataset
     from imgcls.models.registry import create_model
     from imgcls.tuning.search import parse_model_grid, search
-    if not hasattr(create_model(args.model), "training_config"):
+    model = create_model(args.model)
+    if not hasattr(model, "training_config"):
         raise ImgclsError(f"tune supports knn and neural networks; {args.model!r} is neither")
     grid = parse_model_grid(args.grid, args.model)
-    splits = load_dataset(args.data, data_options(args))
+    splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
     out = Path(args.out or f"runs/tune-{args.model.replace(':', '-')}")
     result = search(splits, args.model, grid, method=args.search, trials=args.trials, seed=args.seed, out=out,
                     command=" ".join(["imgcls", *args.argv]))

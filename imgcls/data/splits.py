@@ -91,14 +91,19 @@ def class_balance_weights(labels, n_classes: int) -> torch.Tensor:
     return weights.float()
 
 
-def balanced_order(labels, generator: torch.Generator) -> torch.Tensor:
-    """len(labels) indices drawn with replacement, each with probability proportional to 1 / the
-    count of its class, so every class present is drawn equally often on average (an epoch of
-    an oversampling sampler, like PyTorch's WeightedRandomSampler)."""
+def balanced_order(labels, generator: torch.Generator, count: int | None = None) -> torch.Tensor:
+    """count (default len(labels)) indices drawn with replacement, each with probability
+    proportional to 1 / the count of its class, so every class present is drawn equally often on
+    average (an epoch of an oversampling sampler, like PyTorch's WeightedRandomSampler)."""
     labels = torch.as_tensor(labels).cpu()
-    if labels.ndim == 2:
-        raise ImgclsError("balance=sampler draws classes equally often, which multi-label data has no way to do; "
-                          "use balance=weights (BCE pos_weight per label)")
+    check_balance("sampler", multi_label=labels.ndim == 2)
     labels = labels.long()
     weights = class_balance_weights(labels, int(labels.max()) + 1)[labels]
-    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return torch.multinomial(weights, count or len(labels), replacement=True, generator=generator)
+
+
+def check_balance(balance: str, multi_label: bool) -> None:
+    """balance=sampler draws classes equally often, which multi-label data has no way to do."""
+    if balance == "sampler" and multi_label:
+        raise ImgclsError("balance=sampler does not apply to multi-label data (it draws classes equally often); "
+                          "use balance=weights (BCE pos_weight per label)")

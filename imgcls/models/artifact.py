@@ -24,7 +24,8 @@ from imgcls.task import task_from_dict
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "imgcls-model"
-FORMAT_VERSION = 1
+# 2: the task (multi-label thresholds) and the threshold hyperparameter; version 1 files load as single-label.
+FORMAT_VERSION = 2
 
 
 def save_model(model, path: str | Path) -> Path:

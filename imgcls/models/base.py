@@ -23,14 +23,13 @@ import torch
 from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
-from imgcls.task import MultiLabel, SingleLabel, Task, check_threshold as check_threshold_value, choose_thresholds
+from imgcls.task import MultiLabel, SingleLabel, Task, check_threshold, choose_thresholds
 
 
 @dataclass
 class Classifier:
     model_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    multi_label_ok: ClassVar[bool] = True     # whether it learns multi-label data
 
     # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
     threshold: float = field(default=0.0, kw_only=True)
@@ -38,19 +37,24 @@ class Classifier:
     # Learned state, set by fit() or load(): class_names_ (list[str]), preprocessing_
     # (Preprocessing), metrics_ (dict), task_ (SingleLabel or MultiLabel with thresholds).
 
-    def check_params(self) -> None:
+    def check(self) -> None:
         """Raise ImgclsError for an invalid hyperparameter. Called by create_model and fit."""
+        if self.threshold:
+            check_threshold(self.threshold)
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Each classifier's own hyperparameter checks (see check)."""
 
     def check_can_learn(self, task: Task) -> None:
         """Raise ImgclsError when this classifier, with these hyperparameters, cannot learn data of
         this task (fit calls it; so do commands, before they write anything)."""
-        self._check_threshold_applies(task)
+        if self.threshold and not task.multi_label:
+            raise ImgclsError("threshold applies to multi-label data only; this dataset is single-label")
         self.check_task(task)
 
     def check_task(self, task: Task) -> None:
-        """What each classifier refuses: multi-label data, or options that do not apply to it."""
-        if task.multi_label and not self.multi_label_ok:
-            raise ImgclsError(f"{self.model_name} does not learn multi-label data")
+        """What a classifier refuses to learn: options that do not apply to this task's data."""
 
     def input_preprocessing(self) -> Preprocessing | None:
         """How image files should be decoded for this model before it has seen any: a pretrained
@@ -74,7 +78,7 @@ class Classifier:
             **fit_options) -> Classifier:
         """Learn from (X, y) or an ImageDataset. `validation` and `fit_options` (run_dir, resume, ...)
         are used by classifiers trained by gradient descent and ignored by the others."""
-        self.check_params()
+        self.check()
         data = as_dataset(X, y, class_names)
         self.check_can_learn(data.task)
         self.class_names_ = list(data.class_names)
@@ -105,6 +109,9 @@ class Classifier:
         """Accuracy on (X, y), or on an ImageDataset's own labels; for multi-label models the
         subset accuracy (every label of an image right), as scikit-learn scores them."""
         labels = X.labels.numpy() if isinstance(X, ImageDataset) else np.asarray(y)
+        if labels.ndim != (2 if self.task_.multi_label else 1):
+            raise ImgclsError(f"a {self.task_.kind} model scored against "
+                              f"{'multi-hot' if labels.ndim == 2 else 'class-index'} labels")
         predicted = self.predict(X)
         if predicted.ndim == 2:
             return float((predicted == labels).all(1).mean())
@@ -137,16 +144,6 @@ class Classifier:
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
-    def check_threshold(self) -> None:
-        if self.threshold:
-            check_threshold_value(self.threshold)
-
-    def _check_threshold_applies(self, task: Task) -> None:
-        if self.threshold:
-            self.check_threshold()
-            if not task.multi_label:
-                raise ImgclsError("threshold applies to multi-label data only; this dataset is single-label")
-
     def _thresholds_for(self, validation: ImageDataset | None) -> np.ndarray:
         n = len(self.class_names_)
         if self.threshold:

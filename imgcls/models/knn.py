@@ -60,11 +60,7 @@ class KNNClassifier(Classifier):
         return self.predict_with_proba(X)[0]
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
-        votes, first_rank = self._votes(self._images(X))
-        proba = as_probabilities(votes, self.task_.multi_label).numpy()
-        if self.task_.multi_label:
-            return self.task_.decide(proba), proba
-        return decide(votes, first_rank).numpy(), proba
+        return predictions_from_votes(*self._votes(self._images(X)), self.task_)
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         votes, _ = self._votes(images)
@@ -110,6 +106,15 @@ def vote(distances: torch.Tensor, labels: torch.Tensor, n_classes: int, weights:
     ranks = torch.arange(k).expand_as(labels)
     first_rank = torch.full((len(labels), n_classes), k).scatter_reduce_(1, labels, ranks, "amin")
     return votes, first_rank
+
+
+def predictions_from_votes(votes: torch.Tensor, first_rank: torch.Tensor, task) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, probabilities) from a vote: the tie-broken top class, or for multi-label data
+    every label whose share of the neighbours reaches its threshold."""
+    proba = as_probabilities(votes, task.multi_label).numpy()
+    if task.multi_label:
+        return task.decide(proba), proba
+    return decide(votes, first_rank).numpy(), proba
 
 
 def as_probabilities(votes: torch.Tensor, multi_label: bool) -> torch.Tensor:

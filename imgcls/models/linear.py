@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from imgcls.data.dataset import ImageDataset
-from imgcls.data.splits import balanced_order, class_balance_weights
+from imgcls.data.splits import balanced_order, check_balance, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models.base import Classifier
 from imgcls.models.registry import register
@@ -62,8 +62,7 @@ class LinearClassifier(Classifier):
         if task.multi_label and self.loss == "svm":
             raise ImgclsError("the multiclass SVM loss is single-label; multi-label data needs loss=softmax "
                               "(one sigmoid per label, binary cross-entropy)")
-        if task.multi_label and self.balance == "sampler":
-            raise ImgclsError("balance=sampler does not apply to multi-label data; use balance=weights")
+        check_balance(self.balance, task.multi_label)
 
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
         gen = torch.Generator().manual_seed(self.seed)

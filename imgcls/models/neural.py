@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
 from imgcls.models import networks
 from imgcls.models.base import Classifier
 from imgcls.models.registry import register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
-from imgcls.training.config import TrainingConfig
+from imgcls.training.config import TrainingConfig, monitored
 
 
 class Normalize(nn.Module):
@@ -91,11 +92,8 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return networks.timm_preprocessing(self.builder.timm_name)
 
     def check_task(self, task) -> None:
-        if task.multi_label and self.balance == "sampler":
-            raise ImgclsError("balance=sampler does not apply to multi-label data; use balance=weights "
-                              "(BCE pos_weight per label)")
-        if self.monitor == "val_mAP" and not task.multi_label:
-            raise ImgclsError("monitor val_mAP applies to multi-label data; use val_accuracy or val_loss")
+        check_balance(self.balance, task.multi_label)
+        monitored(self.monitor, task)
 
     def training_config(self) -> TrainingConfig:
         return TrainingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingConfig)})

@@ -55,6 +55,5 @@ def create_model(name: str, **params):
         raise ImgclsError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(valid))}")
     model = cls(**params)
-    model.check_params()
-    model.check_threshold()
+    model.check()
     return model

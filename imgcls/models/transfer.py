@@ -28,7 +28,7 @@ from imgcls.data.images import Preprocessing
 from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
-from imgcls.models.knn import as_probabilities, decide, vote
+from imgcls.models.knn import as_probabilities, predictions_from_votes, vote
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar
@@ -105,6 +105,11 @@ class TransferClassifier(NeuralClassifier):
         from imgcls.models.pretrained import PRETRAINED
         if self.backbone not in PRETRAINED:
             raise ImgclsError(f"no pretrained backbone {self.backbone!r}; available: {', '.join(PRETRAINED)}")
+
+    def check_task(self, task) -> None:
+        if self.mode == "probe":     # the probe weights its full-batch loss instead of sampling (_fit_probe)
+            return
+        super().check_task(task)
 
     def network_options(self) -> dict:
         return {}
@@ -207,11 +212,7 @@ class TransferClassifier(NeuralClassifier):
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         if self.mode != "knn":
             return super().predict_with_proba(X)
-        votes, first_rank = self._knn_votes(self._images(X))
-        proba = as_probabilities(votes, self.task_.multi_label).numpy()
-        if self.task_.multi_label:          # a label's score: the share of neighbours carrying it
-            return self.task_.decide(proba), proba
-        return decide(votes, first_rank).numpy(), proba
+        return predictions_from_votes(*self._knn_votes(self._images(X)), self.task_)
 
     def predict(self, X) -> np.ndarray:
         return self.predict_with_proba(X)[0]

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgcls.data.images import UnreadableImage, decode_image
-from imgcls.inference.predict import DEFAULT_TOP_K, predictions
+from imgcls.inference.predict import predictions, ranked_k
 from imgcls.serving.batcher import MicroBatcher, Overloaded
 
 MAX_FILES = 32
@@ -55,7 +55,7 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     name = getattr(model, "model_name", "model")
     task, classes = model.task_, model.class_names_
-    shown_k = top_k if top_k is not None else len(classes) if task.multi_label else DEFAULT_TOP_K
+    shown_k = ranked_k(task, len(classes), top_k)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgcls.errors import ImgclsError
+from imgcls.task import Task
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -56,3 +57,13 @@ class TrainingConfig:
         need(0 <= self.label_smoothing < 1 and 0 <= self.ema < 1, "label_smoothing and ema must lie in [0, 1)")
         from imgcls.training.augment import AugmentConfig
         AugmentConfig.from_spec(self.augment)
+
+
+def monitored(setting: str, task: Task) -> str:
+    """The validation figure early stopping and the best epoch go by: auto means the task's headline
+    (val_accuracy, or val_mAP for multi-label data)."""
+    if setting == "auto":
+        return f"val_{task.headline}"
+    if setting == "val_mAP" and not task.multi_label:
+        raise ImgclsError("monitor val_mAP applies to multi-label data; use val_accuracy or val_loss")
+    return setting

@@ -23,10 +23,8 @@ _MULTI_LABEL_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss
                         "images_per_second", "seconds")
 
 
-def _columns(history_or_trainer) -> tuple[str, ...]:
-    if isinstance(history_or_trainer, Trainer):
-        return _MULTI_LABEL_COLUMNS if history_or_trainer.task.multi_label else _COLUMNS
-    return _MULTI_LABEL_COLUMNS if any("val_mAP" in r for r in history_or_trainer) else _COLUMNS
+def _columns(multi_label: bool) -> tuple[str, ...]:
+    return _MULTI_LABEL_COLUMNS if multi_label else _COLUMNS
 
 
 class ProgressHook(Hook):
@@ -40,7 +38,7 @@ class ProgressHook(Hook):
                                  TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
                                             "{task.fields[speed]:,.0f} img/s"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.columns = _columns(trainer)
+        self.columns = _columns(trainer.task.multi_label)
         self.table = _epoch_table(self.columns)
         self.live = Live(Group(self.table, self.progress), console=console, refresh_per_second=4)
         self.live.start()
@@ -86,29 +84,29 @@ class HistoryHook(Hook):
         self.run_dir = Path(run_dir)
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        write_history(trainer.state.history, self.run_dir)
+        write_history(trainer.state.history, self.run_dir, trainer.task.multi_label)
 
 
-def write_history(history: list[dict], run_dir: Path) -> dict[str, Path]:
+def write_history(history: list[dict], run_dir: Path, multi_label: bool = False) -> dict[str, Path]:
+    """history.json, history.csv and curves.png; multi_label names the losses and accuracies so."""
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": run_dir / "history.json", "csv": run_dir / "history.csv", "curves": run_dir / "curves.png"}
     paths["json"].write_text(json.dumps(history, indent=2))
-    keys = [k for k in _columns(history) if any(k in r for r in history)]
+    keys = [k for k in _columns(multi_label) if any(k in r for r in history)]
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    plot_curves(history, paths["curves"])
+    plot_curves(history, paths["curves"], multi_label)
     return paths
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, multi_label: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in history]
-    multi_label = any("val_mAP" in r for r in history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     accuracy = "subset accuracy" if multi_label else "accuracy"
     for key, label, ax in (("train_loss", "train", loss_ax), ("val_loss", "validation", loss_ax),

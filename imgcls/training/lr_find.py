@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from imgcls.data.dataset import ImageDataset
-from imgcls.data.splits import class_balance_weights
+from imgcls.data.splits import balanced_order
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 from imgcls.training.trainer import Trainer
@@ -55,8 +55,7 @@ def _draw(labels: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
     """A random batch; with --balance sampler, every class equally likely, as in training."""
     if cfg.balance != "sampler":
         return torch.randint(0, len(labels), (cfg.batch_size,), generator=gen)
-    weights = class_balance_weights(labels, int(labels.max()) + 1)[labels]
-    return torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
+    return balanced_order(labels, gen, cfg.batch_size)
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:

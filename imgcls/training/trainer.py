@@ -27,7 +27,7 @@ from imgcls.task import SingleLabel, Task
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training.augment import AugmentConfig, augment_batch
-from imgcls.training.config import TrainingConfig
+from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.schedule import lr_at
 
 
@@ -218,7 +218,8 @@ class Trainer:
         tensors = {**ckpt.prefixed("net", self.net.state_dict()), **opt_tensors}
         if self.ema is not None:
             tensors |= ckpt.prefixed("ema", self.ema.state_dict())
-        meta = {"state": asdict(self.state), "param_groups": groups, "config": asdict(self.cfg)}
+        meta = {"state": asdict(self.state), "param_groups": groups, "config": asdict(self.cfg),
+                "task": self.task.kind}
         ckpt.save_checkpoint(self.checkpoint_path(which), tensors, meta)
 
     def _restore(self) -> None:
@@ -226,8 +227,12 @@ class Trainer:
         if path is None or not path.is_file():
             return          # nothing to resume: start from scratch
         tensors, meta = ckpt.load_checkpoint(path)
-        changed = {k for k, v in meta["config"].items()
-                   if getattr(self.cfg, k, v) != v and k not in ("epochs", "device")}
+        if meta.get("task", SingleLabel.kind) != self.task.kind:
+            raise ImgclsError(f"{self.run_dir}: the checkpoint was trained on {meta.get('task', SingleLabel.kind)} "
+                              f"data, this data is {self.task.kind}; use a new --out")
+        before = {**meta["config"], "monitor": monitored(meta["config"].get("monitor", "auto"), self.task)}
+        now = {**asdict(self.cfg), "monitor": self.monitor}   # a checkpoint from before "auto" resumes too
+        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device")}
         if changed:
             raise ImgclsError(f"{self.run_dir}: the checkpoint was trained with other settings "
                               f"({', '.join(sorted(changed))}); use a new --out or the same settings")
@@ -249,16 +254,6 @@ class Trainer:
                 self.eval_net.load_state_dict(self._best_weights)
         if self.ema is not None:
             self.net.load_state_dict(self.ema.module.state_dict())
-
-
-def monitored(setting: str, task: Task) -> str:
-    """The validation figure early stopping and the best epoch go by: auto means the task's headline
-    (val_accuracy, or val_mAP for multi-label data)."""
-    if setting == "auto":
-        return f"val_{task.headline}"
-    if setting == "val_mAP" and not task.multi_label:
-        raise ImgclsError("monitor val_mAP applies to multi-label data; use val_accuracy or val_loss")
-    return setting
 
 
 def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
