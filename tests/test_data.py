@@ -24,18 +24,8 @@ from imgcls.data import (DataOptions, Preprocessing, decode_image, from_arrays, 
 from imgcls.data.images import decode_many
 from imgcls.data.inspect import write_info
 from imgcls.data.named import FASHION_CLASSES
-from imgcls.errors import ImgclsError
 
-
-def one_line_error(call, *fragments: str) -> str:
-    """Run call(), expect an ImgclsError on one line that contains every fragment; return its message."""
-    with pytest.raises(ImgclsError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
+from checks import one_line_error
 
 
 def assert_labels_match_pixels(*parts) -> None:

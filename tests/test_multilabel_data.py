@@ -14,20 +14,11 @@ from imgcls.data import load_dataset
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.load import DataOptions, from_arrays
 from imgcls.data.splits import balanced_order, class_balance_weights, stratified_kfold, stratified_split
-from imgcls.errors import ImgclsError
+
+from checks import one_line_error
 from imgcls.task import MultiLabel, SingleLabel, task_from_dict
 
 LABELS = ["beach", "dog", "person"]
-
-
-def one_line_error(call, *fragments: str) -> str:
-    with pytest.raises(ImgclsError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 @pytest.fixture
@@ -203,3 +194,24 @@ def test_train_a_multi_label_manifest_end_to_end(multilabel_manifest, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert fragment in err and "\n" not in err
         assert not target.exists()                       # nothing half-written
+
+
+def test_lr_find_and_compare_refuse_what_cannot_learn_the_data_before_writing(multilabel_manifest, tmp_path, capsys):
+    from imgcls.cli import main
+    path = multilabel_manifest(["dog;beach", "person", "", "dog;person", "beach"] * 6)
+    assert main(["lr-find", str(path), "--model", "mlp", "--balance", "sampler", "--out", str(tmp_path / "lr")]) == 2
+    assert "balance=weights" in capsys.readouterr().err and not (tmp_path / "lr").exists()
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("linear: {loss: svm}\n")
+    assert main(["compare", str(path), "--models", "knn,linear", "--settings", str(settings),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "loss=softmax" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "knn").exists()          # knn was not trained before linear was refused
+
+
+def test_doctor_reports_a_manifest_row_naming_a_missing_file(multilabel_manifest, tmp_path):
+    from imgcls.doctor import diagnose
+    path = multilabel_manifest(["dog", "person", "beach", "dog", "person", "beach"] * 3)
+    (path.parent / "img" / "4.png").unlink()
+    report = diagnose(str(path), DataOptions(val_fraction=0, test_fraction=0))
+    assert [u.path for u in report.unreadable] == ["img/4.png"]

@@ -72,7 +72,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _owners_text(owners: list[str]) -> str:
-    return "all neural networks" if len(owners) > 4 else ", ".join(owners)
+    if len(owners) <= 4:
+        return ", ".join(owners)
+    return "all models" if {"knn", "linear"} <= set(owners) else "all neural networks"
 
 
 def yes_no(text: str) -> bool:

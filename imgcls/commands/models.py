@@ -31,7 +31,8 @@ def handle(args) -> int:
         table.add_column(column, justify=justify)
     for name, cls in list_models().items():
         options = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)
-                            if f.init and (f.name not in shared or not hasattr(cls, "training_config")))
+                            if f.init and f.name != "threshold"
+                            and (f.name not in shared or not hasattr(cls, "training_config")))
         table.add_row(name, cls.description, f"{parameter_count(name, (1, 28, 28), 10):,}", options)
     console = Console()
     console.print(table)
@@ -39,4 +40,6 @@ def handle(args) -> int:
                   + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainingConfig))
                   + ", and tta=none|flip (test-time augmentation)", highlight=False)
     console.print("Any timm architecture: --model timm:NAME (e.g. timm:resnet18).", highlight=False)
+    console.print("Every model learns single- and multi-label data; for multi-label data threshold=0 chooses each "
+                  "label's threshold on the validation split (threshold=0.5: one for all).", highlight=False)
     return 0

@@ -121,7 +121,11 @@ class DatasetSplits:
     val: ImageDataset | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = ""
-    preprocessing: Preprocessing | None = None    # how files were decoded (None: in-memory images)
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """How files were decoded (None: in-memory images); every split carries it too."""
+        return self.train.decoded_with
 
     @property
     def class_names(self) -> list[str]:

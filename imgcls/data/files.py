@@ -65,9 +65,10 @@ def list_class_folders(root: Path) -> tuple[list[str], FileList]:
     return classes, files
 
 
-def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList], bool]:
+def read_manifest(csv_path: Path, missing_ok: bool = False) -> tuple[list[str], dict[str, FileList], bool]:
     """Class names, a FileList per split ('all' when the manifest has no split column), and whether
-    the manifest is multi-label. Errors name the offending row."""
+    the manifest is multi-label. Errors name the offending row; a row naming a missing file is one
+    too, unless missing_ok (checking a dataset: the file is then reported as unreadable)."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -101,7 +102,7 @@ def read_manifest(csv_path: Path) -> tuple[list[str], dict[str, FileList], bool]
         if unknown:
             raise ImgclsError(f"{csv_path}:{line}: unknown label {unknown[0]!r} (not among the training labels)")
         path = Path(os.path.normpath(csv_path.parent / row["path"].strip()))
-        if not path.exists():
+        if not missing_ok and not path.exists():
             raise ImgclsError(f"{csv_path}:{line}: no such file {row['path'].strip()}")
         entry = lists.setdefault(split, FileList([], []))
         entry.paths.append(path)

@@ -43,8 +43,9 @@ class DataOptions:
     coarse: bool = False           # CIFAR-100: the 20 superclasses instead of the 100 classes
     download: bool = True
     preprocessing: Preprocessing | None = None   # decode files exactly so (a model's, an index's); wins over size...
-    any_classes: bool = False      # accept one class, empty classes and a flat folder (indexing and checking
-                                   # a dataset need no classifier); a flat folder is one class named after it
+    any_classes: bool = False      # indexing and checking a dataset need no classifier: accept one class, empty
+                                   # classes, a flat folder (one class named after it) and manifest rows naming
+                                   # missing files (reported as unreadable)
 
     def decoding_as(self, expected: Preprocessing | None) -> DataOptions:
         """These options with image files decoded as a model expects (expected: its size, crop and
@@ -86,14 +87,15 @@ class DatasetFiles:
     root: Path = Path(".")
 
 
-def dataset_files(source: str | Path, flat_ok: bool = False) -> DatasetFiles | None:
+def dataset_files(source: str | Path, flat_ok: bool = False, missing_ok: bool = False) -> DatasetFiles | None:
     """The files of a manifest, train/val/test folders or class folders (with flat_ok, also a folder
-    of images without class folders: one class named after it); None for any other source."""
+    of images without class folders: one class named after it); None for any other source.
+    missing_ok: a manifest may name missing files (they are then unreadable, not an error)."""
     path = Path(source).expanduser().resolve()
     if not path.exists() or (path.is_file() and path.suffix.lower() != ".csv"):
         return None
     if path.is_file():
-        classes, lists, multi_label = read_manifest(path)
+        classes, lists, multi_label = read_manifest(path, missing_ok)
         return DatasetFiles(classes, lists, multi_label, path.parent)
     if cifar_kind(path) or is_idx_folder(path):
         return None
@@ -181,9 +183,9 @@ def _file_options(options: DataOptions) -> dict:
 
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
-    files = dataset_files(path, flat_ok=options.any_classes)
-    data, skipped, prep = decode_file_lists(files.lists, files.classes, files.root, multi_label=files.multi_label,
-                                            **_file_options(options))
+    files = dataset_files(path, flat_ok=options.any_classes, missing_ok=options.any_classes)
+    data, skipped, _ = decode_file_lists(files.lists, files.classes, files.root, multi_label=files.multi_label,
+                                         **_file_options(options))
     name = path.resolve().stem if path.is_file() else path.resolve().name
     if "all" in data:
         splits = _split(name, data["all"], None, options, skipped=skipped, source=str(path))
@@ -193,7 +195,6 @@ def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
     else:
         splits = _split(name, data["train"], data["test"], options, val=data.get("val"), skipped=skipped,
                         source=str(path))
-    splits.preprocessing = prep
     return splits
 
 

@@ -262,7 +262,7 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
     """Load the dataset as training would and run every check; unreadable files are findings, never fatal."""
     options = options or DoctorOptions()
     data_options = replace(data_options or DataOptions(), strict=False, any_classes=True)
-    files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True)
+    files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True, missing_ok=True)
     if files is not None:
         require_single_label(files.multi_label, str(source), "imgcls doctor")
     split_problem = ""
@@ -497,7 +497,7 @@ class Move:
 
 def check_quarantine(source: str | Path, folder: str | Path) -> None:
     """Refuse --quarantine where it cannot work: not files, or a folder inside the dataset itself."""
-    files = dataset_files(source, flat_ok=True) if not isinstance(source, DatasetSplits) else None
+    files = dataset_files(source, flat_ok=True, missing_ok=True) if not isinstance(source, DatasetSplits) else None
     if files is None:
         raise ImgclsError(f"--quarantine moves files; {source} is not a dataset of image files")
     folder = Path(folder).expanduser().resolve()

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from imgcls.errors import ImgclsError
-from imgcls.task import DEFAULT_THRESHOLD, MultiLabel, rank_scores
+from imgcls.task import MultiLabel, rank_scores
 from imgcls.task import average_precision as task_average_precision
 
 
@@ -90,7 +90,7 @@ def evaluate_multilabel(y_true, proba, class_names: list[str], thresholds=None, 
     """
     y_true, proba = _check_pair(y_true, proba, len(class_names))
     n, c = y_true.shape
-    thresholds = _threshold_array(thresholds, c)
+    thresholds = MultiLabel(None if thresholds is None else tuple(np.ravel(thresholds))).threshold_vector(c)
     if y_pred is None:
         y_pred = (proba >= thresholds).astype(np.uint8)
     else:
@@ -182,12 +182,3 @@ def _check_pair(y_true, proba, n_labels: int | None = None) -> tuple[np.ndarray,
     if not np.isfinite(proba).all():
         raise ImgclsError("probabilities must be finite numbers")
     return y_true, proba
-
-
-def _threshold_array(thresholds, n_labels: int) -> np.ndarray:
-    if thresholds is None:
-        return np.full(n_labels, DEFAULT_THRESHOLD)
-    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if len(thresholds) != n_labels:
-        raise ImgclsError(f"{len(thresholds)} thresholds for {n_labels} labels")
-    return thresholds
