@@ -58,7 +58,7 @@ def print_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, console: 
     if ev.top5_accuracy is not None:
         line += f"   top-5 accuracy {ev.top5_accuracy:.2%}"
     for key, value in info.extra_metrics.items():
-        line += f"   {key.replace('_', ' ')} {value:.2%}"
+        line += f"   {key.replace('_', ' ')} {_figure(key, value)}"
     console.print(line)
     _print_skipped(info, console)
 
@@ -80,11 +80,16 @@ def _print_multilabel(ev: MultiLabelEvaluation, info: RunInfo, console: Console)
             f"   samples F1 {ev.samples_avg['f1']:.3f}   subset accuracy {ev.subset_accuracy:.2%}"
             f"   Hamming loss {ev.hamming_loss:.4f}")
     for key, value in info.extra_metrics.items():
-        line += f"   {key.replace('_', ' ')} {value:.2%}"
+        line += f"   {key.replace('_', ' ')} {_figure(key, value)}"
     console.print(line)
     for warning in ev.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     _print_skipped(info, console)
+
+
+def _figure(key: str, value: float) -> str:
+    """Accuracies as percentages; mAP (an average precision) as a number in 0..1, as its table shows it."""
+    return f"{value:.3f}" if "mAP" in key else f"{value:.2%}"
 
 
 def _ap_text(value: float | None) -> str:

@@ -141,7 +141,7 @@ def _format(key: str, value) -> str:
         return str(value)
     if key == "lr":
         return f"{value:.2e}"
-    if key.endswith("accuracy") or key == "val_mAP":
+    if key.endswith("accuracy"):
         return f"{value:.2%}"
     if key == "images_per_second":
         return f"{value:,.0f}"
