@@ -1,7 +1,7 @@
 """Training speed on Fashion-MNIST, on this machine's CPU.
 
 (a) throughput: the course CNN under imgcls's trainer (uint8 data in memory, batched
-    augmentation, bf16 autocast and channels_last where the CPU has AMX) against a plain PyTorch
+    augmentation, bf16 autocast and channels_last where --bf16 auto measures them faster) against a plain PyTorch
     loop over the same network (torch DataLoader over a Dataset with torchvision transforms v2,
     fp32), in one run, same augmentation (random crop with padding 4, horizontal flip), same
     optimiser and batch size. Images per second, median over timed windows.
@@ -31,6 +31,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+from machine import banner
 
 from imgcls.data import DataOptions, load_dataset
 from imgcls.models import create_model
@@ -144,8 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("IMGCLS_PROGRESS", "0")
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, AMX {torch.cpu._is_amx_tile_supported()}")
+    print(banner())
     results = {}
     if args.part in ("throughput", "both"):
         ours, precision = imgcls_throughput(splits.train, args.steps, args.batch_size)

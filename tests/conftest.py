@@ -9,12 +9,20 @@ import pytest
 from PIL import Image
 
 
+@pytest.fixture(scope="session")
+def fast_path_cache(tmp_path_factory) -> Path:
+    """One cache of measured bf16 choices for the whole run (and the processes it starts), so each
+    network is timed once and every run of it trains in the same precision."""
+    return tmp_path_factory.mktemp("imgcls-cache")
+
+
 @pytest.fixture(autouse=True)
-def quiet_and_isolated(monkeypatch, tmp_path):
+def quiet_and_isolated(monkeypatch, tmp_path, fast_path_cache):
     """No progress bars, and named datasets never come from (or go to) the user's own cache."""
     monkeypatch.setenv("IMGCLS_PROGRESS", "0")
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("IMGCLS_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("IMGCLS_CACHE", str(fast_path_cache))
 
 
 def _colour(label: int, index: int) -> tuple[int, int, int]:

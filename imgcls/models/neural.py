@@ -157,7 +157,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
         on the model's device, with bf16 and channels_last where they are on."""
         device = resolve_device(self.device)
         net = self.net_.to(device)
-        bf16 = use_bf16(self.bf16, device)
+        bf16 = use_bf16(self.bf16, device, net, images[:64])
         channels_last = use_channels_last(self.channels_last, device, net, bf16)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)

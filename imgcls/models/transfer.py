@@ -198,7 +198,7 @@ class TransferClassifier(NeuralClassifier):
         """Backbone embeddings (N, num_features) of uint8 images, in bf16 where the CPU is fast at it."""
         device = resolve_device(self.device)
         net = self.net_.to(device)
-        bf16 = use_bf16(self.bf16, device)
+        bf16 = use_bf16(self.bf16, device, net, images[:64])
         with progress_bar(len(images) if len(images) > 256 else 0, f"embedding with {self.backbone}") as advance:
             return predict_logits(net, images, device=device, bf16=bf16, channels_last=bf16, batch_size=128,
                                   forward=net.embed, progress=advance)

@@ -57,8 +57,7 @@ class Trainer:
         self.cfg, self.net, self.hooks = cfg, net, list(hooks)
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = resolve_device(cfg.device)
-        self.bf16 = use_bf16(cfg.bf16, self.device)
-        self.channels_last = use_channels_last(cfg.channels_last, self.device, net, self.bf16)
+        self.bf16 = self.channels_last = False     # decided in setup, on the training data
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
@@ -150,6 +149,8 @@ class Trainer:
     def setup(self, train: ImageDataset) -> None:
         """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
         n_train = len(train)
+        self.bf16 = self._decide_bf16(train)
+        self.channels_last = use_channels_last(self.cfg.channels_last, self.device, self.net, self.bf16)
         self.task = train.task
         self.monitor = monitored(self.cfg.monitor, self.task)
         if self.cfg.balance == "weights":
@@ -169,6 +170,15 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.steps_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
+
+    def _decide_bf16(self, train: ImageDataset) -> bool:
+        """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
+        so every rank trains in the same precision."""
+        choice = [use_bf16(self.cfg.bf16, self.device, self.net, train.images[:64], train=True)
+                  if self.rank == 0 else False]
+        if self.world > 1:
+            dist.broadcast_object_list(choice, src=0)
+        return bool(choice[0])
 
     def augmented(self, images: torch.Tensor, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images[batch]

@@ -1,0 +1,118 @@
+"""Whether bf16 autocast (with channels_last for convolutional networks) is faster than fp32 for
+this network on this CPU: measured once, then cached.
+
+A CPU flag is a guess: AMX-capable Intel CPUs and AMD EPYC CPUs with AVX-512 bf16 (no AMX) both
+run bf16 matrix work natively, but how much faster a given network gets differs, and on a CPU
+without either bf16 loses. So on a CPU that has AMX or AVX-512 bf16, `--bf16 auto` times a few
+forward (and, for training, backward) passes of a copy of the actual network on a batch of the
+actual input in both precisions, and takes bf16 where it is at least MIN_GAIN times as fast.
+The answer is cached per CPU model, torch version, thread count, network and input shape, in
+$IMGCLS_CACHE/fast_paths.json (default ~/.cache/imgcls), so the measurement runs once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
+MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
+TIMED_STEPS = 3
+
+
+def bf16_capable_cpu() -> bool:
+    """AMX tiles or AVX-512 bf16: the CPUs on which bf16 matrix work has native instructions."""
+    flags = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(flag()) for flag in flags if flag is not None)
+
+
+def cpu_model() -> str:
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else (platform.processor() or platform.machine())
+
+
+def bf16_is_faster(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> bool:
+    """The cached or freshly measured answer for this network and input on this CPU."""
+    key = _key(net, example, train, channels_last)
+    cache = _read_cache()
+    if key not in cache:
+        gain = measure_gain(net, example, train, channels_last)
+        cache[key] = {"gain": round(gain, 3), "bf16": gain >= MIN_GAIN}
+        _write_cache(cache)
+        from imgcls.progress import console
+        choice = "bf16 autocast" + (" + channels_last" if channels_last else "") if gain >= MIN_GAIN else "fp32"
+        console.print(f"fast path: {choice} ({'training' if train else 'inference'}: bf16 measured at {gain:.2f}x "
+                      f"fp32's speed for this network on this CPU; cached in {cache_path()})", highlight=False,
+                      soft_wrap=True)
+    return bool(cache[key]["bf16"])
+
+
+def measure_gain(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> float:
+    """fp32 time / bf16 time of a few steps on a copy of net (the original and the random number
+    generators are left as they were, so a measured run trains exactly like a cached one)."""
+    batch = example[:MEASURE_BATCH].float()
+    with torch.random.fork_rng(devices=[]):
+        fp32 = _seconds(copy.deepcopy(net), batch, train, bf16=False, channels_last=False)
+        bf16 = _seconds(copy.deepcopy(net), batch, train, bf16=True, channels_last=channels_last)
+    return fp32 / max(bf16, 1e-9)
+
+
+def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, channels_last: bool) -> float:
+    net = net.cpu().train(train)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    best = float("inf")
+    for step in range(TIMED_STEPS + 1):          # the first step warms up (allocations, kernel choice)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(train), autocast:
+            out = net(batch).float()
+        if train:
+            out.square().mean().backward()
+        if step:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cache_path() -> Path:
+    root = os.environ.get("IMGCLS_CACHE") or Path.home() / ".cache" / "imgcls"
+    return Path(root) / "fast_paths.json"
+
+
+def _key(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> str:
+    parameters = sum(p.numel() for p in net.parameters())
+    body = getattr(net, "body", net)
+    return "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads",
+                     f"{type(body).__name__}:{parameters}", "x".join(map(str, example.shape[1:])),
+                     "train" if train else "infer", "channels_last" if channels_last else "contiguous"])
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass        # an unwritable cache only means measuring again next time
