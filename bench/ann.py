@@ -29,6 +29,7 @@ from rich.table import Table  # noqa: E402
 
 from imgcls.data import DataOptions, load_dataset  # noqa: E402
 from imgcls.similarity import ImageIndex  # noqa: E402
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 K = 10
 SETTINGS = [(16, [16, 32, 64, 128]), (32, [16, 32, 64, 128, 256])]
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(banner())
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
     train, test = splits.train.subset(range(min(args.train, len(splits.train)))), splits.test.images[:args.queries]
     console = Console(width=150)

@@ -22,6 +22,7 @@ from sklearn.datasets import load_sample_images
 
 from imgcls.data.images import Preprocessing, decode_image
 from imgcls.models.pretrained import PRETRAINED, pretrained_model
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 KNOWN = {"chelsea": {"tabby", "tiger cat", "Egyptian cat"}, "coffee": {"espresso", "cup"}}
 CANDIDATES = {
@@ -43,6 +44,7 @@ def photos(folder: str) -> dict[str, str]:
 
 
 def main() -> None:
+    print(banner())
     os.environ.setdefault("IMGCLS_PROGRESS", "0")
     files = photos("/tmp/imgcls-photos")
     print(f"{'model':<20}{'preprocessing':<28}{'cat':<16}{'coffee':<16}mean top-1 p")

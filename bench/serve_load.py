@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import skimage.data
 from PIL import Image
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 
 def photo_bytes() -> bytes:
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    print(banner())
     os.environ.setdefault("IMGCLS_PROGRESS", "0")
     payload = photo_bytes()
     rows = []

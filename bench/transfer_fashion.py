@@ -21,6 +21,7 @@ import torch
 
 from imgcls.data import DataOptions, load_dataset, stratified_split
 from imgcls.models import create_model, pretrained_model
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 
 def run(name: str, model, train, test) -> dict:
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    print(banner())
     os.environ.setdefault("IMGCLS_PROGRESS", "0")
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
     train = splits.train

@@ -35,6 +35,7 @@ from imgcls.data import DataOptions, load_dataset  # noqa: E402
 from imgcls.data.splits import stratified_split  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
 from imgcls.tuning import knn_cross_validation, summarise  # noqa: E402
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 KS = [1, 3, 5, 7, 9, 11, 15]
 FOLDS, SEED = 5, 0
@@ -95,6 +96,7 @@ def main() -> None:
                         help="run GridSearchCV whole (default), or time one fit per metric and extrapolate "
                              "(the full sweep on 60,000 images takes about 4.5 hours on 2 cores), or skip it")
     args = parser.parse_args()
+    print(banner())
     splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
     train, test = splits.train, splits.test
     if args.train < len(train):
