@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from imgcls.data.load import DataOptions, from_arrays, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.task import SingleLabel
+from imgcls.models import create_model
+from imgcls.task import MultiLabel, SingleLabel
 from imgcls.training.augment import SPEC_NAMES, AugmentConfig, augment_batch, mix
 
 EVERYTHING = AugmentConfig.from_spec("crop=4,flip,rotate=10,jitter=0.2,sharpness=0.3,erase=0.25")
@@ -360,3 +362,25 @@ def test_label_smoothing_on_mixed_targets_matches_torch(smoothing):
     labels = torch.arange(n)
     torch.testing.assert_close(ours, lam * F.cross_entropy(logits, labels, label_smoothing=smoothing)
                                + (1 - lam) * F.cross_entropy(logits, labels[perm], label_smoothing=smoothing))
+
+
+def test_correct_counts_the_dominant_label_of_soft_targets():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert SingleLabel().correct(logits, torch.tensor([[0.7, 0.3, 0.0], [0.8, 0.2, 0.0]])) == 1.0
+    multi = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    assert MultiLabel().correct(multi, torch.tensor([[0.7, 0.3], [0.6, 0.2]])) == 1.0
+    assert MultiLabel().correct(multi, torch.tensor([[1, 0], [1, 1]], dtype=torch.uint8)) == 2.0
+
+
+def test_training_with_randaugment_and_mixup_learns_single_and_multi_label(quadrants):
+    digits = load_dataset("digits")
+    params = dict(epochs=4, batch_size=64, bf16="off", hidden="64", augment="randaugment,mixup=0.2,cutmix")
+    model = create_model("mlp", **params).fit(digits.train, validation=digits.val)
+    assert all(math.isfinite(r["train_loss"]) for r in model.history_)
+    assert model.history_[-1]["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    x, y = quadrants(400)
+    splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.2, test_fraction=0.0))
+    multi = create_model("mlp", **{**params, "epochs": 6, "augment": "randaugment,mixup=0.2"}).fit(
+        splits.train, validation=splits.val)
+    assert multi.task_.multi_label and 0 <= multi.history_[-1]["train_accuracy"] <= 1
+    assert multi.history_[-1]["val_mAP"] > 0.7
