@@ -48,7 +48,10 @@ class SingleLabel:
         return proba.argmax(1)
 
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        """How many of a batch's predictions are right (for a running training accuracy)."""
+        """How many of a batch's predictions are right (for a running training accuracy); with class
+        probabilities as targets (mixup, cutmix), against the most likely class."""
+        if targets.dim() == 2:
+            targets = targets.argmax(1)
         return float((logits.argmax(1) == targets).sum())
 
     def validation_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -106,8 +109,9 @@ class MultiLabel:
         return (np.asarray(proba) >= self.threshold_vector(np.shape(proba)[1])).astype(np.uint8)
 
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        """Images whose whole label set is right at threshold 1/2 (subset accuracy's numerator)."""
-        return float(((logits > 0) == targets.bool()).all(1).sum())
+        """Images whose whole label set is right at threshold 1/2 (subset accuracy's numerator); soft
+        targets (mixup, cutmix) count as their labels >= 1/2, the dominant image's label set."""
+        return float(((logits > 0) == (targets >= 0.5)).all(1).sum())
 
     def validation_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """What the trainer records after each epoch: val_loss, val_mAP (over the labels with a

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from imgcls.data.load import DataOptions, from_arrays, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.training.augment import SPEC_NAMES, AugmentConfig, augment_batch
+from imgcls.models import create_model
+from imgcls.task import MultiLabel, SingleLabel
+from imgcls.training.augment import SPEC_NAMES, AugmentConfig, augment_batch, mix
 
 EVERYTHING = AugmentConfig.from_spec("crop=4,flip,rotate=10,jitter=0.2,sharpness=0.3,erase=0.25")
 
@@ -205,6 +208,11 @@ def test_cuda_images_with_a_cpu_generator_match_the_cpu():
     ("jitter=0.4,contrast=0.1", AugmentConfig(brightness=0.4, contrast=0.1, saturation=0.4)),
     ("none", AugmentConfig()),
     ("", AugmentConfig()),
+    ("rrc,randaugment", AugmentConfig(rrc_scale=0.35, policy="randaugment")),
+    ("randaugment=3:15,mixup", AugmentConfig(policy="randaugment", policy_ops=3, policy_magnitude=15, mixup=0.2)),
+    ("randaugment=3", AugmentConfig(policy="randaugment", policy_ops=3)),
+    ("randaugment,trivialaugment,rrc=0.5", AugmentConfig(policy="trivialaugment", rrc_scale=0.5)),
+    ("autoaugment,cutmix,mixup=0.4", AugmentConfig(policy="autoaugment", cutmix=1.0, mixup=0.4)),
 ])
 def test_spec_parsing_round_trips(spec, expected):
     cfg = AugmentConfig.from_spec(spec)
@@ -219,8 +227,160 @@ def test_unknown_names_and_bad_values_are_rejected():
     message = str(error.value)
     assert "blur" in message and "\n" not in message
     assert all(name in message for name in SPEC_NAMES)
-    for spec in ("crop=x", "flip=1", "jitter=2", "rotate=-5", "pad=wrap", "crop=1.5"):
+    for spec in ("crop=x", "flip=1", "jitter=2", "rotate=-5", "pad=wrap", "crop=1.5", "rrc=1.5", "randaugment=a:b",
+                 "randaugment=2:31", "randaugment=0:9", "trivialaugment=1", "mixup=-1", "cutmix=x"):
         with pytest.raises(ImgclsError):
             AugmentConfig.from_spec(spec)
     with pytest.raises(ImgclsError, match="reflect padding"):
         augment(pixels((2, 1, 4, 4)), AugmentConfig(crop_padding=4))
+
+
+# -- torchvision's policies and RandomResizedCrop --------------------------------------------------
+
+TORCHVISION_SPECS = ["rrc", "rrc=0.5", "randaugment", "randaugment=3:15", "trivialaugment", "autoaugment"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("spec", TORCHVISION_SPECS)
+def test_torchvision_ops_are_per_image_reproducible_and_leave_the_global_rng_alone(spec, channels):
+    images = pixels((64, channels, 28, 28))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, again, other = augment(images, spec, 1), augment(images, spec, 1), augment(images, spec, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first.shape == images.shape and first.dtype == torch.float32
+    assert torch.equal(first, first.round()) and first.min() >= 0 and first.max() <= 255  # uint8 pixels
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    changed = (first != images).flatten(1).any(1)
+    assert changed.float().mean() > 0.5  # most images change (a policy may draw the identity for some)
+    # each image draws its own ops: duplicating one image does not give duplicate outputs
+    copies = augment(images[:1].expand(32, -1, -1, -1), spec, 3)
+    assert len({tuple(image.flatten().tolist()) for image in copies}) > 8
+    assert torch.equal(augment(images.float(), spec, 1), first)  # float pixels are rounded to the same uint8
+
+
+def test_rrc_shows_a_part_of_the_image_at_full_size():
+    """A horizontal ramp cropped and resized stays a monotone ramp over a narrower range of values."""
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(1, 1, 32, 32)
+    out = augment(ramp.expand(64, -1, -1, -1), "rrc=0.35")
+    assert torch.equal(out, out[:, :, :1].expand_as(out))  # rows stay equal: only columns are cropped
+    rows = out[:, 0, 0]
+    assert (rows.diff(dim=1) >= -1).all()  # still increasing (antialiasing may wobble by a level)
+    spans = rows[:, -1] - rows[:, 0]
+    assert spans.max() <= 255 and spans.min() < 200  # narrower crops than the whole ramp
+    # torchvision's aspect range 3/4..4/3 bounds the crop's width at sqrt(4/3 * 1) of the side
+    assert spans.min() >= 0.35 ** 0.5 * 0.75 ** 0.5 * 255 - 16
+
+
+# -- mixup and cutmix --------------------------------------------------------------------------------
+
+def mixed(images, cfg, seed, targets=None, multi_label=False):
+    """mix with labels 0..N-1 over N classes, so the soft targets reveal perm and lambda."""
+    n = len(images)
+    cfg = AugmentConfig.from_spec(cfg) if isinstance(cfg, str) else cfg
+    labels = torch.arange(n) if targets is None else targets
+    x, y = mix(images, labels, cfg, torch.Generator().manual_seed(seed), multi_label, n)
+    return x, y
+
+
+def perm_and_lam(y):
+    """From soft targets of labels 0..N-1: each row's partner and its own weight (lam)."""
+    own = y.diagonal()
+    partner = torch.where(own < 1, (y - torch.diag(own)).argmax(1), torch.arange(len(y)))
+    return partner, own
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mixup_blends_images_and_targets_with_one_lambda_and_permutation(seed):
+    images = pixels((32, 3, 8, 8)).float()
+    x, y = mixed(images, "mixup=0.4", seed)
+    perm, own = perm_and_lam(y)
+    moved = perm != torch.arange(32)
+    lam = own[moved][0].item()  # rows paired with themselves carry 1
+    assert 0 < lam < 1 and moved.sum() > 16
+    torch.testing.assert_close(own[moved], torch.full((int(moved.sum()),), lam))
+    assert sorted(perm.tolist()) == list(range(32))  # a permutation
+    one_hot = torch.eye(32)
+    torch.testing.assert_close(y, lam * one_hot + (1 - lam) * one_hot[perm])
+    torch.testing.assert_close(x, lam * images + (1 - lam) * images[perm])
+    # multi-hot targets with the same seed mix with the same lam and permutation
+    multi_hot = pixels((32, 5), high=2, seed=seed)
+    _, soft = mixed(images, "mixup=0.4", seed, multi_hot, multi_label=True)
+    torch.testing.assert_close(soft, lam * multi_hot.float() + (1 - lam) * multi_hot[perm].float())
+    assert soft.min() >= 0 and soft.max() <= 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cutmix_pastes_one_box_and_lambda_is_the_unpasted_fraction(seed):
+    n, h, w = 40, 12, 16
+    images = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 2, h, w)  # image i is all i+1
+    x, y = mixed(images, "cutmix", seed)
+    perm, own = perm_and_lam(y)
+    pasted = x != images
+    moved = perm != torch.arange(n)
+    assert torch.equal(x, torch.where(pasted, images[perm], images))  # pixels come from the image or its partner
+    box = pasted[moved][0, 0]
+    assert torch.equal(pasted[moved], box.expand(int(moved.sum()), 2, h, w))  # one box for the batch
+    rows, cols = box.any(1).nonzero()[:, 0], box.any(0).nonzero()[:, 0]
+    if len(rows):
+        assert box.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a rectangle
+    torch.testing.assert_close(own[moved], torch.full((int(moved.sum()),), 1 - box.float().mean().item()))
+
+
+def test_mixup_and_cutmix_together_pick_one_per_batch_about_half_the_time():
+    images = pixels((16, 1, 8, 8)).float()
+    kinds = []
+    for seed in range(200):
+        x, _ = mixed(images, "mixup=1,cutmix=1", seed)
+        blended = (x != x.round()).any()  # mixup's blends leave whole pixel values
+        kinds.append(bool(blended))
+    assert 70 <= sum(kinds) <= 130
+
+
+def test_mixing_is_reproducible_and_leaves_the_global_rng_alone():
+    images, cfg = pixels((16, 3, 8, 8)).float(), "mixup,cutmix"
+    state = torch.get_rng_state()
+    first, again, other = mixed(images, cfg, 1), mixed(images, cfg, 1), mixed(images, cfg, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[1], other[1])
+    assert mixed(images, "crop", 1)[1].tolist() == list(range(16))  # no mixing: the labels as they are
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_label_smoothing_on_mixed_targets_matches_torch(smoothing):
+    """The loss on mixed targets with smoothing equals torch's cross-entropy on the smoothed one-hot
+    targets mixed, and the mix of torch's losses on the two hard labels."""
+    n = 12
+    logits = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    _, y = mixed(pixels((n, 1, 4, 4)).float(), "mixup=1", 3)
+    perm, own = perm_and_lam(y)
+    lam = own[perm != torch.arange(n)][0]
+    smoothed = torch.eye(n) * (1 - smoothing) + smoothing / n
+    ours = SingleLabel().loss(logits, y, label_smoothing=smoothing)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, lam * smoothed + (1 - lam) * smoothed[perm]))
+    labels = torch.arange(n)
+    torch.testing.assert_close(ours, lam * F.cross_entropy(logits, labels, label_smoothing=smoothing)
+                               + (1 - lam) * F.cross_entropy(logits, labels[perm], label_smoothing=smoothing))
+
+
+def test_correct_counts_the_dominant_label_of_soft_targets():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert SingleLabel().correct(logits, torch.tensor([[0.7, 0.3, 0.0], [0.8, 0.2, 0.0]])) == 1.0
+    multi = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    assert MultiLabel().correct(multi, torch.tensor([[0.7, 0.3], [0.6, 0.2]])) == 1.0
+    assert MultiLabel().correct(multi, torch.tensor([[1, 0], [1, 1]], dtype=torch.uint8)) == 2.0
+
+
+def test_training_with_randaugment_and_mixup_learns_single_and_multi_label(quadrants):
+    digits = load_dataset("digits")
+    params = dict(epochs=4, batch_size=64, bf16="off", hidden="64", augment="randaugment,mixup=0.2,cutmix")
+    model = create_model("mlp", **params).fit(digits.train, validation=digits.val)
+    assert all(math.isfinite(r["train_loss"]) for r in model.history_)
+    assert model.history_[-1]["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    x, y = quadrants(400)
+    splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.2, test_fraction=0.0))
+    multi = create_model("mlp", **{**params, "epochs": 6, "augment": "randaugment,mixup=0.2"}).fit(
+        splits.train, validation=splits.val)
+    assert multi.task_.multi_label and 0 <= multi.history_[-1]["train_accuracy"] <= 1
+    assert multi.history_[-1]["val_mAP"] > 0.7

@@ -73,7 +73,8 @@ def test_flip_tta_averages_image_and_mirror(digits):
         create_model("mlp", tta="rotate")
 
 
-@pytest.mark.parametrize("options", [dict(augment="crop,flip", dropout=0.2), dict(ema=0.9, opt="adamw", lr=3e-3)])
+@pytest.mark.parametrize("options", [dict(augment="crop,flip", dropout=0.2), dict(ema=0.9, opt="adamw", lr=3e-3),
+                                     dict(augment="rrc,randaugment,mixup=0.2,cutmix", label_smoothing=0.1)])
 def test_resume_is_exact(digits, tmp_path, options, stop_after):
     params = {**FAST, "epochs": 4, **options}
     whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a")

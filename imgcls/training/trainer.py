@@ -1,7 +1,8 @@
 """The training loop for neural classifiers.
 
 Data stays on the device as uint8 tensors; each batch is gathered by index, augmented as a
-whole (imgcls.training.augment) and normalised inside the network. Every random draw of
+whole (imgcls.training.augment; mixup and cutmix turn its labels into soft targets) and
+normalised inside the network. Every random draw of
 epoch e comes from generators seeded with (seed, e), so a run resumed from the checkpoint
 written at the end of epoch e - 1 replays epoch e exactly. Under torchrun, each process takes
 its shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone
@@ -26,7 +27,7 @@ from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
-from imgcls.training.augment import AugmentConfig, augment_batch
+from imgcls.training.augment import AugmentConfig, augment_batch, mix
 from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.schedule import lr_at
 
@@ -96,7 +97,7 @@ class Trainer:
             batch = order[start:start + cfg.batch_size]
             if len(batch) < 2 * self.world:      # a lone sample breaks batch norm; skip the scrap
                 break
-            x, y = self.augmented(images, batch, gen), labels[batch]
+            x, y = self.training_batch(images, labels, batch, gen)
             x, y = x[self.rank::self.world], y[self.rank::self.world]
             loss, correct = self.step(x, y, self._lr())
             total_loss, total_correct, seen = total_loss + loss * len(y), total_correct + correct, seen + len(y)
@@ -105,7 +106,9 @@ class Trainer:
                 "train_accuracy": total_correct / max(seen, 1)}
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
-        """One optimiser step on a batch at learning rate lr; returns (loss, number correct)."""
+        """One optimiser step on a batch at learning rate lr; returns (loss, number correct).
+
+        y holds labels, or soft targets after mixup/cutmix (then "correct" counts the dominant label)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with self._autocast():
@@ -152,6 +155,7 @@ class Trainer:
         self.bf16 = self._decide_bf16(train)
         self.channels_last = use_channels_last(self.cfg.channels_last, self.device, self.net, self.bf16)
         self.task = train.task
+        self.num_classes = train.num_classes
         self.monitor = monitored(self.cfg.monitor, self.task)
         if self.cfg.balance == "weights":
             self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
@@ -182,8 +186,15 @@ class Trainer:
 
     def augmented(self, images: torch.Tensor, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images[batch]
-        x = x.float() if self.augment.is_identity else augment_batch(x, self.augment, gen)
+        x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor,
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's augmented images and targets: the labels, or soft targets under mixup/cutmix."""
+        x, y = mix(self.augmented(images, batch, gen), labels[batch], self.augment, gen,
+                   self.task.multi_label, self.num_classes)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The epoch's sample order: a shuffle, or with balance=sampler as many draws with replacement,
