@@ -31,9 +31,11 @@ from rich.table import Table  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from threadpoolctl import threadpool_info  # noqa: E402
 
+from imgcls import kernels  # noqa: E402
 from imgcls.data import DataOptions, load_dataset  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
-from imgcls.models.distance import _int8_gemm_works  # noqa: E402
+from imgcls.models.distance import ExactSearch, _int8_gemm_works  # noqa: E402
+from machine import banner  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 K = 5
 SK_DEFAULT_QUERIES = {"l2": 10_000, "l1": 2_000}
@@ -56,7 +58,8 @@ def timed(repeats: int, fit, predict) -> dict:
 def bench_imgcls(train, test, metric: str, repeats: int) -> dict:
     result = timed(repeats, lambda: create_model("knn", k=K, metric=metric).fit(train),
                    lambda model: model.predict(test.images))
-    return result | {"library": "imgcls", "input": "uint8 tensor"}
+    engine = ExactSearch(train.images, metric).engine
+    return result | {"library": "imgcls", "input": f"uint8 tensor; {engine}", "engine": engine}
 
 
 def bench_sklearn(train, test, metric: str, repeats: int, n_queries: int, dtype: str) -> dict:
@@ -108,7 +111,8 @@ def environment() -> dict:
             "sklearn": sklearn.__version__, "numpy": np.__version__,
             "torch_threads": torch.get_num_threads(), "faiss_omp_threads": faiss.omp_get_max_threads(),
             "threadpools": sorted({f"{p['prefix']}={p['num_threads']}" for p in threadpool_info()}),
-            "imgcls_l2_uint8_int8_gemm": _int8_gemm_works()}
+            "imgcls_l2_uint8_int8_gemm": _int8_gemm_works(), "imgcls_kernel_built": kernels.built(),
+            "imgcls_kernel_isa": kernels.ISA_NAMES[kernels.isa_level()]}
 
 
 def main() -> None:
@@ -128,11 +132,12 @@ def main() -> None:
 
     console = Console(width=160)
     env = environment()
-    console.print(f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs; {' '.join(env['cpu_features'])})")
+    console.print(banner())
     console.print(f"torch {env['torch']} ({env['torch_threads']} threads), faiss {env['faiss']} "
                   f"({env['faiss_omp_threads']} OpenMP threads), sklearn {env['sklearn']}, numpy {env['numpy']}")
     console.print(f"thread pools: {', '.join(env['threadpools'])}; "
-                  f"imgcls L2 uint8 int8-GEMM path: {env['imgcls_l2_uint8_int8_gemm']}")
+                  f"imgcls uint8 kernel: built {env['imgcls_kernel_built']}, {env['imgcls_kernel_isa']}; "
+                  f"oneDNN int8 GEMM exact: {env['imgcls_l2_uint8_int8_gemm']}")
 
     data = load_dataset("fashion-mnist", DataOptions(val_fraction=0))
     train, test = data.train, data.test

@@ -1,5 +1,9 @@
-"""Whether bf16 autocast (with channels_last for convolutional networks) is faster than fp32 for
-this network on this CPU: measured once, then cached.
+"""Fast paths measured, not guessed: each answer is timed once on this CPU, then cached.
+
+- `bf16_is_faster`: whether bf16 autocast (with channels_last for convolutional networks) beats
+  fp32 for this network;
+- `fastest`: which of several exact implementations of the same work is quickest (the kNN
+  engines use it).
 
 A CPU flag is a guess: AMX-capable Intel CPUs and AMD EPYC CPUs with AVX-512 bf16 (no AMX) both
 run bf16 matrix work natively, but how much faster a given network gets differs, and on a CPU
@@ -20,6 +24,7 @@ import platform
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,6 +32,7 @@ from torch import nn
 MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
 MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
 TIMED_STEPS = 3
+RACE_ROUNDS = 5
 
 
 def bf16_capable_cpu() -> bool:
@@ -57,6 +63,40 @@ def bf16_is_faster(net: nn.Module, example: torch.Tensor, train: bool, channels_
                       f"fp32's speed for this network on this CPU; cached in {cache_path()})", highlight=False,
                       soft_wrap=True)
     return bool(cache[key]["bf16"])
+
+
+def fastest(what: str, candidates: dict[str, Callable[[], object]], key: str) -> str:
+    """The name of the quickest candidate (name -> a callable that does the same work once).
+
+    Each runs once to warm up; then RACE_ROUNDS rounds run them in turn (so a burst of other work
+    on the machine hits all of them alike) and each one's best time counts. The answer is cached
+    under key (with the CPU model, torch version and thread count) and said once when measured.
+    """
+    full_key = "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads", key])
+    cache = _read_cache()
+    if cache.get(full_key, {}).get("choice") not in candidates:
+        seconds = race(candidates)
+        winner = min(seconds, key=seconds.get)
+        cache[full_key] = {"choice": winner, "seconds": {name: round(s, 6) for name, s in seconds.items()}}
+        _write_cache(cache)
+        from imgcls.progress import console
+        others = ", ".join(f"{seconds[name] / seconds[winner]:.2f}x faster than {name}"
+                           for name in seconds if name != winner)
+        console.print(f"fast path: {what}: {winner} ({others}, measured on this CPU; cached in {cache_path()})",
+                      highlight=False, soft_wrap=True)
+    return cache[full_key]["choice"]
+
+
+def race(candidates: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Each candidate's best time over RACE_ROUNDS interleaved rounds, after one warm-up run each."""
+    best = {name: float("inf") for name in candidates}
+    for round_ in range(RACE_ROUNDS + 1):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def measure_gain(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> float:

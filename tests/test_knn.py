@@ -88,6 +88,7 @@ def test_chunking_and_int8_path_agree_with_float_path(monkeypatch):
     queries = torch.from_numpy(test_x.reshape(70, -1))
     whole = ExactSearch(reference, "l2").search(queries, 4)
     monkeypatch.setattr(distance, "_CHUNK", 16)
+    monkeypatch.setattr(distance, "_KERNEL_CHUNK", 16)
     chunked = ExactSearch(reference, "l2").search(queries, 4)
     as_float = ExactSearch(reference.float(), "l2").search(queries.float(), 4)
     for got in (chunked, as_float):

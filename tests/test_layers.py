@@ -18,7 +18,7 @@ ROOT = Path(imgcls.__file__).parent
 LAYERS = [
     ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task"),     # foundations
     ("imgcls.data",),
-    ("imgcls.fastpath", "imgcls.runtime"),
+    ("imgcls.fastpath", "imgcls.runtime", "imgcls.kernels"),
     ("imgcls.training",),
     ("imgcls.models",),
     ("imgcls.evaluation",),

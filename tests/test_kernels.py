@@ -1,0 +1,136 @@
+"""The compiled uint8 kNN kernel against exact references (numpy, scikit-learn), at every
+instruction-set level this CPU runs, and the engine choice around it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from imgcls import fastpath, kernels
+from imgcls.models import distance
+from imgcls.models.distance import ExactSearch
+
+LEVELS = [(metric, level) for metric in ("l1", "l2") for level in (1, 2) if not (metric == "l2" and level < 2)]
+
+
+def kernel_or_skip(metric, dim, level):
+    kernel = kernels.knn_kernel(metric, dim, max_level=level)
+    if kernel is None or kernel.max_level != level:
+        pytest.skip(f"no {metric} kernel at level {level} on this machine")
+    return kernel
+
+
+def exact_order(queries, reference, metric, k):
+    """(distances, indices) of the k nearest by brute force in int64, ties broken by index."""
+    diff = queries[:, None, :].astype(np.int64) - reference[None].astype(np.int64)
+    dist = np.abs(diff).sum(-1) if metric == "l1" else np.square(diff).sum(-1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, order, 1), order
+
+
+def test_kernel_is_built_wherever_a_compiler_is():
+    if shutil.which("g++") or shutil.which("c++"):
+        assert kernels.built(), "setup.py should have compiled imgcls/kernels/knn.cpp"
+
+
+@pytest.mark.parametrize("metric,level", LEVELS)
+def test_ties_come_in_index_order(metric, level):
+    # Values 0..2 over 23 bytes: distances collide all the time, so the order among equals matters.
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 3, (203, 23), dtype=np.uint8)
+    queries = rng.integers(0, 3, (37, 23), dtype=np.uint8)
+    kernel = kernel_or_skip(metric, 23, level)
+    dist, idx = kernel.search(kernel.prepare(torch.from_numpy(reference)), torch.from_numpy(queries), 9)
+    want_dist, want_idx = exact_order(queries, reference, metric, 9)
+    np.testing.assert_array_equal(dist, want_dist)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+@pytest.mark.parametrize("metric,level", LEVELS)
+@pytest.mark.parametrize("dim", [64, 3 * 32 * 32])
+def test_full_range_pixels_match_sklearn(metric, level, dim):
+    # Extreme bytes (0 and 255 mixed in) reach the largest sums the accumulators must hold.
+    rng = np.random.default_rng(dim)
+    reference = rng.integers(0, 256, (130, dim), dtype=np.uint8)
+    reference[:5] = 255
+    queries = rng.integers(0, 256, (21, dim), dtype=np.uint8)
+    queries[:3] = 0
+    kernel = kernel_or_skip(metric, dim, level)
+    dist, idx = kernel.search(kernel.prepare(torch.from_numpy(reference)), torch.from_numpy(queries), 5)
+    sk = NearestNeighbors(n_neighbors=5, algorithm="brute", p=1 if metric == "l1" else 2)
+    sk_dist, sk_idx = sk.fit(reference.astype(np.float64)).kneighbors(queries.astype(np.float64), 6)
+    np.testing.assert_allclose(dist if metric == "l1" else np.sqrt(dist), sk_dist[:, :5], rtol=1e-12)
+    untied = (np.diff(sk_dist, axis=1) > 0).all(1)       # sklearn's order among equal distances is arbitrary
+    assert untied.sum() > 10
+    np.testing.assert_array_equal(idx[untied], sk_idx[untied, :5])
+    want_dist, want_idx = exact_order(queries, reference, metric, 5)
+    np.testing.assert_array_equal(dist, want_dist)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+def test_k_beyond_the_reference_and_one_query():
+    kernel = kernel_or_skip("l1", 10, 1)
+    reference = torch.arange(30, dtype=torch.uint8).reshape(3, 10)
+    dist, idx = kernel.search(kernel.prepare(reference), reference[1:2], 8)
+    assert idx.tolist() == [[1, 0, 2]] and dist.tolist() == [[0, 100, 100]]
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_every_engine_gives_the_same_answer(metric, monkeypatch):
+    rng = np.random.default_rng(5)
+    reference = torch.from_numpy(rng.integers(0, 256, (500, 49), dtype=np.uint8))
+    queries = torch.from_numpy(rng.integers(0, 256, (90, 49), dtype=np.uint8))
+    answers = {}
+    for name, engine in {
+        "chosen": distance.choose_engine(reference, metric),
+        "faiss or GEMM": distance.CandidateSearch(reference, metric, distance.faiss_l1_candidates if metric == "l1"
+                                                  else distance.float_l2_candidates),
+        "float": distance.choose_engine(reference.float(), metric),
+    }.items():
+        search = ExactSearch(reference if name != "float" else reference.float(), metric)
+        search._engine = engine
+        answers[name] = search.search(queries if name != "float" else queries.float(), 6)
+    for name, (dist, idx) in answers.items():
+        torch.testing.assert_close(idx, answers["chosen"][1], msg=name)
+        torch.testing.assert_close(dist, answers["chosen"][0], msg=name)
+
+
+def test_without_the_kernel_l1_falls_back_to_faiss_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(kernels, "knn_kernel", lambda *a, **k: None)
+    monkeypatch.setattr(distance, "_SAID_MISSING", False)
+    reference = torch.from_numpy(np.random.default_rng(6).integers(0, 256, (80, 16), dtype=np.uint8))
+    search = ExactSearch(reference, "l1")
+    assert search.engine == "faiss"
+    dist, idx = search.search(reference[:5], 2)
+    assert idx[:, 0].tolist() == [0, 1, 2, 3, 4] and dist[:, 0].tolist() == [0, 0, 0, 0, 0]
+    assert "uint8 L1 kernel" in capsys.readouterr().err
+    ExactSearch(reference, "l1").engine
+    assert capsys.readouterr().err == ""          # said once per process
+
+
+def test_l2_engines_race_once_and_the_answer_is_cached(monkeypatch, tmp_path, capsys):
+    if kernels.knn_kernel("l2", 49) is None or not distance._int8_gemm_works():
+        pytest.skip("this machine has only one exact L2 engine for uint8")
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    reference = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (300, 49), dtype=np.uint8))
+    first = ExactSearch(reference, "l2").engine
+    assert first in ("int8 GEMM", f"kernel ({kernels.ISA_NAMES[2]})")
+    assert "fast path: exact L2 kNN" in capsys.readouterr().err
+    monkeypatch.setattr(fastpath, "race", lambda candidates: pytest.fail("measured twice"))
+    assert ExactSearch(reference, "l2").engine == first
+
+
+def test_fastest_picks_the_quicker_and_keeps_the_answer(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    times = {"slow": 2.0, "quick": 0.5}
+    monkeypatch.setattr(fastpath, "race", lambda candidates: {name: run() for name, run in candidates.items()})
+    candidates = {name: (lambda name=name: times[name]) for name in times}
+    assert fastpath.fastest("a job", candidates, key="job") == "quick"
+    assert "a job: quick (4.00x faster than slow" in capsys.readouterr().err
+    times["slow"] = 0.1
+    assert fastpath.fastest("a job", candidates, key="job") == "quick"       # cached, not measured again
+    assert fastpath.fastest("a job", {"other": lambda: 1.0}, key="job") == "other"   # a stale answer is redone
