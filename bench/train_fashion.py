@@ -117,7 +117,7 @@ def time_to_accuracy(splits, recipe: str) -> dict:
     accuracy = model.score(splits.test)
     target, budget = TARGETS[recipe]
     return {"recipe": recipe, **RECIPES[recipe], "train_seconds": round(seconds, 1), "test_accuracy": accuracy,
-            "target": f">= {target:.0%} within {budget // 60} min", "met": accuracy >= target and seconds <= budget}
+            "target": f">= {target:.1%} within {budget // 60} min", "met": accuracy >= target and seconds <= budget}
 
 
 def precision_comparison(epochs: int) -> list[dict]:
