@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.stream import readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
@@ -44,6 +45,7 @@ class TrainState:
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
     batches_done: int = 0            # batches of the current epoch done (non-zero in a mid-epoch checkpoint)
+    unreadable: list = field(default_factory=list)   # streamed files that failed to decode: [name, reason]
     epoch_totals: list = field(default_factory=lambda: [0.0, 0, 0])   # its summed loss, correct, seen
 
 
@@ -75,6 +77,7 @@ class Trainer:
         if resume:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
+        self._names = train.names("train") if train.streamed else None
         self._emit("on_train_begin")
         try:
             while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -96,11 +99,12 @@ class Trainer:
         batches = self.batch_count(len(order))
         self.net.train()
         loss_sum, correct, seen = state.epoch_totals if state.batches_done else (0.0, 0, 0)
-        for index in range(state.batches_done, batches):
+        positions = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(state.batches_done, batches)]
+        for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, positions),
+                                                               start=state.batches_done):
             gen = generator(cfg.seed, epoch, index)
             torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-            batch = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-            x, y = self.training_batch(images, labels, batch, gen)
+            x, y = self.training_batch(images_in, labels_in, gen)
             x, y = x[self.rank::self.world], y[self.rank::self.world]
             first = index - index % cfg.accumulate                 # the group of batches this one is in
             last = min(first + cfg.accumulate, batches) - 1
@@ -114,6 +118,28 @@ class Trainer:
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
         return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
+
+    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor]):
+        """(positions, uint8 images, labels) of each batch: gathered from memory, or decoded from the
+        files by DataLoader workers, a few batches ahead; a file that no longer decodes is left out
+        of its batch and listed in state.unreadable."""
+        if not isinstance(images, torch.Tensor):
+            for batch, (x, ok) in zip(positions, images.batches([p.cpu() for p in positions])):
+                if not ok.all():
+                    self._note_unreadable(batch.cpu()[~ok])
+                keep = ok.to(batch.device)
+                yield batch[keep], x[ok].to(self.device), labels[batch[keep]]
+            return
+        for batch in positions:
+            yield batch, images[batch], labels[batch]
+
+    def _note_unreadable(self, positions: torch.Tensor) -> None:
+        known = {name for name, _ in self.state.unreadable}
+        for position in positions.tolist():
+            name = self._names[position]
+            if name not in known:
+                self.state.unreadable.append([name, "could not be decoded while training (changed or removed "
+                                                    "after the dataset was listed)"])
 
     def batch_count(self, samples: int) -> int:
         """Batches in an epoch of `samples`: a last scrap too small to shard (a lone sample breaks
@@ -204,22 +230,21 @@ class Trainer:
     def _decide_bf16(self, train: ImageDataset) -> bool:
         """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
         so every rank trains in the same precision."""
-        choice = [use_bf16(self.cfg.bf16, self.device, self.net, train.images[:64], train=True)
+        example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
+        choice = [use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
                   if self.rank == 0 else False]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
         return bool(choice[0])
 
-    def augmented(self, images: torch.Tensor, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images[batch]
+    def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor,
-                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's augmented images and targets: the labels, or soft targets under mixup/cutmix."""
-        x, y = mix(self.augmented(images, batch, gen), labels[batch], self.augment, gen,
-                   self.task.multi_label, self.num_classes)
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
+        x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
