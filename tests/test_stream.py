@@ -67,7 +67,10 @@ def test_a_file_spoiled_after_listing_is_skipped_and_reported(photos, tmp_path):
     assert victim in [s["path"] for s in report["skipped_files"]]
 
 
-def test_models_that_need_memory_refuse_streams_clearly(photos):
+def test_models_that_need_memory_refuse_streamed_training_clearly(photos):
     streamed = load_dataset(photos, DataOptions(data_mode="stream"))
     with pytest.raises(ImgclsError, match="needs its training images in memory"):
         create_model("knn").fit(streamed.train)
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    knn = create_model("knn").fit(memory.train)        # ... but any model predicts on a streamed split
+    np.testing.assert_array_equal(knn.predict_proba(streamed.test), knn.predict_proba(memory.test))

@@ -171,6 +171,8 @@ class Classifier:
         if tuple(images.shape[1:]) != expected:
             raise ImgclsError(f"images of shape {tuple(images.shape[1:])} given to a model trained on {expected} "
                               "(channels, height, width)")
+        if not isinstance(images, torch.Tensor) and not self.learns_from_streams:
+            images = images[:]         # streamed: this model reads its inputs whole, so decode them now
         return images
 
 
