@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.data.dataset import DatasetSplits
+from imgcls.data.dataset import DatasetSplits, SkippedFile
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.models.artifact import save_model
@@ -41,6 +41,8 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     fit_seconds = time.perf_counter() - start
     if rank != 0:
         return None
+    state = getattr(model, "train_state_", None)       # streamed files that stopped decoding mid-training
+    splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
     extra = {}
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val)

@@ -2,6 +2,7 @@
 checkpoints, YAML config, lr-find, and two-process DistributedDataParallel."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from imgcls.training import checkpoint as ckpt
 from imgcls.training.config import TrainingConfig
 from imgcls.training.lr_find import lr_find
 from imgcls.training.schedule import lr_at
-from imgcls.training.trainer import build_optimizer
+from imgcls.training.trainer import Hook, build_optimizer
 
 IMGCLS = Path(sys.executable).with_name("imgcls")
 FAST = dict(epochs=3, batch_size=64, bf16="off", hidden="64")
@@ -88,6 +89,49 @@ def test_resume_is_exact(digits, tmp_path, options, stop_after):
     assert [r["val_loss"] for r in resumed.history_] == [r["val_loss"] for r in whole.history_]
 
 
+class StopAtBatch(Hook):
+    """A crash after the given batch of the given epoch (1-based epoch, batches counted from 1)."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, trainer, batch_size, loss, correct):
+        if trainer.state.epoch + 1 == self.epoch and trainer.state.batches_done == self.batch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("options", [dict(augment="crop,flip,mixup", dropout=0.2), dict(ema=0.9, accumulate=3)])
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(digits, tmp_path, options):
+    # 1,257 images in batches of 64: 20 per epoch. Checkpoints every 4 optimiser steps; the crash
+    # comes in epoch 2, a few batches after one, so the resumed run redoes those batches.
+    params = {**FAST, "epochs": 3, "checkpoint_every": 4, **options}
+    whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                          hooks=[StopAtBatch(2, 14)])
+    state = ckpt.load_checkpoint(tmp_path / "b" / "checkpoints" / "last.safetensors")[1]["state"]
+    assert state["epoch"] == 1 and 0 < state["batches_done"] < 14
+    resumed = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                                resume=True)
+    for (name, a), b in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(a, b), name
+    for key in ("train_loss", "train_accuracy", "val_loss"):      # the interrupted epoch's totals carried over
+        assert [r[key] for r in resumed.history_] == [r[key] for r in whole.history_], key
+
+
+def test_accumulated_batches_step_like_one_big_batch(digits):
+    # No batch norm, dropout or augmentation: four batches of 32 accumulated are one batch of 128,
+    # the epoch's short last group included.
+    common = {**FAST, "epochs": 2, "hidden": "32", "lr": 0.05, "schedule": "cosine"}
+    big = create_model("mlp", **{**common, "batch_size": 128}).fit(digits.train)
+    small = create_model("mlp", **{**common, "batch_size": 32, "accumulate": 4}).fit(digits.train)
+    assert small.train_state_.step == big.train_state_.step == 2 * math.ceil(len(digits.train) / 128)
+    for (name, a), b in zip(big.net_.state_dict().items(), small.net_.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ImgclsError, match="accumulate"):
+        create_model("mlp", accumulate=0)
+
+
 def test_resume_refuses_other_settings(digits, tmp_path):
     create_model("mlp", **FAST).fit(digits.train, validation=digits.val, run_dir=tmp_path)
     with pytest.raises(ImgclsError, match="other settings.*lr"):
@@ -147,22 +191,26 @@ def _train_cli(out, *extra, epochs=6, augment="crop"):
 
 
 def test_kill_minus_nine_then_resume_matches(tmp_path):
+    # 40 batches an epoch, a checkpoint every 7 steps: the kill lands after a mid-epoch one.
     env = {**os.environ, "IMGCLS_PROGRESS": "0"}
-    subprocess.run(_train_cli(tmp_path / "whole", epochs=20), check=True, env=env, capture_output=True, timeout=300)
-    victim = subprocess.Popen(_train_cli(tmp_path / "killed", epochs=20), env=env,
+    every = ("--checkpoint-every", "7")
+    subprocess.run(_train_cli(tmp_path / "whole", *every, epochs=20), check=True, env=env, capture_output=True,
+                   timeout=300)
+    victim = subprocess.Popen(_train_cli(tmp_path / "killed", *every, epochs=20), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
     deadline = time.time() + 240
     while time.time() < deadline and victim.poll() is None:
-        if last.is_file() and ckpt.load_checkpoint(last)[1]["state"]["epoch"] >= 2:
+        state = ckpt.load_checkpoint(last)[1]["state"] if last.is_file() else {"epoch": 0}
+        if state["epoch"] >= 2 and state["batches_done"] > 0:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert victim.poll() is None, "training finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "killed" / "report.json").exists()
-    subprocess.run(_train_cli(tmp_path / "killed", "--resume", epochs=20), check=True, env=env, capture_output=True,
-                   timeout=300)
+    subprocess.run(_train_cli(tmp_path / "killed", *every, "--resume", epochs=20), check=True, env=env,
+                   capture_output=True, timeout=300)
     whole = json.loads((tmp_path / "whole" / "report.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert resumed["confusion_matrix"] == whole["confusion_matrix"]

@@ -35,14 +35,31 @@ def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
                            help="how differently sized images reach --image-size (default: crop)"),
         group.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them"),
         group.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 coarse superclasses"),
+        group.add_argument("--data-mode", choices=["auto", "memory", "stream"], default="auto",
+                           help="image files: decode all into memory, or stream them from disk while training; "
+                                "auto: memory when the decoded images fit --memory-budget (default: auto)"),
+        group.add_argument("--memory-budget", type=_gigabytes, default=None, metavar="GB",
+                           help="decoded size up to which --data-mode auto keeps images in memory "
+                                "(default: a quarter of this machine's RAM)"),
     ]
+
+
+def _gigabytes(text: str) -> int:
+    try:
+        value = float(text.lower().removesuffix("gb"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in GB: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the memory budget must be positive")
+    return int(value * 1e9)
 
 
 def data_options(args) -> "DataOptions":
     from imgcls.data.load import DataOptions
     return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
                        size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
-                       coarse=args.coarse)
+                       coarse=args.coarse, data_mode=getattr(args, "data_mode", "auto"),
+                       memory_budget=getattr(args, "memory_budget", None))
 
 
 def model_fields() -> dict[str, tuple[type, list[str]]]:

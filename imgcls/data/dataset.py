@@ -1,4 +1,6 @@
-"""In-memory image datasets: uint8 tensors N x C x H x W with their labels and class names.
+"""Image datasets: uint8 images N x C x H x W with their labels and class names. The images are a
+tensor in memory, or an ImageFiles (imgcls.data.stream) that decodes rows from their files when
+they are read: a streamed dataset.
 
 Labels are class indices (N,) for a single-label dataset, or a multi-hot uint8 matrix (N, C)
 for a multi-label one (an image may carry any of the C labels, or none); see imgcls.task.
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from imgcls.data.images import Preprocessing
+from imgcls.data.stream import ImageFiles
 from imgcls.errors import ImgclsError
 from imgcls.task import Task, task_of_labels
 
@@ -36,7 +39,7 @@ class ImageDataset:
     sources); it travels through subsets and joins to the model that learns from them.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageFiles
     labels: torch.Tensor
     class_names: list[str]
     paths: list[str] | None = None      # files, relative to the dataset's folder
@@ -44,7 +47,8 @@ class ImageDataset:
     decoded_with: Preprocessing | None = None
 
     def __post_init__(self) -> None:
-        self.images = as_image_tensor(self.images)
+        if not isinstance(self.images, ImageFiles):
+            self.images = as_image_tensor(self.images)
         self.labels = as_label_tensor(self.labels, len(self.class_names))
         if len(self.images) != len(self.labels):
             raise ImgclsError(f"{len(self.images)} images but {len(self.labels)} labels")
@@ -76,6 +80,11 @@ class ImageDataset:
         return self.labels.ndim == 2
 
     @property
+    def streamed(self) -> bool:
+        """Whether the images stay in their files, decoded when read (see imgcls.data.stream)."""
+        return isinstance(self.images, ImageFiles)
+
+    @property
     def preprocessing(self) -> Preprocessing:
         """How the images were decoded; for in-memory images, their channels and size."""
         if self.decoded_with is not None:
@@ -85,7 +94,8 @@ class ImageDataset:
     def subset(self, indices) -> ImageDataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
         pick = (lambda names: [names[i] for i in idx.tolist()] if names is not None else None)
-        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, pick(self.paths), pick(self.ids),
+        images = self.images.subset(idx) if self.streamed else self.images[idx]
+        return ImageDataset(images, self.labels[idx], self.class_names, pick(self.paths), pick(self.ids),
                             self.decoded_with)
 
     def class_counts(self) -> dict[str, int]:
@@ -102,7 +112,10 @@ class ImageDataset:
         if other.multi_label != self.multi_label:
             raise ImgclsError("cannot join a multi-label dataset with a single-label one")
         join = (lambda a, b: a + b if a is not None and b is not None else None)
-        return ImageDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+        if self.streamed != other.streamed:
+            raise ImgclsError("cannot join a streamed dataset with one in memory")
+        images = self.images.concat(other.images) if self.streamed else torch.cat([self.images, other.images])
+        return ImageDataset(images, torch.cat([self.labels, other.labels]),
                             self.class_names, join(self.paths, other.paths), join(self.ids, other.ids),
                             self.decoded_with if self.decoded_with == other.decoded_with else None)
 

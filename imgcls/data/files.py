@@ -25,10 +25,12 @@ import numpy as np
 
 from imgcls.data.dataset import ImageDataset, SkippedFile, check_classes, relative_name
 from imgcls.data.images import Preprocessing, UnreadableImage, decode_many, probe_image
+from imgcls.data.stream import ImageFiles
 from imgcls.errors import ImgclsError
 from imgcls.progress import console, progress_bar
 
 SPLIT_NAMES = ("train", "val", "test")
+DATA_MODES = ("auto", "memory", "stream")
 MAX_AUTO_SIDE = 64
 
 
@@ -119,10 +121,12 @@ def _cell_labels(cell: str, multi_label: bool) -> list[str]:
 def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: Path, *,
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
                       strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
-                      multi_label: bool = False
+                      multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None
                       ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
-    """Probe every file, choose one preprocessing for all of them (unless given), decode them into
-    memory. check: refuse class sets no classifier can learn from (fewer than 2, or empty)."""
+    """Probe every file, choose one preprocessing for all of them (unless given), then decode them
+    into memory, or (mode stream, or auto when they would not fit memory_budget) leave them in
+    their files to be streamed. check: refuse class sets no classifier can learn from (fewer than
+    2, or empty)."""
     everything = [p for fl in lists.values() for p in fl.paths]
     if not everything:
         raise ImgclsError(f"{root}: no image files found")
@@ -137,12 +141,16 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
     if not probes:
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
     prep = preprocessing or choose_preprocessing(list(probes.values()), size, channels, resize)
+    streamed = choose_data_mode(mode, len(probes) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
     datasets = {}
     for split, fl in lists.items():
         readable = [i for i, p in enumerate(fl.paths) if p in probes]
         paths = [fl.paths[i] for i in readable]
-        with progress_bar(len(paths), f"decoding {split} images") as advance:
-            images, ok, bad = decode_many(paths, prep, progress=advance)
+        if streamed:
+            images, ok, bad = ImageFiles(paths, prep), list(range(len(paths))), []
+        else:
+            with progress_bar(len(paths), f"decoding {split} images") as advance:
+                images, ok, bad = decode_many(paths, prep, progress=advance)
         skipped += [SkippedFile(relative_name(p, root), reason) for p, reason in bad]
         labels = fl.label_array([readable[i] for i in ok], len(class_names), multi_label)
         datasets[split] = ImageDataset(images, labels, class_names,
@@ -152,6 +160,29 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         if split in datasets and check:
             check_classes(class_names, datasets[split].labels.numpy(), str(root))
     return datasets, skipped, prep
+
+
+def choose_data_mode(mode: str, decoded_bytes: int, budget: int | None) -> bool:
+    """Whether to stream (True) or decode into memory (False), saying why when auto decides."""
+    if mode not in DATA_MODES:
+        raise ImgclsError(f"unknown data mode {mode!r}; valid: {', '.join(DATA_MODES)}")
+    if mode != "auto":
+        return mode == "stream"
+    budget = budget or memory_bytes() // 4
+    stream = decoded_bytes > budget
+    if stream:
+        console.print(f"data: streaming the images from their files: decoded they would take "
+                      f"{decoded_bytes / 1e9:.1f} GB, over the memory budget of {budget / 1e9:.1f} GB "
+                      "(--memory-budget; --data-mode memory keeps them in memory anyway)", highlight=False)
+    return stream
+
+
+def memory_bytes() -> int:
+    """This machine's RAM (or 8 GB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 10**9
 
 
 def choose_preprocessing(probes: list[tuple[int, int, bool]], size, channels, resize) -> Preprocessing:

@@ -46,6 +46,8 @@ class DataOptions:
     any_classes: bool = False      # indexing and checking a dataset need no classifier: accept one class, empty
                                    # classes, a flat folder (one class named after it) and manifest rows naming
                                    # missing files (reported as unreadable)
+    data_mode: str = "auto"        # image files: memory | stream | auto (memory when they fit memory_budget)
+    memory_budget: int | None = None   # bytes of decoded images auto keeps in memory; None: a quarter of RAM
 
     def decoding_as(self, expected: Preprocessing | None) -> DataOptions:
         """These options with image files decoded as a model expects (expected: its size, crop and
@@ -179,7 +181,8 @@ def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> 
 
 def _file_options(options: DataOptions) -> dict:
     return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict,
-                preprocessing=options.preprocessing, check=not options.any_classes)
+                preprocessing=options.preprocessing, check=not options.any_classes, mode=options.data_mode,
+                memory_budget=options.memory_budget)
 
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:

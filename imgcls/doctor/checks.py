@@ -261,7 +261,8 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
              options: DoctorOptions | None = None) -> DoctorReport:
     """Load the dataset as training would and run every check; unreadable files are findings, never fatal."""
     options = options or DoctorOptions()
-    data_options = replace(data_options or DataOptions(), strict=False, any_classes=True)
+    data_options = replace(data_options or DataOptions(), strict=False, any_classes=True,
+                           data_mode="memory")   # the checks read every image at once
     files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True, missing_ok=True)
     if files is not None:
         require_single_label(files.multi_label, str(source), "imgcls doctor")

@@ -30,6 +30,7 @@ from imgcls.task import MultiLabel, SingleLabel, Task, check_threshold, choose_t
 class Classifier:
     model_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    learns_from_streams: ClassVar[bool] = False   # True: fit reads a streamed dataset batch by batch
 
     # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
     threshold: float = field(default=0.0, kw_only=True)
@@ -80,6 +81,10 @@ class Classifier:
         are used by classifiers trained by gradient descent and ignored by the others."""
         self.check()
         data = as_dataset(X, y, class_names)
+        if data.streamed and not self.learns_from_streams:
+            raise ImgclsError(f"{self.model_name} needs its training images in memory, and this dataset is streamed "
+                              "from its files (too large for --memory-budget, or --data-mode stream); train a "
+                              "neural network, or use --data-mode memory")
         self.check_can_learn(data.task)
         self.class_names_ = list(data.class_names)
         self.preprocessing_ = data.preprocessing
@@ -166,6 +171,8 @@ class Classifier:
         if tuple(images.shape[1:]) != expected:
             raise ImgclsError(f"images of shape {tuple(images.shape[1:])} given to a model trained on {expected} "
                               "(channels, height, width)")
+        if not isinstance(images, torch.Tensor) and not self.learns_from_streams:
+            images = images[:]         # streamed: this model reads its inputs whole, so decode them now
         return images
 
 

@@ -93,6 +93,7 @@ class TransferClassifier(NeuralClassifier):
     head_epochs: int = 1       # finetune: epochs with the body frozen
     body_lr: float = 0.1       # finetune: the body's learning rate as a fraction of lr
     backbone: ClassVar[str] = ""
+    learns_from_streams: ClassVar[bool] = False   # its probe and kNN modes embed the whole training set at once
 
     def check_params(self) -> None:
         super().check_params()

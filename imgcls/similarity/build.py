@@ -144,7 +144,7 @@ def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOption
     carved out of a source's splits: a folder of class folders stays whole (as "train"), and a
     dataset's images keep their numbers (fashion-mnist/train/0 is its first training image).
     Labels are optional: one class or a flat folder of images is fine."""
-    return replace(options or DataOptions(), val_fraction=0, test_fraction=0, any_classes=True,
+    return replace(options or DataOptions(), val_fraction=0, test_fraction=0, any_classes=True, data_mode="memory",
                    preprocessing=index.preprocessing_ or index.featurizer.preprocessing)
 
 

@@ -18,6 +18,7 @@ BALANCES = ("none", "weights", "sampler")
 class TrainingConfig:
     epochs: int = 10
     batch_size: int = 128
+    accumulate: int = 1              # micro-batches of batch_size per optimiser step (gradient accumulation)
     opt: str = "sgd"                 # sgd (with momentum/nesterov), adam, adamw
     lr: float = 0.05
     momentum: float = 0.9
@@ -34,6 +35,7 @@ class TrainingConfig:
     ema: float = 0.0                 # decay of an exponential moving average of weights; 0 = off
     augment: str = "none"            # e.g. "crop,flip" (see imgcls.training.augment)
     patience: int = 0                # early stopping after N epochs without improvement; 0 = off
+    checkpoint_every: int = 0        # also write the resumable checkpoint every N optimiser steps; 0 = at epoch ends
     monitor: str = "auto"            # auto: val_accuracy, or val_mAP for multi-label data; or val_loss
     channels_last: str = "auto"      # auto, on, off
     bf16: str = "auto"               # auto, on, off
@@ -52,7 +54,9 @@ class TrainingConfig:
              f"unknown device {self.device!r}; valid: {', '.join(DEVICES)} or cuda:N")
         for name in ("channels_last", "bf16"):
             need(getattr(self, name) in ("auto", "on", "off"), f"{name} must be auto, on or off")
-        need(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be at least 1")
+        need(self.epochs >= 1 and self.batch_size >= 1 and self.accumulate >= 1,
+             "epochs, batch_size and accumulate must be at least 1")
+        need(self.checkpoint_every >= 0, "checkpoint_every must be 0 (off) or a number of steps")
         need(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")
         need(0 <= self.label_smoothing < 1 and 0 <= self.ema < 1, "label_smoothing and ema must lie in [0, 1)")
         from imgcls.training.augment import AugmentConfig

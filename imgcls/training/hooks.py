@@ -46,7 +46,7 @@ class ProgressHook(Hook):
 
     def _new_task(self, trainer: Trainer) -> None:
         self.seen, self.loss_sum, self.correct, self.started = 0, 0.0, 0, time.perf_counter()
-        self.task = self.progress.add_task("", total=trainer.steps_per_epoch, epoch=trainer.state.epoch + 1,
+        self.task = self.progress.add_task("", total=trainer.batches_per_epoch, epoch=trainer.state.epoch + 1,
                                            loss=0.0, acc=0.0, speed=0.0)
 
     def on_batch_end(self, trainer: Trainer, batch_size: int, loss: float, correct: int) -> None:

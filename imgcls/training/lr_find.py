@@ -34,7 +34,7 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
         for i in range(steps):
             lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
             batch = _draw(data.labels, cfg, gen).to(trainer.device)
-            loss, _ = trainer.step(*trainer.training_batch(images, labels, batch, gen), lr)
+            loss, _ = trainer.step(*trainer.training_batch(images[batch], labels[batch], gen), lr)
             smoothed = 0.9 * smoothed + 0.1 * loss
             value = smoothed / (1 - 0.9 ** (i + 1))     # bias-corrected running mean
             lrs.append(lr)

@@ -2,16 +2,18 @@
 
 Data stays on the device as uint8 tensors; each batch is gathered by index, augmented as a
 whole (imgcls.training.augment; mixup and cutmix turn its labels into soft targets) and
-normalised inside the network. Every random draw of
-epoch e comes from generators seeded with (seed, e), so a run resumed from the checkpoint
-written at the end of epoch e - 1 replays epoch e exactly. Under torchrun, each process takes
-its shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone
-writes checkpoints and history.
+normalised inside the network. Epoch e's order comes from a generator seeded with (seed, e)
+and every random draw of its batch b from generators seeded with (seed, e, b), so a run
+resumed from any checkpoint, one written mid-epoch (checkpoint_every) included, replays the
+rest exactly. With accumulate N, N batches' gradients make one optimiser step. Under
+torchrun, each process takes its shard of every batch, DistributedDataParallel averages the
+gradients, and rank 0 alone writes checkpoints and history.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
+from imgcls.data.stream import readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
@@ -41,6 +44,9 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
+    batches_done: int = 0            # batches of the current epoch done (non-zero in a mid-epoch checkpoint)
+    unreadable: list = field(default_factory=list)   # streamed files that failed to decode: [name, reason]
+    epoch_totals: list = field(default_factory=lambda: [0.0, 0, 0])   # its summed loss, correct, seen
 
 
 class Hook:
@@ -71,6 +77,7 @@ class Trainer:
         if resume:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
+        self._names = train.names("train") if train.streamed else None
         self._emit("on_train_begin")
         try:
             while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -87,41 +94,84 @@ class Trainer:
         return self.state
 
     def _train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        epoch, cfg = self.state.epoch, self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + self.rank)   # dropout and friends
-        order = self._epoch_order(labels, gen).to(self.device)
+        epoch, cfg, state = self.state.epoch, self.cfg, self.state
+        order = self._epoch_order(labels, generator(cfg.seed, epoch)).to(self.device)
+        batches = self.batch_count(len(order))
         self.net.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start:start + cfg.batch_size]
-            if len(batch) < 2 * self.world:      # a lone sample breaks batch norm; skip the scrap
-                break
-            x, y = self.training_batch(images, labels, batch, gen)
+        loss_sum, correct, seen = state.epoch_totals if state.batches_done else (0.0, 0, 0)
+        positions = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(state.batches_done, batches)]
+        for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, positions),
+                                                               start=state.batches_done):
+            gen = generator(cfg.seed, epoch, index)
+            torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
+            x, y = self.training_batch(images_in, labels_in, gen)
             x, y = x[self.rank::self.world], y[self.rank::self.world]
-            loss, correct = self.step(x, y, self._lr())
-            total_loss, total_correct, seen = total_loss + loss * len(y), total_correct + correct, seen + len(y)
-            self._emit("on_batch_end", len(y), loss, correct)
-        return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": total_loss / max(seen, 1),
-                "train_accuracy": total_correct / max(seen, 1)}
+            first = index - index % cfg.accumulate                 # the group of batches this one is in
+            last = min(first + cfg.accumulate, batches) - 1
+            group_samples = min((last + 1) * cfg.batch_size, len(order)) - first * cfg.batch_size
+            loss, right = self.step(x, y, self._lr(), update=index == last, share=len(batch) / group_samples)
+            loss_sum, correct, seen = loss_sum + loss * len(y), correct + right, seen + len(y)
+            state.batches_done, state.epoch_totals = index + 1, [loss_sum, correct, seen]
+            self._emit("on_batch_end", len(y), loss, right)
+            if index == last and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
+                self._save_progress()
+        state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
+        return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1)}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
-        """One optimiser step on a batch at learning rate lr; returns (loss, number correct).
+    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor]):
+        """(positions, uint8 images, labels) of each batch: gathered from memory, or decoded from the
+        files by DataLoader workers, a few batches ahead; a file that no longer decodes is left out
+        of its batch and listed in state.unreadable."""
+        if not isinstance(images, torch.Tensor):
+            for batch, (x, ok) in zip(positions, images.batches([p.cpu() for p in positions])):
+                if not ok.all():
+                    self._note_unreadable(batch.cpu()[~ok])
+                keep = ok.to(batch.device)
+                yield batch[keep], x[ok].to(self.device), labels[batch[keep]]
+            return
+        for batch in positions:
+            yield batch, images[batch], labels[batch]
 
-        y holds labels, or soft targets after mixup/cutmix (then "correct" counts the dominant label)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+    def _note_unreadable(self, positions: torch.Tensor) -> None:
+        known = {name for name, _ in self.state.unreadable}
+        for position in positions.tolist():
+            name = self._names[position]
+            if name not in known:
+                self.state.unreadable.append([name, "could not be decoded while training (changed or removed "
+                                                    "after the dataset was listed)"])
+
+    def batch_count(self, samples: int) -> int:
+        """Batches in an epoch of `samples`: a last scrap too small to shard (a lone sample breaks
+        batch norm) is dropped."""
+        whole, rest = divmod(samples, self.cfg.batch_size)
+        return whole + (rest >= 2 * self.world)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, update: bool = True,
+             share: float = 1.0) -> tuple[float, int]:
+        """Forward and backward on a batch; with update, the optimiser step at learning rate lr.
+        Returns (loss, number correct).
+
+        Gradient accumulation: each of a group's batches adds `share` of its gradient (its share of
+        the group's samples, so the group's step equals one on all of them at once), and the last
+        one updates. y holds labels, or soft targets after mixup/cutmix
+        (then "correct" counts the dominant label)."""
         with self._autocast():
             logits = self.model(x)
             loss = self.task.loss(logits, y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
-        self.state.step += 1
+        quiet = self.world > 1 and not update       # DDP: all-reduce only on the updating batch
+        with self.model.no_sync() if quiet else contextlib.nullcontext():
+            (loss * share if share != 1 else loss).backward()
+        if update:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if self.cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
+            self.state.step += 1
         return loss.item(), int(self.task.correct(logits.detach(), y))
 
     def _end_epoch(self, record: dict) -> None:
@@ -172,28 +222,29 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.steps_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batches_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
     def _decide_bf16(self, train: ImageDataset) -> bool:
         """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
         so every rank trains in the same precision."""
-        choice = [use_bf16(self.cfg.bf16, self.device, self.net, train.images[:64], train=True)
+        example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
+        choice = [use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
                   if self.rank == 0 else False]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
         return bool(choice[0])
 
-    def augmented(self, images: torch.Tensor, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images[batch]
+    def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor,
-                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's augmented images and targets: the labels, or soft targets under mixup/cutmix."""
-        x, y = mix(self.augmented(images, batch, gen), labels[batch], self.augment, gen,
-                   self.task.multi_label, self.num_classes)
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
+        x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -234,6 +285,11 @@ class Trainer:
     def checkpoint_path(self, which: str) -> Path:
         return self.run_dir / "checkpoints" / f"{which}.safetensors"
 
+    def _save_progress(self) -> None:
+        """A mid-epoch checkpoint: `last`, with the epoch's position (resume continues from there)."""
+        if self.rank == 0 and self.run_dir:
+            self._save("last")
+
     def _save(self, which: str) -> None:
         opt_tensors, groups = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors = {**ckpt.prefixed("net", self.net.state_dict()), **opt_tensors}
@@ -253,7 +309,7 @@ class Trainer:
                               f"data, this data is {self.task.kind}; use a new --out")
         before = {**meta["config"], "monitor": monitored(meta["config"].get("monitor", "auto"), self.task)}
         now = {**asdict(self.cfg), "monitor": self.monitor}   # a checkpoint from before "auto" resumes too
-        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device")}
+        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device", "checkpoint_every")}
         if changed:
             raise ImgclsError(f"{self.run_dir}: the checkpoint was trained with other settings "
                               f"({', '.join(sorted(changed))}); use a new --out or the same settings")
@@ -275,6 +331,17 @@ class Trainer:
                 self.eval_net.load_state_dict(self._best_weights)
         if self.ema is not None:
             self.net.load_state_dict(self.ema.module.state_dict())
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from (seed, epoch, batch, ...): distinct tuples give unrelated seeds."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from parts (see derived_seed)."""
+    return torch.Generator().manual_seed(derived_seed(*parts))
 
 
 def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,76 @@
+"""Streamed datasets: images left in their files, decoded batch by batch by DataLoader workers,
+must train and predict exactly as the same images decoded into memory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imgcls.data import DataOptions, load_dataset
+from imgcls.errors import ImgclsError
+from imgcls.finish import fit_and_report
+from imgcls.models import create_model
+
+NET = dict(model="cnn", epochs=2, batch_size=16, bf16="off", augment="crop=2,flip", lr=0.05, tta="flip")
+
+
+@pytest.fixture
+def photos(tmp_path, write_image):
+    """3 classes x 24 noisy 16x16 RGB PNGs whose mean colour tells the class."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("red", "green", "blue")):
+        for i in range(24):
+            pixels = rng.integers(0, 90, (16, 16, 3))
+            pixels[..., label] += 150
+            write_image(tmp_path / "photos" / name / f"{name}{i}.png", pixels.astype(np.uint8))
+    return tmp_path / "photos"
+
+
+def train(splits, **options):
+    settings = {**NET, **options}
+    return create_model(settings.pop("model"), **settings).fit(splits.train, validation=splits.val)
+
+
+def test_streamed_training_and_prediction_equal_in_memory(photos):
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    assert not memory.train.streamed and streamed.train.streamed and streamed.test.streamed
+    assert streamed.train.paths == memory.train.paths and torch.equal(streamed.train.labels, memory.train.labels)
+    assert torch.equal(streamed.test.images[:], memory.test.images)
+    a, b = train(memory), train(streamed)
+    for (name, x), y in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert [r["val_loss"] for r in a.history_] == [r["val_loss"] for r in b.history_]
+    np.testing.assert_array_equal(a.predict_proba(memory.test), b.predict_proba(streamed.test))   # flip TTA too
+
+
+def test_auto_streams_only_beyond_the_memory_budget(photos, capsys):
+    assert not load_dataset(photos, DataOptions()).train.streamed
+    assert load_dataset(photos, DataOptions(memory_budget=10_000)).train.streamed   # 72 x 768 bytes decoded
+    assert "over the memory budget" in capsys.readouterr().err
+    with pytest.raises(ImgclsError, match="data mode"):
+        load_dataset(photos, DataOptions(data_mode="disk"))
+
+
+def test_a_file_spoiled_after_listing_is_skipped_and_reported(photos, tmp_path):
+    splits = load_dataset(photos, DataOptions(data_mode="stream"))
+    victim = splits.train.paths[3]
+    (photos / victim).write_bytes(b"not a png any more")
+    settings = {**NET, "epochs": 1}
+    model = create_model(settings.pop("model"), **settings)
+    fit_and_report(model, "cnn", splits, tmp_path / "run", {}, print_table=False)
+    assert [name for name, _ in model.train_state_.unreadable] == [victim]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert victim in [s["path"] for s in report["skipped_files"]]
+
+
+def test_models_that_need_memory_refuse_streamed_training_clearly(photos):
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    with pytest.raises(ImgclsError, match="needs its training images in memory"):
+        create_model("knn").fit(streamed.train)
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    knn = create_model("knn").fit(memory.train)        # ... but any model predicts on a streamed split
+    np.testing.assert_array_equal(knn.predict_proba(streamed.test), knn.predict_proba(memory.test))
