@@ -74,3 +74,21 @@ def test_models_that_need_memory_refuse_streamed_training_clearly(photos):
     memory = load_dataset(photos, DataOptions(data_mode="memory"))
     knn = create_model("knn").fit(memory.train)        # ... but any model predicts on a streamed split
     np.testing.assert_array_equal(knn.predict_proba(streamed.test), knn.predict_proba(memory.test))
+
+
+def test_the_decode_cache_is_filled_once_and_never_stale(photos, tmp_path, write_image):
+    cache = tmp_path / "cache"
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    cached = load_dataset(photos, DataOptions(data_mode="stream", cache=str(cache)))
+    first = cached.test.images[:]                       # decodes the files and fills the cache
+    assert torch.equal(first, memory.test.images)
+    rows = next(cache.glob("*/rows.u8"))
+    stamps = np.memmap(rows.with_name("stamps.i64"), dtype=np.int64, mode="r").reshape(-1, 2)
+    assert (stamps[:, 0] > 0).all()                     # every row written, with its file's size
+    again = load_dataset(photos, DataOptions(data_mode="stream", cache=str(cache)))
+    assert torch.equal(again.test.images[:], first)     # read back from the rows
+    changed = photos / again.test.paths[0]
+    write_image(changed, np.zeros((16, 16, 3), np.uint8))
+    fresh = again.test.images[:]
+    assert fresh[0].sum() == 0 and torch.equal(fresh[1:], first[1:])   # the changed file decoded anew
+    assert train(again).predict_proba(again.test).shape == (len(again.test), 3)

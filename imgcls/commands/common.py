@@ -41,6 +41,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
         group.add_argument("--memory-budget", type=_gigabytes, default=None, metavar="GB",
                            help="decoded size up to which --data-mode auto keeps images in memory "
                                 "(default: a quarter of this machine's RAM)"),
+        group.add_argument("--cache", default=None, metavar="DIR",
+                           help="streamed images: keep the decoded images in DIR, so later epochs and runs "
+                                "skip decoding (a changed file is decoded again)"),
     ]
 
 
@@ -59,7 +62,7 @@ def data_options(args) -> "DataOptions":
     return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
                        size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
                        coarse=args.coarse, data_mode=getattr(args, "data_mode", "auto"),
-                       memory_budget=getattr(args, "memory_budget", None))
+                       memory_budget=getattr(args, "memory_budget", None), cache=getattr(args, "cache", None))
 
 
 def model_fields() -> dict[str, tuple[type, list[str]]]:

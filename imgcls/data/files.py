@@ -121,8 +121,8 @@ def _cell_labels(cell: str, multi_label: bool) -> list[str]:
 def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: Path, *,
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
                       strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
-                      multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None
-                      ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
+                      multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None,
+                      cache: str | None = None) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
     """Probe every file, choose one preprocessing for all of them (unless given), then decode them
     into memory, or (mode stream, or auto when they would not fit memory_budget) leave them in
     their files to be streamed. check: refuse class sets no classifier can learn from (fewer than
@@ -147,7 +147,7 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         readable = [i for i, p in enumerate(fl.paths) if p in probes]
         paths = [fl.paths[i] for i in readable]
         if streamed:
-            images, ok, bad = ImageFiles(paths, prep), list(range(len(paths))), []
+            images, ok, bad = ImageFiles(paths, prep, cache=cache), list(range(len(paths))), []
         else:
             with progress_bar(len(paths), f"decoding {split} images") as advance:
                 images, ok, bad = decode_many(paths, prep, progress=advance)

@@ -48,6 +48,7 @@ class DataOptions:
                                    # missing files (reported as unreadable)
     data_mode: str = "auto"        # image files: memory | stream | auto (memory when they fit memory_budget)
     memory_budget: int | None = None   # bytes of decoded images auto keeps in memory; None: a quarter of RAM
+    cache: str | None = None       # streamed images: a folder to keep decoded rows in, for later epochs and runs
 
     def decoding_as(self, expected: Preprocessing | None) -> DataOptions:
         """These options with image files decoded as a model expects (expected: its size, crop and
@@ -182,7 +183,7 @@ def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> 
 def _file_options(options: DataOptions) -> dict:
     return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict,
                 preprocessing=options.preprocessing, check=not options.any_classes, mode=options.data_mode,
-                memory_budget=options.memory_budget)
+                memory_budget=options.memory_budget, cache=options.cache)
 
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:

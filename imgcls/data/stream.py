@@ -9,10 +9,16 @@ For training, `batches(index_batches)` decodes whole batches in DataLoader worke
 a few batches ahead of the trainer, so memory stays bounded by the batches in flight. A file
 that can no longer be read (corrupted or deleted after listing) comes back as a row of zeros
 with its flag off, and the trainer skips it; a worker never dies of a bad file.
+
+With a cache folder (`--cache DIR`), every decoded row is also written to a memory-mapped file
+there, once, so later epochs and later runs read rows instead of decoding files. Each row keeps
+its file's size and modification time; a file changed since is decoded again, never served stale.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,8 +36,9 @@ class ImageFiles:
     """Files decoded on demand into uint8 rows (C, H, W) of one Preprocessing."""
 
     def __init__(self, files: Sequence[Path], prep: Preprocessing, flipped: bool = False,
-                 workers: int = DEFAULT_WORKERS):
+                 workers: int = DEFAULT_WORKERS, cache: Path | None = None):
         self.files, self.prep, self.flipped, self.workers = list(files), prep, flipped, workers
+        self.cache = DecodedCache(Path(cache), self.files, prep) if cache is not None else None
 
     # -- what code written for a uint8 tensor asks of it ----------------------------------------
     def __len__(self) -> int:
@@ -57,35 +64,44 @@ class ImageFiles:
         """The mirror images (what test-time augmentation asks for), still undecoded."""
         if dim not in (3, -1):
             raise ImgclsError("streamed images can only be flipped horizontally")
-        return ImageFiles(self.files, self.prep, not self.flipped, self.workers)
+        return self._like(self.files, flipped=not self.flipped)
 
     def to(self, *_, **__) -> ImageFiles:
         return self        # stays on disk; batches move to the device once decoded
 
     # -- streaming -------------------------------------------------------------------------------
     def subset(self, indices) -> ImageFiles:
-        return ImageFiles([self.files[i] for i in np.asarray(indices, dtype=np.int64).reshape(-1)], self.prep,
-                          self.flipped, self.workers)
+        return self._like([self.files[i] for i in np.asarray(indices, dtype=np.int64).reshape(-1)])
 
     def concat(self, other: ImageFiles) -> ImageFiles:
-        return ImageFiles(self.files + other.files, self.prep, self.flipped, self.workers)
+        return self._like(self.files + other.files)
+
+    def _like(self, files: list[Path], flipped: bool | None = None) -> ImageFiles:
+        return ImageFiles(files, self.prep, self.flipped if flipped is None else flipped, self.workers,
+                          self.cache.folder if self.cache is not None else None)
 
     def decode(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (n, C, H, W) uint8, ok (n,) bool): rows that failed to decode are zeros, not ok."""
         images = np.zeros((len(positions), *self.shape[1:]), np.uint8)
-        if len(positions) > 16:
-            decoded, good, _ = decode_many([self.files[i] for i in positions], self.prep)
-            images[good] = decoded
+        ok = np.zeros(len(positions), bool)
+        stamps = [file_stamp(self.files[i]) for i in positions] if self.cache is not None else None
+        if self.cache is not None:
+            ok[:] = self.cache.read(positions, stamps, images)
+        todo = np.flatnonzero(~ok)
+        if len(todo) > 16:
+            decoded, good, _ = decode_many([self.files[positions[row]] for row in todo], self.prep)
+            images[todo[good]] = decoded
+            ok[todo[good]] = True
         else:
-            good = []
-            for row, i in enumerate(positions):
+            for row in todo:
                 try:
-                    images[row] = decode_image(self.files[i], self.prep)
-                    good.append(row)
+                    images[row] = decode_image(self.files[positions[row]], self.prep)
+                    ok[row] = True
                 except UnreadableImage:
                     pass
-        ok = np.zeros(len(positions), bool)
-        ok[good] = True
+        if self.cache is not None:
+            self.cache.write([positions[row] for row in todo if ok[row]], images[todo[ok[todo]]],
+                             [stamps[row] for row in todo if ok[row]])
         tensor = torch.from_numpy(images)
         return (tensor.flip(3) if self.flipped else tensor), torch.from_numpy(ok)
 
@@ -106,6 +122,59 @@ class ImageFiles:
         if isinstance(index, int):
             raise ImgclsError("index streamed images by slices or lists of positions")
         return np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).tolist()
+
+
+class DecodedCache:
+    """Decoded rows of one list of files under one Preprocessing, on disk in folder/<key>/:
+    rows.u8 (N, C, H, W) and stamps.i64 (N, 2), each row's file size and mtime (ns) when it was
+    written (0, 0: not yet). The key hashes the Preprocessing and the file list, so another
+    decode or another dataset never shares rows. Opened lazily in each process (workers too)."""
+
+    def __init__(self, folder: Path, files: Sequence[Path], prep: Preprocessing):
+        self.folder, self.count, self.shape = folder, len(files), (len(files), prep.channels, *prep.size)
+        key = json.dumps([prep.to_dict(), [str(f) for f in files]]).encode()
+        self.path = folder / hashlib.sha256(key).hexdigest()[:20]
+        self._rows = self._stamps = None
+
+    def read(self, positions: Sequence[int], stamps: list[tuple[int, int]], out: np.ndarray) -> np.ndarray:
+        """Fills out's rows that the cache holds for files unchanged since; returns which it filled."""
+        rows, saved = self._open()
+        hit = np.array([stamp[0] >= 0 and tuple(saved[i]) == stamp for i, stamp in zip(positions, stamps)], bool)
+        if hit.any():
+            out[hit] = rows[np.asarray(positions)[hit]]
+        return hit
+
+    def write(self, positions: list[int], images: np.ndarray, stamps: list[tuple[int, int]]) -> None:
+        if not positions:
+            return
+        rows, saved = self._open()
+        rows[positions] = images          # the row first, then the stamp that vouches for it
+        saved[positions] = stamps
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._rows is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._rows = _mapped(self.path / "rows.u8", np.uint8, self.shape)
+            self._stamps = _mapped(self.path / "stamps.i64", np.int64, (self.count, 2))
+        return self._rows, self._stamps
+
+
+def _mapped(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable memory map of path, created (zeros) where missing or of another size."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not path.exists() or path.stat().st_size != size:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, or (-1, -1) where it is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def readable_sample(images: torch.Tensor | ImageFiles, count: int) -> torch.Tensor:
