@@ -53,7 +53,10 @@ class ImageFiles:
         return torch.uint8
 
     def __getitem__(self, index) -> torch.Tensor:
-        """The decoded rows of a slice, an index tensor or a list; a file unreadable now is an error."""
+        """The decoded rows of a slice, an index tensor or a list (or one row, for a whole number);
+        a file unreadable now is an error."""
+        if isinstance(index, (int, np.integer)):
+            return self[[int(index)]][0]
         images, ok = self.decode(self._positions(index))
         if not ok.all():
             bad = self.files[self._positions(index)[int((~ok).nonzero()[0])]]
@@ -119,8 +122,6 @@ class ImageFiles:
     def _positions(self, index) -> list[int]:
         if isinstance(index, slice):
             return list(range(*index.indices(len(self.files))))
-        if isinstance(index, int):
-            raise ImgclsError("index streamed images by slices or lists of positions")
         return np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).tolist()
 
 
