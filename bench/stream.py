@@ -12,7 +12,7 @@ scikit-image ships (random crops and scales, flips, colour shifts), one class pe
       the full-size decode, default collate.
 (b) peak resident memory of `imgcls train DIR --data-mode stream --model lenet5 --image-size 160
     --epochs 1` on 5,000 of the images (500 per class) and on all of them, against the size the
-    images would take decoded into memory at 160 px.
+    images would take decoded into memory at 160 px and against the same run with --data-mode memory.
 (c) the in-memory trainer's throughput on Fashion-MNIST (bench/train_fashion.py part (a)), for
     this checkout and for the commit given by --baseline, in one run.
 
@@ -136,17 +136,17 @@ def torchvision_pipeline(folder: Path, batches: int, batch: int, workers: int) -
     return seen / (time.perf_counter() - start)
 
 
-def peak_memory_of_training(folder: Path, count: int, out: Path) -> dict:
-    """Peak RSS (MB) of one epoch of lenet5 at 160 px on the first `count` images, streamed."""
+def peak_memory_of_training(folder: Path, count: int, out: Path, mode: str = "stream") -> dict:
+    """Peak RSS (MB) of one epoch of lenet5 at 160 px on `count` of the images, streamed or in memory."""
     subset = out / f"subset-{count}"
     if not subset.exists():
         for name in PHOTOS:
             (subset / name).mkdir(parents=True)
         for f in (f for f in folder.glob("*/*.jpg") if int(f.stem) < count):   # every class alike
             (subset / f.parent.name / f.name).symlink_to(f)
-    command = [str(Path(sys.executable).with_name("imgcls")), "train", str(subset), "--data-mode", "stream",
+    command = [str(Path(sys.executable).with_name("imgcls")), "train", str(subset), "--data-mode", mode,
                "--model", "lenet5", "--image-size", "160", "--epochs", "1", "--batch-size", "64",
-               "--out", str(out / f"run-{count}")]
+               "--out", str(out / f"run-{count}-{mode}")]
     start = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True, text=True,
                             env={**os.environ, "IMGCLS_PROGRESS": "0"})
@@ -154,7 +154,7 @@ def peak_memory_of_training(folder: Path, count: int, out: Path) -> dict:
         raise SystemExit(f"training failed: {result.stderr[-2000:]}")
     peak_kb = int(result.stderr.strip().splitlines()[-1])
     images = len(list(subset.glob("*/*.jpg")))
-    return {"images": images, "peak_rss_mb": peak_kb / 1024, "seconds": time.perf_counter() - start,
+    return {"mode": mode, "images": images, "peak_rss_mb": peak_kb / 1024, "seconds": time.perf_counter() - start,
             "decoded_mb": images * 3 * 160 * 160 / 2**20}
 
 
@@ -210,9 +210,10 @@ def main() -> None:
     if "b" in args.parts:
         with tempfile.TemporaryDirectory() as tmp:
             rows = [peak_memory_of_training(folder, n, Path(tmp)) for n in (min(5000, args.images), args.images)]
+            rows.append(peak_memory_of_training(folder, args.images, Path(tmp), mode="memory"))
         results["memory"] = rows
         for row in rows:
-            print(f"(b) imgcls train --data-mode stream, lenet5 at 160 px, 1 epoch, {row['images']:,} images: peak RSS "
+            print(f"(b) imgcls train --data-mode {row['mode']}, lenet5 at 160 px, 1 epoch, {row['images']:,} images: peak RSS "
                   f"{row['peak_rss_mb']:,.0f} MB (decoded at 160 px they would take {row['decoded_mb']:,.0f} MB; "
                   f"{row['seconds']:.0f} s)", flush=True)
         growth = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1

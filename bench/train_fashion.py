@@ -88,7 +88,7 @@ def imgcls_throughput(train, steps: int, batch_size: int) -> tuple[float, dict]:
     trainer.setup(part)
     images, labels = part.images.to(trainer.device), part.labels.to(trainer.device)
     gen = torch.Generator().manual_seed(0)
-    batches = ((trainer.augmented(images, idx, gen), labels[idx])
+    batches = ((trainer.augmented(images[idx], gen), labels[idx])
                for idx in torch.randperm(len(part), generator=gen).split(batch_size))
     trainer.net.train()
     speed = _timed(batches, steps, batch_size, lambda x, y: trainer.step(x, y, 0.05))

@@ -92,3 +92,14 @@ def test_the_decode_cache_is_filled_once_and_never_stale(photos, tmp_path, write
     fresh = again.test.images[:]
     assert fresh[0].sum() == 0 and torch.equal(fresh[1:], first[1:])   # the changed file decoded anew
     assert train(again).predict_proba(again.test).shape == (len(again.test), 3)
+
+
+def test_the_command_line_trains_evaluates_and_reports_a_streamed_folder(photos, tmp_path, capsys):
+    from imgcls.cli import main
+    out = tmp_path / "run"
+    assert main(["train", str(photos), "--data-mode", "stream", "--model", "cnn", "--epochs", "1", "--bf16", "off",
+                 "--batch-size", "16", "--checkpoint-every", "2", "--accumulate", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sizes"]["test"] == len(load_dataset(photos).test) and 0 <= report["accuracy"] <= 1
+    assert (out / "report.html").is_file() and (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["data_options"]["data_mode"] == "stream"
