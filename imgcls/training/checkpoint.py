@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load, save_file
 
 from imgcls.errors import ImgclsError
 
@@ -40,11 +40,15 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and meta of a checkpoint, read in one go: the file is opened once, so a writer
+    replacing it meanwhile (mid-epoch checkpoints come often) can never pair one file's header
+    with another's contents."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+        data = Path(path).read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ImgclsError(f"{path}: unreadable checkpoint ({exc})") from exc
     if header.get("format") != FORMAT or int(header.get("tensor_count", -1)) != len(tensors):
         raise ImgclsError(f"{path}: not a complete imgcls checkpoint")
