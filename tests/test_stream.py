@@ -92,6 +92,9 @@ def test_the_decode_cache_is_filled_once_and_never_stale(photos, tmp_path, write
     fresh = again.test.images[:]
     assert fresh[0].sum() == 0 and torch.equal(fresh[1:], first[1:])   # the changed file decoded anew
     assert train(again).predict_proba(again.test).shape == (len(again.test), 3)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ImgclsError, match="--cache .*cannot keep decoded images there"):
+        load_dataset(photos, DataOptions(data_mode="stream", cache=str(tmp_path / "a-file")))
 
 
 def test_the_command_line_trains_evaluates_and_reports_a_streamed_folder(photos, tmp_path, capsys):

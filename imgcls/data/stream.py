@@ -132,6 +132,10 @@ class DecodedCache:
     decode or another dataset never shares rows. Opened lazily in each process (workers too)."""
 
     def __init__(self, folder: Path, files: Sequence[Path], prep: Preprocessing):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImgclsError(f"--cache {folder}: cannot keep decoded images there ({exc.strerror or exc})") from exc
         self.folder, self.count, self.shape = folder, len(files), (len(files), prep.channels, *prep.size)
         key = json.dumps([prep.to_dict(), [str(f) for f in files]]).encode()
         self.path = folder / hashlib.sha256(key).hexdigest()[:20]
