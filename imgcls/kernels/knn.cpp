@@ -113,17 +113,7 @@ inline void sum_dot(const __m512i acc[4][4], int32_t d[16]) {
 #define HAS_DOT
 #define DOT_ADD(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
 #define SUM_DOT(acc, d) avx512_detail::sum_dot(acc, d)
-#include "knn_tile.inc"
-#undef ISA
-#undef VEC
-#undef VBYTES
-#undef LOAD
-#undef ZERO
-#undef SAD_ADD
-#undef SUM_SAD
-#undef HAS_DOT
-#undef DOT_ADD
-#undef SUM_DOT
+#include "knn_tile.inc"   // (it undefines these macros at its end)
 #pragma GCC pop_options
 
 // ---- AVX2 (L1 only) ---------------------------------------------------------------------------
@@ -146,13 +136,6 @@ inline void sum_sad(const __m256i acc[4][4], int32_t d[16]) {
 #define SAD_ADD(acc, a, b) _mm256_add_epi64(acc, _mm256_sad_epu8(a, b))
 #define SUM_SAD(acc, d) avx2_detail::sum_sad(acc, d)
 #include "knn_tile.inc"
-#undef ISA
-#undef VEC
-#undef VBYTES
-#undef LOAD
-#undef ZERO
-#undef SAD_ADD
-#undef SUM_SAD
 #pragma GCC pop_options
 
 namespace {
