@@ -47,7 +47,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
     rank = distributed.setup()
     try:
         result = _train(config, model, resume, rank)
-        distributed.wait_for_all()     # the other ranks wait while rank 0 evaluates and writes
+        distributed.leave_together()   # the other ranks wait while rank 0 evaluates and writes
         return result
     finally:
         distributed.teardown()

@@ -6,8 +6,9 @@ normalised inside the network. Epoch e's order comes from a generator seeded wit
 and every random draw of its batch b from generators seeded with (seed, e, b), so a run
 resumed from any checkpoint, one written mid-epoch (checkpoint_every) included, replays the
 rest exactly. With accumulate N, N batches' gradients make one optimiser step. Under
-torchrun, each process takes its shard of every batch, DistributedDataParallel averages the
-gradients, and rank 0 alone writes checkpoints and history.
+torchrun, each process gathers, decodes and augments only its own share of every batch (with
+its own seeded draws), DistributedDataParallel averages the gradients, validation is split
+across the processes and its outputs gathered, and rank 0 alone writes checkpoints and history.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
+from imgcls.training import distributed
 from imgcls.training.augment import AugmentConfig, augment_batch, mix
 from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.schedule import lr_at
@@ -98,33 +100,75 @@ class Trainer:
         order = self._epoch_order(labels, generator(cfg.seed, epoch)).to(self.device)
         batches = self.batch_count(len(order))
         self.net.train()
-        loss_sum, correct, seen = state.epoch_totals if state.batches_done else (0.0, 0, 0)
-        positions = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(state.batches_done, batches)]
-        for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, positions),
-                                                               start=state.batches_done):
-            gen = generator(cfg.seed, epoch, index)
-            torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-            x, y = self.training_batch(images_in, labels_in, gen)
-            x, y = x[self.rank::self.world], y[self.rank::self.world]
-            first = index - index % cfg.accumulate                 # the group of batches this one is in
-            last = min(first + cfg.accumulate, batches) - 1
-            group_samples = min((last + 1) * cfg.batch_size, len(order)) - first * cfg.batch_size
-            loss, right = self.step(x, y, self._lr(), update=index == last, share=len(batch) / group_samples)
-            loss_sum, correct, seen = loss_sum + loss * len(y), correct + right, seen + len(y)
-            state.batches_done, state.epoch_totals = index + 1, [loss_sum, correct, seen]
-            self._emit("on_batch_end", len(y), loss, right)
-            if index == last and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
-                self._save_progress()
+        self._totals = EpochTotals(state.epoch_totals if state.batches_done else [0.0, 0, 0])
+        self._boundary = (state.batches_done, self._totals.copy())   # the last optimiser step's position
+        # Each rank gathers (and decodes, and augments) only its own share of every batch.
+        shares = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size][self.rank::self.world]
+                  for i in range(state.batches_done, batches)]
+        try:
+            for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, shares),
+                                                                   start=state.batches_done):
+                torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
+                x, y = self.training_batch(images_in, labels_in, self._batch_generator(epoch, index))
+                first = index - index % cfg.accumulate                 # the group of batches this one is in
+                last = min(first + cfg.accumulate, batches) - 1
+                group_samples = min((last + 1) * cfg.batch_size, len(order)) - first * cfg.batch_size
+                loss, right = self.step(x, y, self._lr(), update=index == last,
+                                        share=len(batch) * self.world / group_samples)
+                self._totals.add(loss * len(y), right, len(y))
+                state.batches_done = index + 1
+                self._emit("on_batch_end", len(y), loss, right)
+                if index == last:
+                    self._boundary = (index + 1, self._totals.copy())
+                    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
+                        self._save_progress()
+        except WorkerDied as exc:
+            raise self._stopped_by(exc) from None
+        loss_sum, correct, seen = self._synced_totals()
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
         return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
+
+    def _stopped_by(self, exc: WorkerDied) -> ImgclsError:
+        """A decoding worker died (killed for memory, say): keep the run up to its last optimiser
+        step in `last`, and say how to continue. Under torchrun the other ranks cannot join that
+        checkpoint's collectives, so there the last periodic checkpoint stands."""
+        where = f"epoch {self.state.epoch + 1}, batch {self._boundary[0] + 1}"
+        if self.world > 1 or not self.run_dir:
+            return ImgclsError(f"{exc} at {where}; the run stopped"
+                               + (" (--resume continues from the last checkpoint)" if self.run_dir else ""))
+        self.state.batches_done, self._totals = self._boundary
+        self._save_progress()
+        return ImgclsError(f"{exc} at {where}; the run stopped and saved its progress: "
+                           f"continue with the same command and --resume")
+
+    def _batch_generator(self, epoch: int, index: int) -> torch.Generator:
+        """Batch `index`'s random draws (augmentation, mixup): one stream per rank and batch, so a
+        rank augments its own share only and a resumed run replays the same draws."""
+        if self.world == 1:
+            return generator(self.cfg.seed, epoch, index)
+        return generator(self.cfg.seed, epoch, index, self.rank, self.world)
+
+    def _synced_totals(self) -> list:
+        """The epoch's loss sum, correct and seen over all ranks so far; also shares the files any
+        rank found unreadable, so that rank 0's checkpoints and report list them all."""
+        totals = self._totals.synced(self.world, self.device)
+        self.state.epoch_totals = totals
+        if self.world > 1:
+            everyone = [None] * self.world
+            dist.all_gather_object(everyone, self.state.unreadable)
+            known = {}
+            for found in everyone:
+                known.update({name: reason for name, reason in found})
+            self.state.unreadable = [[name, reason] for name, reason in known.items()]
+        return totals
 
     def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor]):
         """(positions, uint8 images, labels) of each batch: gathered from memory, or decoded from the
         files by DataLoader workers, a few batches ahead; a file that no longer decodes is left out
         of its batch and listed in state.unreadable."""
         if not isinstance(images, torch.Tensor):
-            for batch, (x, ok) in zip(positions, images.batches([p.cpu() for p in positions])):
+            for batch, (x, ok) in zip(positions, _watched(images.batches([p.cpu() for p in positions]))):
                 if not ok.all():
                     self._note_unreadable(batch.cpu()[~ok])
                 keep = ok.to(batch.device)
@@ -190,8 +234,17 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, data: ImageDataset) -> dict:
-        logits = predict_logits(self.eval_net, data.images, device=self.device, bf16=self.bf16,
+        """Validation figures on data. Under torchrun each rank runs its own slice of data and the
+        outputs are gathered, so every rank reaches the same figures (and the same early-stopping
+        decision) having computed only its share."""
+        if self.world > 1:
+            distributed.broadcast_buffers(self.eval_net)   # batch-norm statistics: rank 0's, the saved ones
+        start, stop = distributed.my_slice(len(data), self.rank, self.world)
+        mine = data.images[start:stop] if isinstance(data.images, torch.Tensor) else data.images.subset(range(start, stop))
+        logits = predict_logits(self.eval_net, mine, device=self.device, bf16=self.bf16,
                                 channels_last=self.channels_last)
+        if self.world > 1:
+            logits = distributed.gather_rows(logits.reshape(len(mine), self.num_classes), len(data), self.device)
         return self.task.validation_metrics(logits, data.labels)
 
     @property
@@ -286,7 +339,9 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"{which}.safetensors"
 
     def _save_progress(self) -> None:
-        """A mid-epoch checkpoint: `last`, with the epoch's position (resume continues from there)."""
+        """A mid-epoch checkpoint: `last`, with the epoch's position (resume continues from there).
+        Every rank calls it (the totals are combined across ranks); rank 0 writes."""
+        self._synced_totals()
         if self.rank == 0 and self.run_dir:
             self._save("last")
 
@@ -331,6 +386,49 @@ class Trainer:
                 self.eval_net.load_state_dict(self._best_weights)
         if self.ema is not None:
             self.net.load_state_dict(self.ema.module.state_dict())
+
+
+class WorkerDied(ImgclsError):
+    """A DataLoader worker decoding the training images exited (killed, out of memory, crashed)."""
+
+
+def _watched(batches):
+    """The batches of a DataLoader, with a worker's death turned into WorkerDied (one clear line)."""
+    try:
+        yield from batches
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise WorkerDied("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
+                         + "; killed for memory? try fewer workers or a smaller --batch-size)") from None
+
+
+class EpochTotals:
+    """An epoch's summed loss, correct count and samples seen: `base` (all ranks', as of the
+    checkpoint the epoch resumed from) plus what this rank added since."""
+
+    def __init__(self, base: list):
+        self.base, self.mine = [float(base[0]), int(base[1]), int(base[2])], [0.0, 0, 0]
+
+    def add(self, loss_sum: float, correct: int, seen: int) -> None:
+        self.mine = [self.mine[0] + loss_sum, self.mine[1] + correct, self.mine[2] + seen]
+
+    def synced(self, world: int, device: torch.device) -> list:
+        """base plus every rank's additions (a collective: all ranks call it together); the result
+        becomes the new base."""
+        mine = self.mine
+        if world > 1:
+            summed = torch.tensor(mine, dtype=torch.float64, device=device)
+            dist.all_reduce(summed)
+            mine = summed.tolist()
+        self.base = [self.base[0] + mine[0], self.base[1] + int(mine[1]), self.base[2] + int(mine[2])]
+        self.mine = [0.0, 0, 0]
+        return list(self.base)
+
+    def copy(self) -> EpochTotals:
+        twin = EpochTotals(self.base)
+        twin.mine = list(self.mine)
+        return twin
 
 
 def derived_seed(*parts: int) -> int:
