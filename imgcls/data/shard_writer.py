@@ -22,11 +22,12 @@ import webdataset as wds
 from PIL import Image
 
 from imgcls.data.dataset import DatasetSplits, SkippedFile, relative_name
+from imgcls.data.files import report_skipped
 from imgcls.data.images import IMAGE_SUFFIXES, UnreadableImage, probe_image
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
 from imgcls.data.shards import FORMAT, MANIFEST, VERSION, read_manifest
 from imgcls.errors import ImgclsError
-from imgcls.progress import console, progress_bar
+from imgcls.progress import progress_bar
 
 _FORMAT_SUFFIX = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
@@ -44,48 +45,44 @@ class Sample:
 
 def write_shards(source: str | Path, out: Path, shard_size: int) -> dict:
     """Write source's splits into tar shards of about shard_size bytes each in out, and
-    out/manifest.json; returns the manifest."""
+    out/manifest.json; returns the manifest. One image at a time is held in memory."""
     out = Path(out)
-    files = dataset_files(source)
-    if files is not None:
-        classes, multi_label, name, names = files.classes, files.multi_label, Path(files.root).name, "paths"
-        if Path(source).is_file():
-            name = Path(source).stem
-        splits, total, preprocessing = _file_samples(files), sum(len(fl.paths) for fl in files.lists.values()), None
-    else:
-        data = load_dataset(source, DataOptions(val_fraction=0, test_fraction=0, data_mode="memory"))
-        classes, multi_label, name, names = data.class_names, data.train.multi_label, data.name, "ids"
-        splits, total = _array_samples(data), len(data.train) + len(data.test)
-        preprocessing = data.train.preprocessing.to_dict()
+    manifest, splits, total = _read_source(source)
     _prepare(out)
-    manifest = {"format": FORMAT, "version": VERSION, "name": name, "source": str(Path(source).resolve()) if Path(source).exists() else str(source), "classes": classes,
-                "task": "multi-label" if multi_label else "single-label", "names": names,
-                "preprocessing": preprocessing, "splits": {}}
-    sizes, gray, skipped = Counter(), True, []
+    writer = _SplitWriter(out, shard_size, manifest["classes"], manifest["task"] == "multi-label")
     with progress_bar(total, "writing shards", unit="images") as advance:
         for split, samples in splits:
-            kept = []
-            for sample in samples:
-                if isinstance(sample, SkippedFile):
-                    skipped.append(sample)
-                else:
-                    sizes[sample.probe[:2]] += 1
-                    gray &= sample.probe[2]
-                    kept.append(sample)
-                advance()
-            if kept:
-                manifest["splits"][split] = _write_split(split, kept, out, shard_size, classes, multi_label)
+            part = writer.write(split, samples, advance)
+            if part is not None:
+                manifest["splits"][split] = part
     if not manifest["splits"]:
         raise ImgclsError(f"{source}: none of its {total} files is a readable image; no shards written")
-    manifest |= {"image_sizes": [[h, w, n] for (h, w), n in sorted(sizes.items())], "grayscale": bool(gray),
-                 "skipped": [s.to_dict() for s in skipped]}
+    manifest |= {"image_sizes": [[h, w, n] for (h, w), n in sorted(writer.sizes.items())],
+                 "grayscale": writer.grayscale, "skipped": [s.to_dict() for s in writer.skipped]}
     temporary = out / (MANIFEST + ".partial")
     temporary.write_text(json.dumps(manifest))
     temporary.replace(out / MANIFEST)     # the manifest appears last, once every shard it lists is whole
-    if skipped:
-        console.print(f"[yellow]warning:[/] left out {len(skipped)} unreadable file(s): "
-                      + ", ".join(f"{s.path} ({s.reason})" for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    report_skipped(writer.skipped, strict=False)
     return manifest
+
+
+def _read_source(source: str | Path) -> tuple[dict, Iterator[tuple[str, Iterator[Sample | SkippedFile]]], int]:
+    """The manifest's description of source, its samples per split, and how many there are.
+    Image files are listed, not decoded; other sources are read into memory as they come."""
+    path = Path(source).expanduser()
+    files = dataset_files(path)
+    if files is not None:
+        manifest = {"name": path.resolve().stem if path.is_file() else files.root.name, "classes": files.classes,
+                    "multi_label": files.multi_label, "names": "paths", "preprocessing": None}
+        splits, total = _file_samples(files), sum(len(fl.paths) for fl in files.lists.values())
+    else:
+        data = load_dataset(source, DataOptions(val_fraction=0, test_fraction=0, data_mode="memory"))
+        manifest = {"name": data.name, "classes": data.class_names, "multi_label": data.train.multi_label,
+                    "names": "ids", "preprocessing": data.train.preprocessing.to_dict()}
+        splits, total = _array_samples(data), len(data.train) + len(data.test)
+    multi_label = manifest.pop("multi_label")
+    return ({"format": FORMAT, "version": VERSION, **manifest, "task": "multi-label" if multi_label else "single-label",
+             "source": str(path.resolve()) if path.exists() else str(source), "splits": {}}, splits, total)
 
 
 def _prepare(out: Path) -> None:
@@ -102,31 +99,74 @@ def _prepare(out: Path) -> None:
                 (out / shard["file"]).unlink(missing_ok=True)
 
 
-def _write_split(split: str, samples: list[Sample], out: Path, shard_size: int, classes: list[str],
-                 multi_label: bool) -> dict:
-    """One split's shards, then where in them each sample's image lies (read back from the tar headers)."""
-    keys = [f"{split}_{i:08d}" for i in range(len(samples))]
-    shard_of: list[str] = []
-    pattern = str(out).replace("%", "%%") + f"/{split}-%06d.tar"     # ShardWriter fills in %06d
-    with wds.ShardWriter(pattern, maxsize=shard_size, maxcount=2**62, verbose=0, encoder=False, mtime=0) as writer:
-        for key, sample in zip(keys, samples):
-            writer.write(_entries(key, sample, classes, multi_label))
-            shard_of.append(Path(writer.fname).name)
-    files = list(dict.fromkeys(shard_of))
-    where = {}
-    for file in files:
-        with tarfile.open(out / file) as tar:
-            where |= {member.name: (member.offset_data, member.size) for member in tar}
-    offsets, lengths = zip(*(where[f"{key}.{sample.ext}"] for key, sample in zip(keys, samples)))
-    if list(lengths) != [len(sample.data) for sample in samples]:
-        raise ImgclsError(f"{out}: the shards just written do not hold the images given (disk full?)")
-    index = {file: i for i, file in enumerate(files)}
-    return {"count": len(samples),
-            "shards": [{"file": file, "bytes": (out / file).stat().st_size, "count": shard_of.count(file)}
-                       for file in files],
-            "samples": {"key": keys, "name": [s.name for s in samples], "shard": [index[f] for f in shard_of],
-                        "offset": list(offsets), "size": list(lengths),
-                        "label": [list(s.label) if multi_label else s.label for s in samples]}}
+class _Shard:
+    """A tar shard being written: webdataset's TarWriter on a file of ours."""
+
+    def __init__(self, file: Path):
+        self.file, self.stream = file, open(file, "wb")
+        self.tar = wds.TarWriter(self.stream, encoder=False, mtime=0)
+
+    def close(self) -> None:
+        self.tar.close()
+        self.stream.close()
+
+
+class _SplitWriter:
+    """Writes splits into shards as their samples come, keeping only where each one went, and
+    tallies the image sizes (for choosing a preprocessing when the shards are read) and the files left out."""
+
+    def __init__(self, out: Path, shard_size: int, classes: list[str], multi_label: bool):
+        self.out, self.shard_size, self.classes, self.multi_label = out, shard_size, classes, multi_label
+        self.sizes: Counter = Counter()
+        self.grayscale = True
+        self.skipped: list[SkippedFile] = []
+
+    def write(self, split: str, samples: Iterator[Sample | SkippedFile], advance) -> dict | None:
+        """One split's shards (None: it has no readable image), then where in them each sample's image
+        lies, read back from the tar headers. A shard ends once it holds shard_size bytes, tar headers
+        included (WebDataset's ShardWriter counts only the payload, far off for small images)."""
+        shard, rows = None, []
+        try:
+            for sample in samples:
+                advance()
+                if isinstance(sample, SkippedFile):
+                    self.skipped.append(sample)
+                    continue
+                if shard is None or shard.tar.tarstream.offset >= self.shard_size:
+                    shard = self._next_shard(shard, split)
+                key = f"{split}_{len(rows):08d}"
+                shard.tar.write(_entries(key, sample, self.classes, self.multi_label))
+                self.sizes[sample.probe[:2]] += 1
+                self.grayscale &= bool(sample.probe[2])
+                label = list(sample.label) if self.multi_label else sample.label
+                rows.append((key, f"{key}.{sample.ext}", len(sample.data), sample.name, label, shard.file.name))
+        finally:
+            if shard is not None:
+                shard.close()
+        return self._index(rows) if rows else None
+
+    def _next_shard(self, shard: _Shard | None, split: str) -> _Shard:
+        number = 0
+        if shard is not None:
+            shard.close()
+            number = int(shard.file.stem.rsplit("-", 1)[1]) + 1
+        return _Shard(self.out / f"{split}-{number:06d}.tar")
+
+    def _index(self, rows: list[tuple]) -> dict:
+        keys, members, lengths, names, labels, shard_of = map(list, zip(*rows))
+        files = list(dict.fromkeys(shard_of))
+        where = {}
+        for file in files:
+            with tarfile.open(self.out / file) as tar:
+                where |= {member.name: (member.offset_data, member.size) for member in tar}
+        if [where[member][1] for member in members] != lengths:
+            raise ImgclsError(f"{self.out}: the shards just written do not hold the images given (disk full?)")
+        index = {file: i for i, file in enumerate(files)}
+        return {"count": len(rows),
+                "shards": [{"file": file, "bytes": (self.out / file).stat().st_size, "count": shard_of.count(file)}
+                           for file in files],
+                "samples": {"key": keys, "name": names, "shard": [index[f] for f in shard_of],
+                            "offset": [where[member][0] for member in members], "size": lengths, "label": labels}}
 
 
 def _entries(key: str, sample: Sample, classes: list[str], multi_label: bool) -> dict:
