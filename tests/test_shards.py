@@ -50,6 +50,8 @@ def test_webdataset_reads_the_original_bytes_and_labels(jpegs, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["blue", "green", "red"] and list(manifest["splits"]) == ["all"]
     assert len(manifest["splits"]["all"]["shards"]) > 3           # 4KB: a few images per shard
+    with pytest.raises(ImgclsError, match="already shards"):
+        shards(out, tmp_path / "again")
     samples = webdataset_samples(out)
     assert len(samples) == 48
     for sample in samples:

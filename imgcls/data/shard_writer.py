@@ -25,7 +25,7 @@ from imgcls.data.dataset import DatasetSplits, SkippedFile, relative_name
 from imgcls.data.files import report_skipped
 from imgcls.data.images import IMAGE_SUFFIXES, UnreadableImage, probe_image
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
-from imgcls.data.shards import FORMAT, MANIFEST, VERSION, read_manifest
+from imgcls.data.shards import FORMAT, MANIFEST, VERSION, is_shards_folder, read_manifest
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 
@@ -70,19 +70,24 @@ def _read_source(source: str | Path) -> tuple[dict, Iterator[tuple[str, Iterator
     """The manifest's description of source, its samples per split, and how many there are.
     Image files are listed, not decoded; other sources are read into memory as they come."""
     path = Path(source).expanduser()
+    if is_shards_folder(path):    # read back, its images would be decoded (resized), not copied
+        raise ImgclsError(f"{path}: already shards; write new ones from the dataset they came from "
+                          f"({read_manifest(path)['source']})")
     files = dataset_files(path)
     if files is not None:
-        manifest = {"name": path.resolve().stem if path.is_file() else files.root.name, "classes": files.classes,
-                    "multi_label": files.multi_label, "names": "paths", "preprocessing": None}
+        name, classes, multi_label = path.resolve().stem if path.is_file() else files.root.name, files.classes, \
+            files.multi_label
+        names, preprocessing = "paths", None
         splits, total = _file_samples(files), sum(len(fl.paths) for fl in files.lists.values())
     else:
         data = load_dataset(source, DataOptions(val_fraction=0, test_fraction=0, data_mode="memory"))
-        manifest = {"name": data.name, "classes": data.class_names, "multi_label": data.train.multi_label,
-                    "names": "ids", "preprocessing": data.train.preprocessing.to_dict()}
+        name, classes, multi_label = data.name, data.class_names, data.train.multi_label
+        names, preprocessing = "ids", data.train.preprocessing.to_dict()
         splits, total = _array_samples(data), len(data.train) + len(data.test)
-    multi_label = manifest.pop("multi_label")
-    return ({"format": FORMAT, "version": VERSION, **manifest, "task": "multi-label" if multi_label else "single-label",
-             "source": str(path.resolve()) if path.exists() else str(source), "splits": {}}, splits, total)
+    manifest = {"format": FORMAT, "version": VERSION, "name": name, "source": str(path.resolve()) if path.exists()
+                else str(source), "classes": classes, "task": "multi-label" if multi_label else "single-label",
+                "names": names, "preprocessing": preprocessing, "splits": {}}
+    return manifest, splits, total
 
 
 def _prepare(out: Path) -> None:
@@ -132,6 +137,7 @@ class _SplitWriter:
                 if isinstance(sample, SkippedFile):
                     self.skipped.append(sample)
                     continue
+                # tarfile's offset: the bytes written to the archive so far, headers and padding included
                 if shard is None or shard.tar.tarstream.offset >= self.shard_size:
                     shard = self._next_shard(shard, split)
                 key = f"{split}_{len(rows):08d}"
