@@ -39,8 +39,9 @@ class FileList:
     """Files with their labels, before decoding: a class index per file, or for multi-label data
     a tuple of label indices per file (possibly empty)."""
 
-    paths: list[Path]
+    paths: list            # Paths, or Members of archives (imgcls.data.images.ImageSource)
     labels: list
+    names: list[str] | None = None   # what reports call each file; None: its path relative to the dataset's root
 
     def label_array(self, rows: list[int], n_classes: int, multi_label: bool) -> np.ndarray:
         """The labels of the given rows: class indices (n,), or a multi-hot matrix (n, n_classes)."""
@@ -122,44 +123,54 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
                       strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
                       multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None,
-                      cache: str | None = None) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
+                      cache: str | None = None, probes: list[tuple[int, int, bool]] | None = None
+                      ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
     """Probe every file, choose one preprocessing for all of them (unless given), then decode them
     into memory, or (mode stream, or auto when they would not fit memory_budget) leave them in
     their files to be streamed. check: refuse class sets no classifier can learn from (fewer than
-    2, or empty)."""
+    2, or empty). probes: every file's (height, width, grayscale) where known without opening
+    them (a shards manifest records them); every file then counts as readable."""
     everything = [p for fl in lists.values() for p in fl.paths]
     if not everything:
         raise ImgclsError(f"{root}: no image files found")
-    with progress_bar(len(everything), "scanning images") as advance:
-        probes, skipped = {}, []
-        for path in everything:
-            try:
-                probes[path] = probe_image(path)
-            except UnreadableImage as exc:
-                skipped.append(SkippedFile(relative_name(path, root), str(exc)))
-            advance()
-    if not probes:
+    readable, skipped = (_probe_files(everything, root) if probes is None
+                         else (dict.fromkeys(everything, None), []))
+    if not readable:
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
-    prep = preprocessing or choose_preprocessing(list(probes.values()), size, channels, resize)
-    streamed = choose_data_mode(mode, len(probes) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
+    prep = preprocessing or choose_preprocessing(probes or list(readable.values()), size, channels, resize)
+    streamed = choose_data_mode(mode, len(readable) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
     datasets = {}
     for split, fl in lists.items():
-        readable = [i for i, p in enumerate(fl.paths) if p in probes]
-        paths = [fl.paths[i] for i in readable]
+        rows = [i for i, p in enumerate(fl.paths) if p in readable]
+        paths = [fl.paths[i] for i in rows]
+        names = [fl.names[i] for i in rows] if fl.names is not None else [relative_name(p, root) for p in paths]
         if streamed:
             images, ok, bad = ImageFiles(paths, prep, cache=cache), list(range(len(paths))), []
         else:
             with progress_bar(len(paths), f"decoding {split} images") as advance:
                 images, ok, bad = decode_many(paths, prep, progress=advance)
-        skipped += [SkippedFile(relative_name(p, root), reason) for p, reason in bad]
-        labels = fl.label_array([readable[i] for i in ok], len(class_names), multi_label)
-        datasets[split] = ImageDataset(images, labels, class_names,
-                                       [relative_name(paths[i], root) for i in ok], decoded_with=prep)
+        name_of = dict(zip(paths, names))
+        skipped += [SkippedFile(name_of[p], reason) for p, reason in bad]
+        labels = fl.label_array([rows[i] for i in ok], len(class_names), multi_label)
+        datasets[split] = ImageDataset(images, labels, class_names, [names[i] for i in ok], decoded_with=prep)
     report_skipped(skipped, strict)
     for split in ("all", "train"):
         if split in datasets and check:
             check_classes(class_names, datasets[split].labels.numpy(), str(root))
     return datasets, skipped, prep
+
+
+def _probe_files(paths: list[Path], root: Path) -> tuple[dict[Path, tuple[int, int, bool]], list[SkippedFile]]:
+    """Each readable file's (height, width, grayscale) from its header, and the files that are not images."""
+    with progress_bar(len(paths), "scanning images") as advance:
+        probes, skipped = {}, []
+        for path in paths:
+            try:
+                probes[path] = probe_image(path)
+            except UnreadableImage as exc:
+                skipped.append(SkippedFile(relative_name(path, root), str(exc)))
+            advance()
+    return probes, skipped
 
 
 def choose_data_mode(mode: str, decoded_bytes: int, budget: int | None) -> bool:

@@ -9,10 +9,12 @@ and images of another size are brought to the target size by the resize policy.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -68,6 +70,17 @@ class Preprocessing:
                    crop_pct=float(d.get("crop_pct", 1.0)), interpolation=d.get("interpolation", "bilinear"))
 
 
+class Member(Protocol):
+    """Where an image's bytes lie other than a file of its own: a member of a tar shard, say
+    (imgcls.data.shards). stat() is its container's, so a changed container counts as a changed file."""
+
+    def read_bytes(self) -> bytes: ...   # OSError where they can no longer be read
+    def stat(self) -> os.stat_result: ...
+
+
+ImageSource = Path | str | bytes | Member
+
+
 class UnreadableImage(Exception):
     """A file that is not a readable image; carries the reason for the skipped-files report."""
 
@@ -89,10 +102,11 @@ def probe_image(path: Path | str) -> tuple[int, int, bool]:
         raise UnreadableImage(_reason(exc)) from exc
 
 
-def decode_image(source: Path | str | bytes, prep: Preprocessing) -> np.ndarray:
-    """Decode one file (or its bytes) into a uint8 array of shape (channels, height, width)."""
+def decode_image(source: ImageSource, prep: Preprocessing) -> np.ndarray:
+    """Decode one file (or its bytes, or a member of an archive) into a uint8 array of shape
+    (channels, height, width)."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with Image.open(_opened(source)) as img:
             _check_pixels(img)
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -104,7 +118,7 @@ def decode_image(source: Path | str | bytes, prep: Preprocessing) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def decode_many(paths: Sequence[Path], prep: Preprocessing, progress=None) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+def decode_many(paths: Sequence[ImageSource], prep: Preprocessing, progress=None) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
     """Decode files in parallel threads (PIL releases the GIL while decoding).
 
     Returns the stacked images (N, C, H, W), the indices of the files that decoded, and
@@ -126,6 +140,13 @@ def decode_many(paths: Sequence[Path], prep: Preprocessing, progress=None) -> tu
             if progress is not None:
                 progress()
     return out[ok], ok, bad
+
+
+def _opened(source: ImageSource):
+    """What PIL opens: a path as it is (read lazily), bytes or a member's bytes (read whole) as a stream."""
+    if isinstance(source, (str, Path)):
+        return source
+    return io.BytesIO(source if isinstance(source, bytes) else source.read_bytes())
 
 
 def _check_pixels(img: Image.Image) -> None:

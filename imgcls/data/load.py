@@ -8,6 +8,7 @@ What a path holds decides how it is read:
 | a .csv file                              | a manifest: path,label[,split]                  |
 | a folder with batches.meta / meta        | CIFAR-10 / CIFAR-100 python batches             |
 | a folder with *-idx*-ubyte[.gz] files    | MNIST-family IDX files (official test split)    |
+| a folder with manifest.json of shards    | WebDataset tar shards (imgcls shards), by seek  |
 | a folder with train/ and test/ (val/)    | class folders per split, used as given          |
 | a folder of class sub-folders            | class folders, split by the seeded policy       |
 """
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.dataset import DatasetSplits, ImageDataset, check_classes
-from imgcls.data.files import SPLIT_NAMES, FileList, decode_file_lists, list_class_folders, read_manifest
+from imgcls.data.files import (SPLIT_NAMES, FileList, decode_file_lists, list_class_folders, read_manifest,
+                               report_skipped)
 from imgcls.data.formats import cifar_kind, is_idx_folder, read_cifar, read_idx_split
 from imgcls.data.images import Preprocessing
 from imgcls.data.named import NAMED_DATASETS, locate
+from imgcls.data.shards import is_shards_folder, read_shards
 from imgcls.data.splits import split_dataset
 from imgcls.errors import ImgclsError
 
@@ -77,6 +80,8 @@ def load_dataset(source: str | Path, options: DataOptions | None = None) -> Data
         return _load_cifar(path, options)
     if path.is_dir() and is_idx_folder(path):
         return _load_idx(path, _named_for_folder(path), options)
+    if is_shards_folder(path):
+        return _load_shards(path, options)
     return _load_files(path, options)
 
 
@@ -100,7 +105,7 @@ def dataset_files(source: str | Path, flat_ok: bool = False, missing_ok: bool = 
     if path.is_file():
         classes, lists, multi_label = read_manifest(path, missing_ok)
         return DatasetFiles(classes, lists, multi_label, path.parent)
-    if cifar_kind(path) or is_idx_folder(path):
+    if cifar_kind(path) or is_idx_folder(path) or is_shards_folder(path):
         return None
     if (path / "train").is_dir() and (path / "test").is_dir():
         classes, train_files = list_class_folders(path / "train")
@@ -191,6 +196,29 @@ def _load_files(path: Path, options: DataOptions) -> DatasetSplits:
     data, skipped, _ = decode_file_lists(files.lists, files.classes, files.root, multi_label=files.multi_label,
                                          **_file_options(options))
     name = path.resolve().stem if path.is_file() else path.resolve().name
+    return _splits_as_given(name, data, skipped, options, path)
+
+
+def _load_shards(path: Path, options: DataOptions) -> DatasetSplits:
+    """Shards read by seek as files are: decoded into memory, or streamed (each sample read when its
+    batch is), the same way and with the same choice of mode. Images that were arrays decode as
+    they were, unless the flags ask for another size or channel count."""
+    shards = read_shards(path)
+    report_skipped(shards.skipped, options.strict)      # left out when the shards were written
+    file_options = _file_options(options)
+    if shards.preprocessing is not None and options.size is None and options.channels is None:
+        file_options["preprocessing"] = options.preprocessing or shards.preprocessing
+    data, skipped, _ = decode_file_lists(shards.lists, shards.classes, path.resolve(), multi_label=shards.multi_label,
+                                         probes=shards.probes, **file_options)
+    if shards.names_are_ids:
+        for part in data.values():
+            part.ids, part.paths = part.paths, None
+    return _splits_as_given(shards.name, data, shards.skipped + skipped, options, path)
+
+
+def _splits_as_given(name: str, data: dict[str, ImageDataset], skipped, options: DataOptions,
+                     path: Path) -> DatasetSplits:
+    """DatasetSplits of decoded file lists: the source's own splits, or seeded ones where it has none."""
     if "all" in data:
         splits = _split(name, data["all"], None, options, skipped=skipped, source=str(path))
     elif "train" not in data or "test" not in data:

@@ -13,6 +13,9 @@ with its flag off, and the trainer skips it; a worker never dies of a bad file.
 With a cache folder (`--cache DIR`), every decoded row is also written to a memory-mapped file
 there, once, so later epochs and later runs read rows instead of decoding files. Each row keeps
 its file's size and modification time; a file changed since is decoded again, never served stale.
+
+A row's bytes come from a file of its own (a Path) or from a Member of an archive (a sample of
+a tar shard, imgcls.data.shards, read with one seek): all else is the same for both.
 """
 
 from __future__ import annotations
@@ -26,16 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.data.images import Preprocessing, UnreadableImage, decode_image, decode_many
+from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, decode_image, decode_many
 from imgcls.errors import ImgclsError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
 class ImageFiles:
-    """Files decoded on demand into uint8 rows (C, H, W) of one Preprocessing."""
+    """Files (or archive members) decoded on demand into uint8 rows (C, H, W) of one Preprocessing."""
 
-    def __init__(self, files: Sequence[Path], prep: Preprocessing, flipped: bool = False,
+    def __init__(self, files: Sequence[ImageSource], prep: Preprocessing, flipped: bool = False,
                  workers: int = DEFAULT_WORKERS, cache: Path | None = None):
         self.files, self.prep, self.flipped, self.workers = list(files), prep, flipped, workers
         self.cache = DecodedCache(Path(cache), self.files, prep) if cache is not None else None
@@ -79,7 +82,7 @@ class ImageFiles:
     def concat(self, other: ImageFiles) -> ImageFiles:
         return self._like(self.files + other.files)
 
-    def _like(self, files: list[Path], flipped: bool | None = None) -> ImageFiles:
+    def _like(self, files: list[ImageSource], flipped: bool | None = None) -> ImageFiles:
         return ImageFiles(files, self.prep, self.flipped if flipped is None else flipped, self.workers,
                           self.cache.folder if self.cache is not None else None)
 
@@ -118,6 +121,13 @@ class ImageFiles:
 
     def decoded_bytes(self) -> int:
         return int(np.prod(self.shape))
+
+    def unreadable_reason(self, position: int) -> str:
+        """Why a row that decoded when listed no longer does, for the run's report."""
+        source = self.files[position]
+        if isinstance(source, Path):
+            return "could not be decoded while training (changed or removed after the dataset was listed)"
+        return f"could not be read from {source} while training (cut short or changed after the dataset was listed)"
 
     def _positions(self, index) -> list[int]:
         if isinstance(index, slice):
@@ -173,8 +183,8 @@ def _mapped(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
 
-def file_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime in ns) of a file, or (-1, -1) where it is gone."""
+def file_stamp(path: Path | ImageSource) -> tuple[int, int]:
+    """(size, mtime in ns) of a file (a member's: its archive's), or (-1, -1) where it is gone."""
     try:
         stat = path.stat()
     except OSError:

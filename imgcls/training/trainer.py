@@ -170,20 +170,19 @@ class Trainer:
         if not isinstance(images, torch.Tensor):
             for batch, (x, ok) in zip(positions, _watched(images.batches([p.cpu() for p in positions]))):
                 if not ok.all():
-                    self._note_unreadable(batch.cpu()[~ok])
+                    self._note_unreadable(batch.cpu()[~ok], images)
                 keep = ok.to(batch.device)
                 yield batch[keep], x[ok].to(self.device), labels[batch[keep]]
             return
         for batch in positions:
             yield batch, images[batch], labels[batch]
 
-    def _note_unreadable(self, positions: torch.Tensor) -> None:
+    def _note_unreadable(self, positions: torch.Tensor, images) -> None:
         known = {name for name, _ in self.state.unreadable}
         for position in positions.tolist():
             name = self._names[position]
             if name not in known:
-                self.state.unreadable.append([name, "could not be decoded while training (changed or removed "
-                                                    "after the dataset was listed)"])
+                self.state.unreadable.append([name, images.unreadable_reason(position)])
 
     def batch_count(self, samples: int) -> int:
         """Batches in an epoch of `samples`: a last scrap too small to shard (a lone sample breaks
