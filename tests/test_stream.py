@@ -4,6 +4,8 @@ must train and predict exactly as the same images decoded into memory."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -106,3 +108,28 @@ def test_the_command_line_trains_evaluates_and_reports_a_streamed_folder(photos,
     assert report["sizes"]["test"] == len(load_dataset(photos).test) and 0 <= report["accuracy"] <= 1
     assert (out / "report.html").is_file() and (out / "model.safetensors").is_file()
     assert json.loads((out / "config.json").read_text())["data_options"]["data_mode"] == "stream"
+
+
+def test_a_dying_worker_stops_the_run_with_one_line_and_resume_finishes_it(photos, tmp_path, monkeypatch):
+    from imgcls.data import stream
+    splits = load_dataset(photos, DataOptions(data_mode="stream"))
+    calls, real = tmp_path / "calls", stream._BatchDecoder.__getitem__
+
+    def dies_on_the_ninth_batch(self, positions):     # runs in the (forked) worker processes
+        with open(calls, "a") as f:
+            f.write(".")
+        if calls.stat().st_size == 9:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, positions)
+
+    settings = {k: v for k, v in NET.items() if k != "model"} | {"epochs": 2, "batch_size": 8, "checkpoint_every": 2}
+    monkeypatch.setattr(stream._BatchDecoder, "__getitem__", dies_on_the_ninth_batch)
+    with pytest.raises(ImgclsError, match=r"worker decoding the training images died .* --resume") as err:
+        create_model("cnn", **settings).fit(splits.train, validation=splits.val, run_dir=tmp_path / "run")
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(stream._BatchDecoder, "__getitem__", real)
+    resumed = create_model("cnn", **settings).fit(splits.train, validation=splits.val, run_dir=tmp_path / "run",
+                                                  resume=True)
+    whole = create_model("cnn", **settings).fit(splits.train, validation=splits.val, run_dir=tmp_path / "whole")
+    for (name, x), y in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(x, y), name

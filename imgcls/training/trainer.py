@@ -101,7 +101,7 @@ class Trainer:
         batches = self.batch_count(len(order))
         self.net.train()
         self._totals = EpochTotals(state.epoch_totals if state.batches_done else [0.0, 0, 0])
-        self._boundary = (state.batches_done, self._totals.copy())   # the last optimiser step's position
+        self._boundary = state.batches_done          # where the last optimiser step left the epoch
         # Each rank gathers (and decodes, and augments) only its own share of every batch.
         shares = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size][self.rank::self.world]
                   for i in range(state.batches_done, batches)]
@@ -119,28 +119,32 @@ class Trainer:
                 state.batches_done = index + 1
                 self._emit("on_batch_end", len(y), loss, right)
                 if index == last:
-                    self._boundary = (index + 1, self._totals.copy())
+                    self._boundary = index + 1
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
                         self._save_progress()
-        except WorkerDied as exc:
+        except (WorkerDied, RuntimeError) as exc:
+            if not isinstance(exc, WorkerDied) and "DataLoader worker" not in str(exc):
+                raise
             raise self._stopped_by(exc) from None
         loss_sum, correct, seen = self._synced_totals()
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
         return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
 
-    def _stopped_by(self, exc: WorkerDied) -> ImgclsError:
-        """A decoding worker died (killed for memory, say): keep the run up to its last optimiser
-        step in `last`, and say how to continue. Under torchrun the other ranks cannot join that
-        checkpoint's collectives, so there the last periodic checkpoint stands."""
-        where = f"epoch {self.state.epoch + 1}, batch {self._boundary[0] + 1}"
-        if self.world > 1 or not self.run_dir:
-            return ImgclsError(f"{exc} at {where}; the run stopped"
-                               + (" (--resume continues from the last checkpoint)" if self.run_dir else ""))
-        self.state.batches_done, self._totals = self._boundary
-        self._save_progress()
-        return ImgclsError(f"{exc} at {where}; the run stopped and saved its progress: "
-                           f"continue with the same command and --resume")
+    def _stopped_by(self, exc: Exception) -> ImgclsError:
+        """A decoding worker died (killed for memory, say). When the trainer learnt of it while
+        waiting for a batch, right after an optimiser step, nothing has moved since that step, so
+        `last` saves the exact position. Learnt of elsewhere (PyTorch's SIGCHLD handler raises
+        mid-forward, say), batch-norm statistics may have moved: the last checkpoint stands."""
+        if not isinstance(exc, WorkerDied):
+            exc = WorkerDied.from_loader(exc)
+        where = f"at epoch {self.state.epoch + 1}, batch {self.state.batches_done + 1}"
+        exact = getattr(exc, "while_waiting", False) and self.state.batches_done == self._boundary
+        if exact and self.world == 1 and self.run_dir:
+            self._save_progress()
+            return ImgclsError(f"{exc} {where}; its progress is saved: run the same command with --resume")
+        hint = "; run the same command with --resume to continue from its last checkpoint" if self.run_dir else ""
+        return ImgclsError(f"{exc} {where}{hint}")
 
     def _batch_generator(self, epoch: int, index: int) -> torch.Generator:
         """Batch `index`'s random draws (augmentation, mixup): one stream per rank and batch, so a
@@ -390,16 +394,22 @@ class Trainer:
 class WorkerDied(ImgclsError):
     """A DataLoader worker decoding the training images exited (killed, out of memory, crashed)."""
 
+    @classmethod
+    def from_loader(cls, exc: Exception, while_waiting: bool = False) -> WorkerDied:
+        died = cls("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
+                   + "; killed for memory? try fewer workers or a smaller --batch-size)")
+        died.while_waiting = while_waiting
+        return died
+
 
 def _watched(batches):
-    """The batches of a DataLoader, with a worker's death turned into WorkerDied (one clear line)."""
+    """The batches of a DataLoader; a worker's death noticed while waiting for one is WorkerDied."""
     try:
         yield from batches
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise
-        raise WorkerDied("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
-                         + "; killed for memory? try fewer workers or a smaller --batch-size)") from None
+        raise WorkerDied.from_loader(exc, while_waiting=True) from None
 
 
 class EpochTotals:
@@ -423,11 +433,6 @@ class EpochTotals:
         self.base = [self.base[0] + mine[0], self.base[1] + int(mine[1]), self.base[2] + int(mine[2])]
         self.mine = [0.0, 0, 0]
         return list(self.base)
-
-    def copy(self) -> EpochTotals:
-        twin = EpochTotals(self.base)
-        twin.mine = list(self.mine)
-        return twin
 
 
 def derived_seed(*parts: int) -> int:
