@@ -262,3 +262,22 @@ def test_timm_pretrained_weights_from_a_file_or_a_clear_error(tmp_path, monkeypa
     torch.testing.assert_close(net.normalize.mean.flatten(), torch.tensor(source.pretrained_cfg["mean"]))
     with pytest.raises(ImgclsError, match="--weights FILE"):
         create_model("timm:resnet10t", pretrained=True).fit(images, labels)
+
+
+def test_compile_on_trains_the_same_network(digits, tmp_path, monkeypatch):
+    # The real backend (inductor) needs a minute of C++ compiling on a CPU; aot_eager traces the
+    # same graph (dynamo + AOTAutograd) without it. bench/stream.py times inductor itself.
+    real_compile = torch.compile
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or
+                        real_compile(model, backend="aot_eager"))
+    images, labels = digits.train.images, digits.train.labels
+    runs = {c: create_model("mlp", hidden="32", epochs=2, batch_size=64, bf16="off", compile=c, lr=0.1)
+            .fit(digits.train, run_dir=tmp_path / c) for c in ("off", "on")}
+    assert len(compiled) == 1
+    np.testing.assert_allclose([r["train_loss"] for r in runs["on"].history_],
+                               [r["train_loss"] for r in runs["off"].history_], rtol=1e-4)
+    saved = load_model(runs["on"].save(tmp_path / "compiled.safetensors"))     # plain names, no _orig_mod
+    np.testing.assert_allclose(saved.predict_proba(images[:8]), runs["off"].predict_proba(images[:8]), atol=1e-4)
+    with pytest.raises(ImgclsError, match="compile must be on or off"):
+        create_model("mlp", compile="yes").fit(images, labels)

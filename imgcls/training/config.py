@@ -39,6 +39,7 @@ class TrainingConfig:
     monitor: str = "auto"            # auto: val_accuracy, or val_mAP for multi-label data; or val_loss
     channels_last: str = "auto"      # auto, on, off
     bf16: str = "auto"               # auto, on, off
+    compile: str = "off"             # on: torch.compile the network (pays off on long GPU runs)
     device: str = "auto"
     seed: int = 0
 
@@ -54,6 +55,7 @@ class TrainingConfig:
              f"unknown device {self.device!r}; valid: {', '.join(DEVICES)} or cuda:N")
         for name in ("channels_last", "bf16"):
             need(getattr(self, name) in ("auto", "on", "off"), f"{name} must be auto, on or off")
+        need(self.compile in ("on", "off"), "compile must be on or off")
         need(self.epochs >= 1 and self.batch_size >= 1 and self.accumulate >= 1,
              "epochs, batch_size and accumulate must be at least 1")
         need(self.checkpoint_every >= 0, "checkpoint_every must be 0 (off) or a number of steps")

@@ -278,6 +278,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if self.cfg.compile == "on":      # the training forward only; evaluation runs the plain network
+            self.model = torch.compile(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.batches_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
@@ -367,7 +369,7 @@ class Trainer:
                               f"data, this data is {self.task.kind}; use a new --out")
         before = {**meta["config"], "monitor": monitored(meta["config"].get("monitor", "auto"), self.task)}
         now = {**asdict(self.cfg), "monitor": self.monitor}   # a checkpoint from before "auto" resumes too
-        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device", "checkpoint_every")}
+        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device", "checkpoint_every", "compile")}
         if changed:
             raise ImgclsError(f"{self.run_dir}: the checkpoint was trained with other settings "
                               f"({', '.join(sorted(changed))}); use a new --out or the same settings")
