@@ -266,7 +266,7 @@ def test_timm_pretrained_weights_from_a_file_or_a_clear_error(tmp_path, monkeypa
 
 def test_compile_on_trains_the_same_network(digits, tmp_path, monkeypatch):
     # The real backend (inductor) needs a minute of C++ compiling on a CPU; aot_eager traces the
-    # same graph (dynamo + AOTAutograd) without it. bench/stream.py times inductor itself.
+    # same graph (dynamo + AOTAutograd) without it.
     real_compile = torch.compile
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or
