@@ -4,8 +4,9 @@ A command module imports nothing heavy at module level; its handler imports the 
 """
 
 from imgcls.commands import (compare, data, doctor, evaluate, export, index, lr_find, models, predict, search, serve,
-                             train, tune)
+                             show, train, tune)
 
 # In the order `imgcls --help` lists them.
-COMMANDS = (train, tune, lr_find, evaluate, predict, export, data, serve, compare, index, search, doctor, models)
+COMMANDS = (train, tune, lr_find, evaluate, predict, export, data, show, serve, compare, index, search, doctor,
+            models)
 

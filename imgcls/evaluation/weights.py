@@ -40,7 +40,7 @@ def plot_weight_images(weights: np.ndarray, path: str | Path, title: str, labels
     cols = min(len(shown), 16 if max(map(len, labels)) <= 4 else 10)   # class names need wider cells
     rows = -(-len(shown) // cols)
     cell = 1.0 if cols > 10 else 1.3
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell + 0.6), squeeze=False, dpi=100)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.25) + 0.6), squeeze=False, dpi=100)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, shown, labels):

@@ -155,6 +155,13 @@ class Classifier:
         """The named layers' outputs (float32) for a batch of images; networks only."""
         raise ImgclsError(f"{self.model_name} is not a neural network: it has no layers or feature maps")
 
+    def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions in data, images, targets) of training batch `index` of epoch `epoch`, exactly as
+        fit would train on them (augmented, mixed), without training; for models trained on batches
+        by imgcls's trainer."""
+        raise ImgclsError(f"{self.model_name} is not trained on augmented batches (only neural networks are)")
+
     # -- what each classifier implements ----------------------------------------------------
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **fit_options) -> None:
         raise NotImplementedError

@@ -148,6 +148,14 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.net_, self.history_ = net.cpu().eval(), state.history
         self.train_state_ = state
 
+    def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from imgcls.training.trainer import Trainer
+        self.check()
+        self.check_can_learn(data.task)
+        # The batch's order, gathering and augmentation depend on the settings, not on the network's weights.
+        return Trainer(nn.Identity(), self.training_config()).preview_batch(data, epoch, index)
+
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return with_tta(lambda x: self.task_.activation(self.logits(x)), images, self.tta)
 
