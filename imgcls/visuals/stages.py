@@ -106,6 +106,10 @@ def top_images(model, data: ImageDataset, layer: str, k: int = 8, batch_size: in
     the k images with the largest response (see RESPONSE) and the running mean. Memory: one batch,
     and k positions and responses per unit."""
     layer = check_layer(model, layer)
+    expected = (model.preprocessing_.channels, *model.preprocessing_.size)
+    if tuple(data.images.shape[1:]) != expected:
+        raise ImgclsError(f"the images are {'x'.join(map(str, data.images.shape[1:]))} (channels x height x width); "
+                          f"{model.model_name} takes {'x'.join(map(str, expected))}")
     total = best_values = best_positions = None
     for start in range(0, len(data), batch_size):
         fmap = model.feature_maps(data.images[start:start + batch_size], [layer])[layer]
