@@ -327,6 +327,16 @@ def test_show_batch_of_a_model_without_batches_is_a_one_line_error(tmp_path, cap
     assert "there is no batch 999" in one_line_error(capsys)
 
 
+def test_transfer_models_show_batches_only_when_they_fine_tune(digits):
+    with pytest.raises(ImgclsError, match="only mode finetune trains on augmented batches"):
+        create_model("transfer:efficientnet_lite0").preview_training_batch(digits.train)
+    finetune = create_model("transfer:efficientnet_lite0", mode="finetune", augment="flip", batch_size=8)
+    positions, x, y = finetune.preview_training_batch(digits.train)
+    plain = create_model("cnn", augment="flip", batch_size=8, opt="adamw", lr=1e-3, epochs=3)
+    expected = plain.preview_training_batch(digits.train)    # the same settings where the batch is concerned
+    assert torch.equal(positions, expected[0]) and torch.equal(x, expected[1]) and torch.equal(y, expected[2])
+
+
 def test_show_batch_on_arrays_matches_preview_of_a_fresh_trainer(digits, tmp_path):
     model = create_model("cnn", augment="crop=1,flip", batch_size=10, seed=1)
     numbers = show_batch(model, digits, tmp_path, index=2)

@@ -329,6 +329,9 @@ def outputs_of(net: nn.Module, modules: list[nn.Module], x: torch.Tensor, names:
     finally:
         for handle in handles:
             handle.remove()
+    missed = [name for name in names if name not in outputs]
+    if missed:
+        raise ImgclsError(f"layer {missed[0]!r} is not reached by a forward pass of this network")
     return {name: outputs[name] for name in names}
 
 
