@@ -1,4 +1,4 @@
-"""The `imgcls` command line: train, eval, predict, export, tune, compare, serve, index, search, data info, models.
+"""The `imgcls` command line: train, eval, predict, export, tune, compare, serve, index, search, data info, show, models.
 
 Flags are read here and only here, turned into typed config, and handed to the library. Each command
 lives in its own module under `imgcls.commands`; this module builds the top-level parser, asks each

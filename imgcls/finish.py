@@ -16,6 +16,7 @@ from pathlib import Path
 from imgcls.data.dataset import DatasetSplits, SkippedFile
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
+from imgcls.evaluation.weights import model_figures
 from imgcls.models.artifact import save_model
 from imgcls.progress import console, stdout
 from imgcls.task import TASKS
@@ -81,6 +82,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     if count > 1:
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
                       f"(see {out / LOG_FILE})")
+    figures = {**(figures or {}), **model_figures(model, out)}       # filters or templates, where it has them
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count})

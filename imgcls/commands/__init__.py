@@ -4,9 +4,9 @@ A command module imports nothing heavy at module level; its handler imports the 
 """
 
 from imgcls.commands import (compare, data, doctor, evaluate, export, index, lr_find, models, predict, search, serve,
-                             shards, train, tune)
+                             shards, show, train, tune)
 
 # In the order `imgcls --help` lists them.
-COMMANDS = (train, tune, lr_find, evaluate, predict, export, data, shards, serve, compare, index, search, doctor,
+COMMANDS = (train, tune, lr_find, evaluate, predict, export, data, shards, show, serve, compare, index, search, doctor,
             models)
 

@@ -134,6 +134,34 @@ class Classifier:
             raise ImgclsError(f"{path} holds a {model.model_name} model, not {cls.model_name}")
         return model
 
+    # -- what a model shows of itself (reports and `imgcls show` draw these) ------------------
+    def first_layer_filters(self) -> np.ndarray | None:
+        """The first layer's weights as images, float32 (filters, channels, height, width): a
+        network's first convolution kernels, or the rows of a first fully connected layer on the
+        pixels reshaped to the input image. None where the model has no such layer."""
+        return None
+
+    def templates(self) -> np.ndarray | None:
+        """A linear model's class templates, float32 (classes, channels, height, width): row c of W
+        in f(x) = Wx + b, reshaped to the input image. None for other models."""
+        return None
+
+    def feature_stages(self) -> list[str]:
+        """A network's stages, earliest first: the names of the modules whose outputs are its
+        feature maps at each resolution. Empty for models without feature maps."""
+        return []
+
+    def feature_maps(self, images: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """The named layers' outputs (float32) for a batch of images; networks only."""
+        raise ImgclsError(f"{self.model_name} is not a neural network: it has no layers or feature maps")
+
+    def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions in data, images, targets) of training batch `index` of epoch `epoch`, exactly as
+        fit would train on them (augmented, mixed), without training; for models trained on batches
+        by imgcls's trainer."""
+        raise ImgclsError(f"{self.model_name} is not trained on augmented batches (only neural networks are)")
+
     # -- what each classifier implements ----------------------------------------------------
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **fit_options) -> None:
         raise NotImplementedError
@@ -163,9 +191,12 @@ class Classifier:
     def is_fitted(self) -> bool:
         return hasattr(self, "class_names_")
 
-    def _images(self, X) -> torch.Tensor:
+    def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise ImgclsError(f"this {self.model_name} model is not fitted yet; call fit() first")
+
+    def _images(self, X) -> torch.Tensor:
+        self._check_fitted()
         images = X.images if isinstance(X, ImageDataset) else as_image_tensor(X)
         expected = (self.preprocessing_.channels, *self.preprocessing_.size)
         if tuple(images.shape[1:]) != expected:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from imgcls.data.dataset import ImageDataset
@@ -121,6 +122,12 @@ class LinearClassifier(Classifier):
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return self.task_.activation(self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_)
+
+    def templates(self) -> np.ndarray:
+        """W's rows as images (classes, channels, height, width): the weight of each pixel for each class."""
+        self._check_fitted()
+        return self.weight_.reshape(len(self.weight_), self.preprocessing_.channels,
+                                    *self.preprocessing_.size).float().numpy()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight_, "bias": self.bias_, "mean": self.mean_}

@@ -148,6 +148,14 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.net_, self.history_ = net.cpu().eval(), state.history
         self.train_state_ = state
 
+    def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from imgcls.training.trainer import Trainer
+        self.check()
+        self.check_can_learn(data.task)
+        # The batch's order, gathering and augmentation depend on the settings, not on the network's weights.
+        return Trainer(nn.Identity(), self.training_config()).preview_batch(data, epoch, index)
+
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return with_tta(lambda x: self.task_.activation(self.logits(x)), images, self.tta)
 
@@ -171,6 +179,37 @@ class NeuralClassifier(Classifier, TrainingConfig):
         images = self._images(X)
         return self.run_network(images, forward=self.net_.embed).numpy()
 
+    def first_layer_filters(self) -> np.ndarray | None:
+        self._check_fitted()
+        shape = self.input_shape
+        return _numpy(networks.layer_images(networks.first_layer(self.net_, shape), shape))
+
+    def feature_stages(self) -> list[str]:
+        """The network's stages, earliest first: names of the modules whose outputs are its feature
+        maps at each resolution (see networks.feature_stages); empty for networks without maps."""
+        self._check_fitted()
+        return networks.feature_stages(self.net_, self.input_shape)
+
+    @torch.no_grad()
+    def feature_maps(self, images: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """Float32 outputs (on the CPU) of the named modules (stages, or any module of the network)
+        for a batch of 0..255 images, uint8 or float, in float32 on the model's device; the forward
+        pass stops once every one has been reached."""
+        self._check_fitted()
+        modules = dict(self.net_.named_modules())
+        unknown = [name for name in layers if name not in modules or not name]
+        if unknown:
+            raise ImgclsError(f"{self.model_name} has no layer {unknown[0]!r}; its stages: "
+                              f"{', '.join(self.feature_stages()) or '(none: no feature maps)'}")
+        device = resolve_device(self.device)
+        net = self.net_.to(device).eval()
+        return networks.outputs_of(net, [modules[name] for name in layers], images.to(device), layers)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the fitted network takes."""
+        return (self.preprocessing_.channels, *self.preprocessing_.size)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.net_.state_dict().items()}
 
@@ -184,6 +223,10 @@ class NeuralClassifier(Classifier, TrainingConfig):
     def parameter_count(self) -> int | None:
         net = getattr(self, "net_", None)
         return sum(p.numel() for p in net.parameters()) if net is not None else None
+
+
+def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.cpu().numpy()
 
 
 def _network_class(name: str, builder, description: str) -> type:

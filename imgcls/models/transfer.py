@@ -115,6 +115,12 @@ class TransferClassifier(NeuralClassifier):
     def network_options(self) -> dict:
         return {}
 
+    def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0):
+        if self.mode != "finetune":
+            raise ImgclsError(f"mode {self.mode} embeds the training images as they are, in one pass; only "
+                              "mode finetune trains on augmented batches")
+        return super().preview_training_batch(data, epoch, index)
+
     def input_preprocessing(self) -> Preprocessing:
         """The backbone's evaluation decode at the side it is fed: RGB, the centre crop covering
         side / (side + 32) of the image, bicubic (EfficientNet-Lite's; 224 px: 0.875)."""

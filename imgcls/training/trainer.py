@@ -97,22 +97,21 @@ class Trainer:
 
     def _train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         epoch, cfg, state = self.state.epoch, self.cfg, self.state
-        order = self._epoch_order(labels, generator(cfg.seed, epoch)).to(self.device)
-        batches = self.batch_count(len(order))
+        all_positions = self.epoch_batches(labels, epoch)
+        batches, samples = len(all_positions), sum(len(p) for p in all_positions)
         self.net.train()
         self._totals = EpochTotals(state.epoch_totals if state.batches_done else [0.0, 0, 0])
         self._boundary = state.batches_done          # where the last optimiser step left the epoch
         # Each rank gathers (and decodes, and augments) only its own share of every batch.
-        shares = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size][self.rank::self.world]
-                  for i in range(state.batches_done, batches)]
+        shares = [batch[self.rank::self.world] for batch in all_positions[state.batches_done:]]
         try:
             for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, shares),
                                                                    start=state.batches_done):
                 torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-                x, y = self.training_batch(images_in, labels_in, self._batch_generator(epoch, index))
+                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
                 first = index - index % cfg.accumulate                 # the group of batches this one is in
                 last = min(first + cfg.accumulate, batches) - 1
-                group_samples = min((last + 1) * cfg.batch_size, len(order)) - first * cfg.batch_size
+                group_samples = min((last + 1) * cfg.batch_size, samples) - first * cfg.batch_size
                 loss, right = self.step(x, y, self._lr(), update=index == last,
                                         share=len(batch) * self.world / group_samples)
                 self._totals.add(loss * len(y), right, len(y))
@@ -146,7 +145,7 @@ class Trainer:
         hint = "; run the same command with --resume to continue from its last checkpoint" if self.run_dir else ""
         return ImgclsError(f"{exc} {where}{hint}")
 
-    def _batch_generator(self, epoch: int, index: int) -> torch.Generator:
+    def batch_generator(self, epoch: int, index: int) -> torch.Generator:
         """Batch `index`'s random draws (augmentation, mixup): one stream per rank and batch, so a
         rank augments its own share only and a resumed run replays the same draws."""
         if self.world == 1:
@@ -304,6 +303,31 @@ class Trainer:
         """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
         x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
+
+    def epoch_batches(self, labels: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+        """Epoch `epoch`'s batches as positions in the training data: its order (drawn from a
+        generator seeded with (seed, epoch)) cut into batch_size pieces, a last scrap too small to
+        shard left out."""
+        order = self._epoch_order(labels, generator(self.cfg.seed, epoch)).to(self.device)
+        size = self.cfg.batch_size
+        return [order[i * size:(i + 1) * size] for i in range(self.batch_count(len(order)))]
+
+    def preview_batch(self, train: ImageDataset, epoch: int = 0, index: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions, augmented images, targets) of batch `index` of epoch `epoch`, as `fit` would
+        train on them, without training: the same order, gathering, generator and augmentation
+        (`imgcls show batch` draws its grid from here), as one process trains."""
+        self.task, self.num_classes = train.task, train.num_classes     # what setup learns from the data
+        self._names = train.names("train") if train.streamed else None
+        batches = self.epoch_batches(train.labels.to(self.device), epoch)
+        if not 0 <= index < len(batches):
+            raise ImgclsError(f"epoch {epoch} has {len(batches)} batch(es) of {self.cfg.batch_size}; "
+                              f"there is no batch {index}")
+        images = train.images.to(self.device) if isinstance(train.images, torch.Tensor) else train.images
+        positions, images_in, labels_in = next(self._gathered(images, train.labels.to(self.device),
+                                                              [batches[index]]))
+        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+        return positions, x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The epoch's sample order: a shuffle, or with balance=sampler as many draws with replacement,
