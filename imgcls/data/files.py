@@ -25,7 +25,7 @@ import numpy as np
 
 from imgcls.data.dataset import ImageDataset, SkippedFile, check_classes, relative_name
 from imgcls.data.images import Preprocessing, UnreadableImage, decode_many, probe_image
-from imgcls.data.stream import ImageFiles
+from imgcls.data.stream import ImageFiles, image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console, progress_bar
 
@@ -122,11 +122,14 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
                       strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
                       multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None,
-                      cache: str | None = None) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
+                      cache: str | None = None, verify: bool = False
+                      ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
     """Probe every file, choose one preprocessing for all of them (unless given), then decode them
     into memory, or (mode stream, or auto when they would not fit memory_budget) leave them in
     their files to be streamed. check: refuse class sets no classifier can learn from (fewer than
-    2, or empty)."""
+    2, or empty). verify: streamed files are decoded once (a batch at a time, then dropped), so
+    that those whose header reads but whose pixels do not (truncated files) are skipped here, as
+    decoding into memory skips them."""
     everything = [p for fl in lists.values() for p in fl.paths]
     if not everything:
         raise ImgclsError(f"{root}: no image files found")
@@ -142,6 +145,10 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
     prep = preprocessing or choose_preprocessing(list(probes.values()), size, channels, resize)
     streamed = choose_data_mode(mode, len(probes) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
+    if streamed and verify:
+        for path, reason in undecodable(list(probes), prep):
+            skipped.append(SkippedFile(relative_name(path, root), reason))
+            del probes[path]
     datasets = {}
     for split, fl in lists.items():
         readable = [i for i, p in enumerate(fl.paths) if p in probes]
@@ -160,6 +167,12 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         if split in datasets and check:
             check_classes(class_names, datasets[split].labels.numpy(), str(root))
     return datasets, skipped, prep
+
+
+def undecodable(paths: list[Path], prep: Preprocessing) -> list[tuple[Path, str]]:
+    """(path, reason) of the files that do not decode, read through image_batches (bounded memory)."""
+    failed = [f for _, _, bad in image_batches(ImageFiles(paths, prep), 256, "checking images") for f in bad]
+    return [(paths[i], reason) for i, reason in failed]
 
 
 def choose_data_mode(mode: str, decoded_bytes: int, budget: int | None) -> bool:
