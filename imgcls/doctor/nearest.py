@@ -25,9 +25,9 @@ class Rows:
     """Vectors of one width appended a batch at a time: in memory, or (with a folder) in a file
     there, read back a block at a time."""
 
-    def __init__(self, folder: Path | None = None, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, folder: Path | None = None, block_bytes: int | None = None):
         self.path = Path(folder) / "rows.bin" if folder is not None else None
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or BLOCK_BYTES
         self._parts: list[torch.Tensor] = []
         self._count, self._width, self._dtype = 0, None, None
 
@@ -93,7 +93,7 @@ def nearest_among(rows: Rows | torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 def _merge(d1: torch.Tensor, i1: torch.Tensor, d2: torch.Tensor, i2: torch.Tensor, k: int):
     """The k smallest of two answers by (distance, index), as one search over both would order them."""
     d, i = torch.cat([d1, d2], 1), torch.cat([i1, i2], 1)
-    by_index = i.argsort(1, stable=True)
+    by_index = i.argsort(dim=1, stable=True)
     d, i = d.gather(1, by_index), i.gather(1, by_index)
-    by_distance = d.argsort(1, stable=True)[:, :k]
+    by_distance = d.argsort(dim=1, stable=True)[:, :k]
     return d.gather(1, by_distance), i.gather(1, by_distance)
