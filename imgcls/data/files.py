@@ -32,6 +32,7 @@ from imgcls.progress import console, progress_bar
 SPLIT_NAMES = ("train", "val", "test")
 DATA_MODES = ("auto", "memory", "stream")
 MAX_AUTO_SIDE = 64
+VERIFY_BATCH = 256      # files decoded at a time by the verify pass over streamed files
 
 
 @dataclass
@@ -171,7 +172,7 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
 
 def undecodable(paths: list[Path], prep: Preprocessing) -> list[tuple[Path, str]]:
     """(path, reason) of the files that do not decode, read through image_batches (bounded memory)."""
-    failed = [f for _, _, bad in image_batches(ImageFiles(paths, prep), 256, "checking images") for f in bad]
+    failed = [f for _, _, bad in image_batches(ImageFiles(paths, prep), VERIFY_BATCH, "checking images") for f in bad]
     return [(paths[i], reason) for i, reason in failed]
 
 
