@@ -168,8 +168,11 @@ def _candidates(engine: str, prepare):
 
 
 def _prepare_int8(reference: torch.Tensor):
-    centred = (reference.to(torch.int16) - 128).to(torch.int8)
-    half_norms = centred.to(torch.float32).square().sum(1) / 2
+    centred = torch.bitwise_xor(reference, 128).view(torch.int8)     # x - 128, without an int16 copy
+    # Exact norms, a few rows at a time: float32 copies of photos' rows would take 8 times the rows.
+    rows = max(1, _RERANK_BYTES // (8 * max(centred.shape[1], 1)))
+    half_norms = torch.cat([block.to(torch.int64).square().sum(1) for block in centred.split(rows)]
+                           ).to(torch.float32) / 2
     packed = torch.ops.onednn.qlinear_prepack(centred, [_CHUNK, centred.shape[1]])
     return packed, -half_norms, torch.ones(len(centred)), torch.zeros(len(centred), dtype=torch.long)
 
