@@ -46,7 +46,7 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
     extra = {}
     if splits.val is not None and len(splits.val):
-        val_eval, _ = evaluate_model(model, splits.val)
+        val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
             extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     figures = {}
@@ -67,7 +67,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     report's keys join report.json beside the evaluation's own (a tuner's table, say).
     """
     out = Path(out)
-    evaluation, predict_seconds = evaluate_model(model, splits.test)      # the one look at the test split
+    evaluation, predict_seconds = evaluate_model(model, splits.test, splits.skipped)   # the one look at test
     count = record_test_evaluation(out, name, command)
     extra = dict(extra_metrics or {})
     model.metrics_ = {**evaluation.headline(), **extra, "evaluated_on": f"{splits.name} test"}

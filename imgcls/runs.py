@@ -99,7 +99,7 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     part = getattr(splits, split)
     if part is None:
         raise ImgclsError(f"{data} has no {split} split")
-    evaluation, predict_seconds = evaluate_model(model, part)
+    evaluation, predict_seconds = evaluate_model(model, part, splits.skipped)
     info = RunInfo(title=f"{model.model_name} on {splits.name}", model=model.model_name, params=model.get_params(),
                    dataset=splits.name, split=split, sizes=splits.summary(),
                    timings={"predict_seconds": predict_seconds},

@@ -122,3 +122,15 @@ def test_predict_refuses_images_of_another_shape():
     model = create_model("knn").fit(ImageDataset.from_arrays(x, y))
     with pytest.raises(ImgclsError, match="shape"):
         model.predict(np.zeros((2, 1, 9, 9), dtype=np.uint8))
+
+
+def test_the_exact_rerank_a_few_queries_at_a_time_gives_the_brute_force_answer(monkeypatch):
+    """Photos have 150,528 values each: the re-rank's differences are sliced to stay small."""
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.randint(0, 256, (300, 500), dtype=torch.uint8, generator=gen)
+    queries = torch.randint(0, 256, (50, 500), dtype=torch.uint8, generator=gen)
+    monkeypatch.setattr(distance, "_RERANK_BYTES", 1)        # one query at a time
+    dist, idx = distance.CandidateSearch(reference, "l2", distance.float_l2_candidates).search(queries, 7)
+    brute = torch.cdist(queries.double(), reference.double())
+    assert torch.equal(idx, brute.argsort(dim=1, stable=True)[:, :7])
+    torch.testing.assert_close(dist, brute.gather(1, idx))

@@ -354,7 +354,7 @@ def test_an_index_of_unreadable_files_is_a_clear_error(tmp_path, capsys, digits)
     (tmp_path / "bad" / "x" / "a.png").write_bytes(b"nope")
     assert main(["index", str(tmp_path / "bad"), "--features", str(tmp_path / "net"), "--out",
                  str(tmp_path / "i")]) == 2
-    assert "none of its files is a readable image" in capsys.readouterr().err
+    assert "none of the 1 files is a readable image" in capsys.readouterr().err    # the loader's own error
 
 
 def test_adding_copies_the_callers_images(digits):

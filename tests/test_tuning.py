@@ -61,9 +61,9 @@ def test_tune_cli_evaluates_test_once_and_writes_results(tmp_path, monkeypatch, 
     evaluated, searched = [], []
     real_evaluate, real_search = finish.evaluate_model, knn_cv.ExactSearch
 
-    def spy_evaluate(model, data):
+    def spy_evaluate(model, data, *skipped):
         evaluated.append(data)
-        return real_evaluate(model, data)
+        return real_evaluate(model, data, *skipped)
 
     class SpySearch(real_search):
         def search(self, queries, k, progress=None):

@@ -35,9 +35,18 @@ def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
                            help="how differently sized images reach --image-size (default: crop)"),
         group.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them"),
         group.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 coarse superclasses"),
+        *add_stream_flags(parser, group),
+    ]
+
+
+def add_stream_flags(parser: argparse.ArgumentParser, group=None) -> list[argparse.Action]:
+    """Whether image files are decoded into memory or streamed from disk; returns the flags added."""
+    group = group or parser.add_argument_group("data")
+    return [
         group.add_argument("--data-mode", choices=["auto", "memory", "stream"], default="auto",
-                           help="image files: decode all into memory, or stream them from disk while training; "
-                                "auto: memory when the decoded images fit --memory-budget (default: auto)"),
+                           help="image files: decode all into memory, or stream them from disk a few batches "
+                                "at a time; auto: memory when the decoded images fit --memory-budget "
+                                "(default: auto)"),
         group.add_argument("--memory-budget", type=_gigabytes, default=None, metavar="GB",
                            help="decoded size up to which --data-mode auto keeps images in memory "
                                 "(default: a quarter of this machine's RAM)"),
@@ -61,8 +70,13 @@ def data_options(args) -> "DataOptions":
     from imgcls.data.load import DataOptions
     return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
                        size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
-                       coarse=args.coarse, data_mode=getattr(args, "data_mode", "auto"),
-                       memory_budget=getattr(args, "memory_budget", None), cache=getattr(args, "cache", None))
+                       coarse=args.coarse, **stream_options(args))
+
+
+def stream_options(args) -> dict:
+    """The DataOptions fields of add_stream_flags' flags (their defaults where a command lacks them)."""
+    return dict(data_mode=getattr(args, "data_mode", "auto"), memory_budget=getattr(args, "memory_budget", None),
+                cache=getattr(args, "cache", None))
 
 
 def model_fields() -> dict[str, tuple[type, list[str]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgcls.commands.common import add_command
+from imgcls.commands.common import add_command, add_stream_flags, stream_options
 from imgcls.errors import ImgclsError
 
 NAME = "export"
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="output file (default: beside the model, e.g. <run>/model.onnx, model.int8.onnx, "
                              "model.torchscript; ./<name>.onnx for a pretrained name)")
+    add_stream_flags(parser)      # how --calibrate's images are read; only the drawn ones are decoded when streamed
     parser.set_defaults(handler=handle)
     return parser
 
@@ -53,7 +54,8 @@ def handle(args) -> int:
     calibration = None
     if args.calibrate:
         prep = model.preprocessing_
-        splits = load_dataset(args.calibrate, DataOptions(preprocessing=prep, val_fraction=0))   # as the model decodes
+        splits = load_dataset(args.calibrate, DataOptions(preprocessing=prep, val_fraction=0,   # as the model decodes
+                                                          **stream_options(args)))
         calibration = splits.train
     out = Path(args.out) if args.out else _export_path(args.model, args.format, args.int8)
     path = export_model(model, out, args.format, int8=args.int8, calibration=calibration,

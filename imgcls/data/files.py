@@ -25,13 +25,14 @@ import numpy as np
 
 from imgcls.data.dataset import ImageDataset, SkippedFile, check_classes, relative_name
 from imgcls.data.images import Preprocessing, UnreadableImage, decode_many, probe_image
-from imgcls.data.stream import ImageFiles
+from imgcls.data.stream import ImageFiles, image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console, progress_bar
 
 SPLIT_NAMES = ("train", "val", "test")
 DATA_MODES = ("auto", "memory", "stream")
 MAX_AUTO_SIDE = 64
+VERIFY_BATCH = 256      # files decoded at a time by the verify pass over streamed files
 
 
 @dataclass
@@ -123,13 +124,16 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
                       strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
                       multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None,
-                      cache: str | None = None, probes: list[tuple[int, int, bool]] | None = None
+                      cache: str | None = None, probes: list[tuple[int, int, bool]] | None = None,
+                      verify: bool = False
                       ) -> tuple[dict[str, ImageDataset], list[SkippedFile], Preprocessing]:
     """Probe every file, choose one preprocessing for all of them (unless given), then decode them
     into memory, or (mode stream, or auto when they would not fit memory_budget) leave them in
     their files to be streamed. check: refuse class sets no classifier can learn from (fewer than
     2, or empty). probes: every file's (height, width, grayscale) where known without opening
-    them (a shards manifest records them); every file then counts as readable."""
+    them (a shards manifest records them); every file then counts as readable. verify: streamed
+    files are decoded once (a batch at a time, then dropped), so that those whose header reads
+    but whose pixels do not (truncated files) are skipped here, as decoding into memory skips them."""
     everything = [p for fl in lists.values() for p in fl.paths]
     if not everything:
         raise ImgclsError(f"{root}: no image files found")
@@ -139,6 +143,10 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
     prep = preprocessing or choose_preprocessing(probes or list(readable.values()), size, channels, resize)
     streamed = choose_data_mode(mode, len(readable) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
+    if streamed and verify:
+        for path, reason in undecodable(list(readable), prep):
+            skipped.append(SkippedFile(relative_name(path, root), reason))
+            del readable[path]
     datasets = {}
     for split, fl in lists.items():
         rows = [i for i, p in enumerate(fl.paths) if p in readable]
@@ -171,6 +179,12 @@ def _probe_files(paths: list[Path], root: Path) -> tuple[dict[Path, tuple[int, i
                 skipped.append(SkippedFile(relative_name(path, root), str(exc)))
             advance()
     return probes, skipped
+
+
+def undecodable(paths: list[Path], prep: Preprocessing) -> list[tuple[Path, str]]:
+    """(path, reason) of the files that do not decode, read through image_batches (bounded memory)."""
+    failed = [f for _, _, bad in image_batches(ImageFiles(paths, prep), VERIFY_BATCH, "checking images") for f in bad]
+    return [(paths[i], reason) for i, reason in failed]
 
 
 def choose_data_mode(mode: str, decoded_bytes: int, budget: int | None) -> bool:

@@ -52,6 +52,8 @@ class DataOptions:
     data_mode: str = "auto"        # image files: memory | stream | auto (memory when they fit memory_budget)
     memory_budget: int | None = None   # bytes of decoded images auto keeps in memory; None: a quarter of RAM
     cache: str | None = None       # streamed images: a folder to keep decoded rows in, for later epochs and runs
+    verify: bool = False           # streamed images: decode each file once while loading, so one that does not
+                                   # decode is skipped before splitting, as in memory (the doctor's same splits)
 
     def decoding_as(self, expected: Preprocessing | None) -> DataOptions:
         """These options with image files decoded as a model expects (expected: its size, crop and
@@ -188,7 +190,7 @@ def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> 
 def _file_options(options: DataOptions) -> dict:
     return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict,
                 preprocessing=options.preprocessing, check=not options.any_classes, mode=options.data_mode,
-                memory_budget=options.memory_budget, cache=options.cache)
+                memory_budget=options.memory_budget, cache=options.cache, verify=options.verify)
 
 
 def _load_files(path: Path, options: DataOptions) -> DatasetSplits:

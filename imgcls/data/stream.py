@@ -10,6 +10,10 @@ a few batches ahead of the trainer, so memory stays bounded by the batches in fl
 that can no longer be read (corrupted or deleted after listing) comes back as a row of zeros
 with its flag off, and the trainer skips it; a worker never dies of a bad file.
 
+Everything else that reads a whole split (eval, predict over a folder, index, doctor, export's
+calibration) goes through `image_batches(images, batch_size)`: the same workers for streamed
+images, plain slices for images in memory, one loop for both, with a progress bar in images/s.
+
 With a cache folder (`--cache DIR`), every decoded row is also written to a memory-mapped file
 there, once, so later epochs and later runs read rows instead of decoding files. Each row keeps
 its file's size and modification time; a file changed since is decoded again, never served stale.
@@ -31,8 +35,10 @@ import torch
 
 from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, decode_image, decode_many
 from imgcls.errors import ImgclsError
+from imgcls.progress import progress_bar
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+PREFETCH = 2          # batches each DataLoader worker decodes ahead of the reader
 
 
 class ImageFiles:
@@ -88,36 +94,49 @@ class ImageFiles:
 
     def decode(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (n, C, H, W) uint8, ok (n,) bool): rows that failed to decode are zeros, not ok."""
+        images, ok, _ = self.decode_reporting(positions)
+        return images, ok
+
+    def decode_reporting(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+        """decode, and why each row that is not ok failed: {row: reason}, the reason a file skipped
+        while loading into memory would get ("truncated or corrupt image", ...)."""
         images = np.zeros((len(positions), *self.shape[1:]), np.uint8)
         ok = np.zeros(len(positions), bool)
+        reasons: dict[int, str] = {}
         stamps = [file_stamp(self.files[i]) for i in positions] if self.cache is not None else None
         if self.cache is not None:
             ok[:] = self.cache.read(positions, stamps, images)
         todo = np.flatnonzero(~ok)
         if len(todo) > 16:
-            decoded, good, _ = decode_many([self.files[positions[row]] for row in todo], self.prep)
+            decoded, good, bad = decode_many([self.files[positions[row]] for row in todo], self.prep)
             images[todo[good]] = decoded
             ok[todo[good]] = True
+            failed = np.delete(todo, good)          # decode_many lists its failures in order
+            reasons.update({int(row): reason for row, (_, reason) in zip(failed, bad)})
         else:
             for row in todo:
                 try:
                     images[row] = decode_image(self.files[positions[row]], self.prep)
                     ok[row] = True
-                except UnreadableImage:
-                    pass
+                except UnreadableImage as exc:
+                    reasons[int(row)] = str(exc)
         if self.cache is not None:
             self.cache.write([positions[row] for row in todo if ok[row]], images[todo[ok[todo]]],
                              [stamps[row] for row in todo if ok[row]])
         tensor = torch.from_numpy(images)
-        return (tensor.flip(3) if self.flipped else tensor), torch.from_numpy(ok)
+        return (tensor.flip(3) if self.flipped else tensor), torch.from_numpy(ok), reasons
 
     def batches(self, index_batches: Sequence[torch.Tensor], workers: int | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, ok) for each batch of positions, decoded in `workers` processes, two batches ahead each."""
-        workers = self.workers if workers is None else workers
-        loader = torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(index_batches),
-                                             num_workers=workers, prefetch_factor=2 if workers else None)
-        yield from loader
+        for images, ok, _ in self._loader(index_batches, self.workers if workers is None else workers):
+            yield images, ok
+
+    def _loader(self, index_batches: Sequence, workers: int) -> torch.utils.data.DataLoader:
+        """(images, ok, reasons) per batch of positions, in order; workers processes decode, each at
+        most PREFETCH batches ahead, so at most workers x PREFETCH batches are decoded and unread."""
+        return torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(index_batches),
+                                           num_workers=workers, prefetch_factor=PREFETCH if workers else None)
 
     def decoded_bytes(self) -> int:
         return int(np.prod(self.shape))
@@ -192,6 +211,32 @@ def file_stamp(path: Path | ImageSource) -> tuple[int, int]:
     return (stat.st_size, stat.st_mtime_ns)
 
 
+def image_batches(images: torch.Tensor | ImageFiles, batch_size: int, description: str | None = None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
+    """Every row of images, batch_size rows at a time, in order: (positions (n,) int64 of the rows
+    that decoded, their uint8 images (n, C, H, W), [(position, reason)] of the rows that did not).
+
+    The one way commands read a whole split: in-memory images are sliced; streamed ones are decoded
+    by DataLoader worker processes a few batches ahead of the reader, so memory holds the batches in
+    flight (at most workers x PREFETCH + 1), never the split, and a file that no longer decodes is
+    reported with its reason instead of stopping the run. With a description, a progress bar
+    counts the images and shows images/s (when there is more than one batch)."""
+    starts = range(0, len(images), batch_size)
+    with progress_bar(len(images) if description and len(starts) > 1 else 0, description or "", unit="images") as advance:
+        if isinstance(images, torch.Tensor):
+            for start in starts:
+                batch = images[start:start + batch_size]
+                yield torch.arange(start, start + len(batch)), batch, []
+                advance(len(batch))
+            return
+        positions = [torch.arange(start, min(start + batch_size, len(images))) for start in starts]
+        # One batch gains nothing from other processes; more are decoded by at most one worker each.
+        workers = min(images.workers, len(positions)) if len(positions) > 1 else 0
+        for rows, (decoded, ok, reasons) in zip(positions, images._loader(positions, workers)):
+            yield rows[ok], decoded[ok], [(int(rows[row]), reason) for row, reason in sorted(reasons.items())]
+            advance(len(rows))
+
+
 def readable_sample(images: torch.Tensor | ImageFiles, count: int) -> torch.Tensor:
     """Up to `count` images spread evenly over images (all of them if fewer), leaving out any
     streamed file that no longer decodes: for statistics and timing, never for results."""
@@ -209,10 +254,10 @@ class _BatchDecoder(torch.utils.data.Dataset):
     def __init__(self, files: ImageFiles):
         self.files = files
 
-    def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
         positions = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
         torch.set_num_threads(1)
-        return self.files.decode(positions)
+        return self.files.decode_reporting(positions)
 
     def __len__(self) -> int:
         return len(self.files)

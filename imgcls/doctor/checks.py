@@ -18,20 +18,23 @@ import io
 import json
 import math
 import shutil
+import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.dataset import DatasetSplits, relative_name, require_single_label
+from imgcls.data.dataset import DatasetSplits, SkippedFile, relative_name, require_single_label
 from imgcls.data.files import SPLIT_NAMES
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
+from imgcls.data.stream import ImageFiles, image_batches
+from imgcls.doctor.nearest import Rows, nearest_among
 from imgcls.errors import ImgclsError
-from imgcls.models.distance import ExactSearch
 from imgcls.progress import progress_bar
 from imgcls.similarity.features import load_features
 
@@ -43,6 +46,7 @@ FILE_CHECKS = ("corrupt", "mismatch")
 # (half under 0.015), while a random image's nearest of 2,000 others is at 0.037 or more.
 NEAR_DEFAULTS = {"l2": 0.03, "cosine": 0.02}
 _SAME_FORMAT = {"MPO": "JPEG"}   # camera JPEGs with several frames open as MPO
+READ_BATCH = 512                 # images hashed and embedded at a time (a network runs 512 at a time too)
 
 
 @dataclass
@@ -177,7 +181,7 @@ class DoctorReport:
     mismatched: list[FileIssue] = field(default_factory=list)
     files: list[FileRecord] | None = None       # None: not a dataset of files
     source_splits: tuple[str, ...] = ()         # the splits a file source names itself
-    images: torch.Tensor | None = field(default=None, repr=False)   # all splits, rows as ImageRef.row
+    images: torch.Tensor | ImageFiles | None = field(default=None, repr=False)   # all splits, rows as ImageRef.row
     split_problem: str = ""                     # why the splits training would draw could not be drawn
 
     @property
@@ -261,8 +265,9 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
              options: DoctorOptions | None = None) -> DoctorReport:
     """Load the dataset as training would and run every check; unreadable files are findings, never fatal."""
     options = options or DoctorOptions()
-    data_options = replace(data_options or DataOptions(), strict=False, any_classes=True,
-                           data_mode="memory")   # the checks read every image at once
+    # verify: streamed files are decoded once while loading, so a file that does not decode is
+    # skipped before the splits are drawn, as loading into memory skips it: the same splits either way.
+    data_options = replace(data_options or DataOptions(), strict=False, any_classes=True, verify=True)
     files = None if isinstance(source, DatasetSplits) else dataset_files(source, flat_ok=True, missing_ok=True)
     if files is not None:
         require_single_label(files.multi_label, str(source), "imgcls doctor")
@@ -275,9 +280,10 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
         except ImgclsError as exc:     # e.g. a class of 1 image cannot be split: report it, check the rest
             split_problem = f"cannot split as `imgcls train` would ({exc}); checked as one training set"
             splits = load_dataset(source, replace(data_options, val_fraction=0, test_fraction=0))
-    refs, images = decoded_images(splits)
+    refs, images = split_images(splits)
     records = scan_files(files, splits) if files else None
-    duplicates, near, scale, threshold = find_duplicates(refs, images, records, options)
+    duplicates, near, scale, threshold, failed = find_duplicates(refs, images, records, options)
+    splits.skipped += [SkippedFile(refs[row].name, reason) for row, reason in failed]
     report = DoctorReport(
         name=splits.name, source=splits.source or str(source), options=options, data_options=data_options,
         scale=scale, near=threshold, sizes=splits.summary(), image_shape=tuple(images.shape[1:]),
@@ -289,8 +295,9 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
     return report
 
 
-def decoded_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor]:
-    """Every split's images in one tensor (train, val, test), and a reference for each row."""
+def split_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor | ImageFiles]:
+    """Every split's images, one after another (train, val, test), and a reference for each row:
+    one tensor for images in memory; for streamed ones, their files (nothing is decoded here)."""
     refs, parts = [], []
     for split in splits.summary():
         part = getattr(splits, split)
@@ -298,7 +305,9 @@ def decoded_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor]
         for i, label in enumerate(part.labels.tolist()):
             refs.append(ImageRef(names[i], split, i, part.class_names[label], row=len(refs)))
         parts.append(part.images)
-    return refs, torch.cat(parts)
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return refs, torch.cat(parts)
+    return refs, reduce(ImageFiles.concat, parts)
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -354,19 +363,43 @@ def _mismatch(record: FileRecord) -> str | None:
 
 # -- duplicates and near-duplicates ---------------------------------------------------------------
 
-def identical_groups(images: torch.Tensor) -> list[list[int]]:
-    """Rows with identical uint8 pixels, as groups of two or more, each in row order."""
+def read_images(images: torch.Tensor | ImageFiles, features, vectors: Rows
+                ) -> tuple[list[bytes | None], list[int], list[tuple[int, str]]]:
+    """One pass over every image, READ_BATCH at a time through image_batches (streamed images are
+    decoded by DataLoader workers, so only the batches in flight are in memory): each row's pixel
+    digest (None: it no longer decodes), the rows whose pixels appear for the first time (the
+    distinct ones, in row order) with their feature vectors appended to vectors, and (row, reason)
+    for the rows that did not decode."""
+    digests: list[bytes | None] = [None] * len(images)
+    distinct, failed, seen = [], [], set()
+    for positions, batch, unreadable in image_batches(images, READ_BATCH, "reading images"):
+        failed += unreadable
+        first = []
+        for j, (row, pixels) in enumerate(zip(positions.tolist(), batch.reshape(len(batch), -1).numpy())):
+            digests[row] = digest = hashlib.blake2b(pixels.tobytes(), digest_size=16).digest()
+            if digest not in seen:
+                seen.add(digest)
+                first.append(j)
+        if first:
+            distinct += positions[first].tolist()
+            vectors.append(features.vectors(batch[first]))
+    return digests, distinct, failed
+
+
+def identical_groups(digests: list[bytes | None]) -> list[list[int]]:
+    """Rows with identical pixel digests (see read_images), as groups of two or more, each in row order."""
     rows = defaultdict(list)
-    for i, pixels in enumerate(images.reshape(len(images), -1).numpy()):
-        rows[hashlib.blake2b(pixels.tobytes(), digest_size=16).digest()].append(i)
+    for i, digest in enumerate(digests):
+        if digest is not None:
+            rows[digest].append(i)
     return [group for group in rows.values() if len(group) > 1]
 
 
-def near_pairs(vectors: torch.Tensor, max_l2: float, k: int) -> list[tuple[int, int, float]]:
+def near_pairs(vectors: torch.Tensor | Rows, max_l2: float, k: int) -> list[tuple[int, int, float]]:
     """Pairs (i < j, Euclidean distance) within max_l2 where j is among i's k nearest or i among j's."""
     if len(vectors) < 2:
         return []
-    distances, neighbours = ExactSearch(vectors, "l2").search(vectors, k + 1, progress=None)
+    distances, neighbours = nearest_among(vectors, k + 1)
     rows = torch.arange(len(vectors))[:, None].expand_as(neighbours)
     keep = (distances <= max_l2) & (neighbours != rows)
     pairs = {}
@@ -375,26 +408,30 @@ def near_pairs(vectors: torch.Tensor, max_l2: float, k: int) -> list[tuple[int, 
     return sorted((i, j, d) for (i, j), d in pairs.items())
 
 
-def find_duplicates(refs: list[ImageRef], images: torch.Tensor, records: list[FileRecord] | None,
-                    options: DoctorOptions) -> tuple[list[DuplicateGroup], list[NearPair], str, float]:
-    """Identical images, then near-duplicates among the distinct ones (so nothing counts twice)."""
-    groups = identical_groups(images)
+def find_duplicates(refs: list[ImageRef], images: torch.Tensor | ImageFiles, records: list[FileRecord] | None,
+                    options: DoctorOptions) -> tuple[list[DuplicateGroup], list[NearPair], str, float, list]:
+    """Identical images, then near-duplicates among the distinct ones (so nothing counts twice),
+    and (row, reason) for images that no longer decode. A streamed dataset's feature vectors wait
+    in a temporary file, searched a block at a time, so memory holds neither them nor the images."""
+    features = load_features(options.features)
+    with tempfile.TemporaryDirectory(prefix="imgcls-doctor-") as spill:
+        vectors = Rows(None if isinstance(images, torch.Tensor) else Path(spill))
+        digests, distinct, failed = read_images(images, features, vectors)
+        threshold = options.near if options.near is not None else NEAR_DEFAULTS[features.metric]
+        dim = int(np.prod(images.shape[1:]))
+        found = near_pairs(vectors, _l2_limit(threshold, features.metric, dim), options.neighbours)
+    groups = identical_groups(digests)
     sha = {r.name: r.sha256 for r in records} if records is not None else None
     duplicates = [DuplicateGroup([refs[i] for i in g], len({sha[refs[i].name] for i in g}) == 1 if sha else None)
                   for g in groups]
     members = {g[0]: g for g in groups}
-    distinct = sorted(set(range(len(images))) - {i for g in groups for i in g[1:]})
-    features = load_features(options.features)
-    threshold = options.near if options.near is not None else NEAR_DEFAULTS[features.metric]
-    dim = images[0].numel()
-    vectors = features.vectors(images[distinct])
     pairs = []
-    for i, j, l2 in near_pairs(vectors, _l2_limit(threshold, features.metric, dim), options.neighbours):
+    for i, j, l2 in found:
         a, b = distinct[i], distinct[j]
         for x, y in _one_pair_per_split_pair(members.get(a, [a]), members.get(b, [b]), refs):
             pairs.append(NearPair(refs[x], refs[y], _scaled(l2, features.metric, dim)))
     pairs.sort(key=lambda p: (p.distance, p.a.row, p.b.row))
-    return duplicates, pairs, _SCALES[features.metric], threshold
+    return duplicates, pairs, _SCALES[features.metric], threshold, failed
 
 
 _SCALES = {"l2": "RMS pixel difference on 0..1", "cosine": "cosine distance of the embeddings"}

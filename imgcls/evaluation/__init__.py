@@ -12,12 +12,14 @@ import time
 import numpy as np
 import torch
 
-from imgcls.data.dataset import ImageDataset
+from imgcls.data.dataset import ImageDataset, SkippedFile
+from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import metrics
 from imgcls.evaluation.metrics import Evaluation, confusion_matrix, top_k_accuracy
 from imgcls.evaluation.multilabel import MultiLabelEvaluation, evaluate_multilabel
 from imgcls.evaluation.report import RunInfo, print_report, write_report
+from imgcls.progress import console
 from imgcls.task import SingleLabel, Task, task_from_dict, task_of_labels
 
 
@@ -41,8 +43,19 @@ def evaluate(y_true, proba: np.ndarray, class_names: list[str], y_pred=None,
     return metrics.evaluate(y_true, proba, class_names, y_pred=y_pred)
 
 
-def evaluate_model(model, data: ImageDataset) -> tuple[Evaluation | MultiLabelEvaluation, float]:
-    """Evaluate a fitted classifier on a labelled dataset; also returns the prediction time in seconds."""
+# Rows a streamed split is predicted in: a multiple of the 512 a network runs at a time
+# (imgcls.runtime.predict_logits) and of an exported model's 64, so each forward pass sees the
+# same images as on the split in memory, and the probabilities come out identical.
+STREAM_BATCH = 512
+
+
+def evaluate_model(model, data: ImageDataset, skipped: list[SkippedFile] | None = None
+                   ) -> tuple[Evaluation | MultiLabelEvaluation, float]:
+    """Evaluate a fitted classifier on a labelled dataset; also returns the prediction time in seconds.
+
+    A streamed dataset is predicted batch by batch as DataLoader workers decode it (see
+    image_batches). A file that no longer decodes is left out and listed in skipped (a warning
+    where skipped is None); the evaluation's `rows` then says which of data's images it covers."""
     if len(data) == 0:
         raise ImgclsError("nothing to evaluate: the split is empty")
     # Models saved before tasks existed carry no task_; they are all single-label.
@@ -51,9 +64,34 @@ def evaluate_model(model, data: ImageDataset) -> tuple[Evaluation | MultiLabelEv
         raise ImgclsError(f"a {task.kind} model cannot be evaluated on {data.task.kind} data")
     data = align_classes(data, model.class_names_)
     start = time.perf_counter()
-    y_pred, proba = model.predict_with_proba(data)
+    if data.streamed:
+        rows, y_pred, proba = _predict_streamed(model, data, skipped)
+        labels = data.labels[rows]
+    else:
+        (y_pred, proba), rows, labels = model.predict_with_proba(data), None, data.labels
     seconds = time.perf_counter() - start
-    return evaluate(data.labels.numpy(), proba, model.class_names_, y_pred=y_pred, task=task), seconds
+    evaluation = evaluate(labels.numpy(), proba, model.class_names_, y_pred=y_pred, task=task)
+    evaluation.rows = rows.numpy() if rows is not None and len(rows) < len(data) else None
+    return evaluation, seconds
+
+
+def _predict_streamed(model, data: ImageDataset, skipped: list[SkippedFile] | None):
+    """(rows that decoded, their predictions, their probabilities), STREAM_BATCH images at a time."""
+    rows, preds, probas, failed = [], [], [], []
+    names = data.names("image")
+    for positions, images, unreadable in image_batches(data.images, STREAM_BATCH, "evaluating"):
+        failed += [SkippedFile(names[i], reason) for i, reason in unreadable]
+        if len(positions):
+            y_pred, proba = model.predict_with_proba(images)
+            rows.append(positions), preds.append(y_pred), probas.append(proba)
+    if failed and skipped is not None:
+        skipped += failed
+    elif failed:
+        console.print(f"[yellow]warning:[/] {len(failed)} file(s) no longer decode and were left out: "
+                      + ", ".join(f.path for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    if not rows:
+        raise ImgclsError("nothing to evaluate: none of the split's files decodes any more")
+    return torch.cat(rows), np.concatenate(preds), np.concatenate(probas)
 
 
 def align_classes(data: ImageDataset, class_names: list[str]) -> ImageDataset:

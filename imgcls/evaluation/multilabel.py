@@ -47,6 +47,7 @@ class MultiLabelEvaluation:
     y_true: np.ndarray | None = field(default=None, repr=False)
     y_pred: np.ndarray | None = field(default=None, repr=False)
     proba: np.ndarray | None = field(default=None, repr=False)
+    rows: np.ndarray | None = field(default=None, repr=False)   # the data's rows evaluated; None: all
 
     task: ClassVar[str] = MultiLabel.kind
 

@@ -108,6 +108,8 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if images is not None and ev.rows is not None:   # streamed files that stopped decoding were left out
+        images = images.subset(ev.rows)
     data = {**ev.to_dict(), **info.extra_metrics, "skipped_files": info.skipped_files,
             "model": info.model, "params": info.params, "dataset": info.dataset, "split": info.split,
             "sizes": info.sizes, "timings": info.timings, "imgcls_version": __version__,

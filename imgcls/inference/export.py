@@ -25,7 +25,9 @@ import torch
 
 from imgcls import __version__
 from imgcls.data.dataset import ImageDataset, as_image_tensor
+from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
+from imgcls.progress import console
 from imgcls.inference.onnx_model import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
 
@@ -35,6 +37,7 @@ TORCHSCRIPT_METADATA = "imgcls.json"
 # converter that cannot convert every operator (Pad, for the TensorFlow-style padded convolutions).
 DEFAULT_OPSET = 18
 CALIBRATION_IMAGES = 200
+CALIBRATION_BATCH = 64      # streamed calibration images decoded at a time
 
 
 def export_metadata(model) -> dict:
@@ -115,7 +118,9 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Te
 
 
 def calibration_subset(model, calibration, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """Up to `count` uint8 images from an ImageDataset or image array, checked against the model's input."""
+    """Up to `count` uint8 images from an ImageDataset or image array, checked against the model's input.
+    From a streamed dataset only the chosen files are decoded (by image_batches' workers); one that
+    no longer decodes is left out."""
     images = calibration.images if isinstance(calibration, ImageDataset) else as_image_tensor(calibration)
     prep = model.preprocessing_
     if tuple(images.shape[1:]) != (prep.channels, *prep.size):
@@ -125,8 +130,18 @@ def calibration_subset(model, calibration, count: int = CALIBRATION_IMAGES) -> t
         raise ImgclsError("int8 calibration needs at least one image")
     if len(images) > count:
         # A random subset: datasets are often ordered by class.
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]]
-    return images
+        chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
+        images = images[chosen] if isinstance(images, torch.Tensor) else images.subset(chosen)
+    if isinstance(images, torch.Tensor):
+        return images
+    batches = list(image_batches(images, CALIBRATION_BATCH, "decoding calibration images"))
+    unreadable = [reason for _, _, failed in batches for _, reason in failed]
+    if len(unreadable) == len(images):
+        raise ImgclsError(f"none of the {len(images)} calibration images drawn decodes any more ({unreadable[0]})")
+    if unreadable:
+        console.print(f"[yellow]warning:[/] {len(unreadable)} calibration image(s) no longer decode; "
+                      f"calibrating on the other {len(images) - len(unreadable)}", highlight=False)
+    return torch.cat([decoded for _, decoded, _ in batches])
 
 
 def check_exportable(model) -> None:

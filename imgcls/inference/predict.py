@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.images import decode_many, is_image_file
+from imgcls.data.images import is_image_file
+from imgcls.data.stream import ImageFiles, image_batches
 from imgcls.errors import ImgclsError
-from imgcls.progress import progress_bar
 from imgcls.task import Task
 
 DEFAULT_TOP_K = 5     # labels ranked per image by a single-label model unless k is given
@@ -89,15 +89,13 @@ def predictions(proba, class_names: list[str], task: Task, k: int | None = None,
 def predict_files(model, paths: list[Path], k: int | None = None, batch_size: int = 256
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions per readable file (k labels ranked, see ranked_k), and (path, reason) for files
-    that could not be read."""
+    that could not be read. The files are decoded batch_size at a time by DataLoader workers (as a
+    streamed dataset is), so a folder of any size needs the memory of a few batches."""
     found, failures = [], []
-    with progress_bar(len(paths) if len(paths) > 64 else 0, "predicting") as advance:
-        for start in range(0, len(paths), batch_size):
-            batch = paths[start:start + batch_size]
-            images, ok, bad = decode_many(batch, model.preprocessing_)
-            failures += [(str(p), reason) for p, reason in bad]
-            if ok:
-                found += predictions(model.predict_proba(images), model.class_names_, model.task_, k,
-                                     [str(batch[i]) for i in ok])
-            advance(len(batch))
+    files = ImageFiles(paths, model.preprocessing_)
+    for rows, images, unreadable in image_batches(files, batch_size, "predicting"):
+        failures += [(str(paths[i]), reason) for i, reason in unreadable]
+        if len(rows):
+            found += predictions(model.predict_proba(images), model.class_names_, model.task_, k,
+                                 [str(paths[i]) for i in rows.tolist()])
     return found, failures

@@ -34,6 +34,7 @@ _MARGIN = 8          # extra candidates kept for the exact re-rank
 _CHUNK = 1024        # queries per chunk: bounds memory at chunk x N float32 scores
 _KERNEL_CHUNK = 2048  # queries per kernel call (each call streams the reference once more)
 _RACE_REFERENCE, _RACE_QUERIES = 16384, 1024   # the sample the L2 engines race on (about 1 s in all)
+_RERANK_BYTES = 64 * 2**20   # differences of the exact re-rank held at once
 
 
 class ExactSearch:
@@ -142,8 +143,14 @@ class CandidateSearch:
 
     def _rerank(self, chunk: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         wide = torch.int64 if self.reference.dtype == torch.uint8 else torch.float64
-        diff = self.reference[candidates].to(wide) - chunk[:, None, :].to(wide)
-        dist = diff.abs().sum(-1) if self.metric == "l1" else diff.square().sum(-1)
+        # The differences are queries x candidates x features wide numbers: 23 GB for 1024 photos of
+        # 224 px, so a few queries at a time, within _RERANK_BYTES.
+        step = max(1, _RERANK_BYTES // (8 * candidates.shape[1] * max(chunk.shape[1], 1)))
+        parts = []
+        for start in range(0, len(chunk), step):
+            diff = self.reference[candidates[start:start + step]].to(wide) - chunk[start:start + step, None, :].to(wide)
+            parts.append(diff.abs().sum(-1) if self.metric == "l1" else diff.square().sum(-1))
+        dist = torch.cat(parts)
         # Sort by distance, then by index: candidates come sorted by index after this argsort pair.
         by_index = candidates.argsort(dim=1)
         candidates, dist = candidates.gather(1, by_index), dist.gather(1, by_index)
@@ -161,8 +168,11 @@ def _candidates(engine: str, prepare):
 
 
 def _prepare_int8(reference: torch.Tensor):
-    centred = (reference.to(torch.int16) - 128).to(torch.int8)
-    half_norms = centred.to(torch.float32).square().sum(1) / 2
+    centred = torch.bitwise_xor(reference, 128).view(torch.int8)     # x - 128, without an int16 copy
+    # Exact norms, a few rows at a time: float32 copies of photos' rows would take 8 times the rows.
+    rows = max(1, _RERANK_BYTES // (8 * max(centred.shape[1], 1)))
+    half_norms = torch.cat([block.to(torch.int64).square().sum(1) for block in centred.split(rows)]
+                           ).to(torch.float32) / 2
     packed = torch.ops.onednn.qlinear_prepack(centred, [_CHUNK, centred.shape[1]])
     return packed, -half_norms, torch.ones(len(centred)), torch.zeros(len(centred), dtype=torch.long)
 

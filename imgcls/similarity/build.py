@@ -13,15 +13,16 @@ from imgcls.data.dataset import DatasetSplits, ImageDataset, SkippedFile, relati
 from imgcls.data.files import report_skipped
 from imgcls.data.images import UnreadableImage, decode_image, decode_many
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
+from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
-from imgcls.progress import console, progress_bar
+from imgcls.progress import console
 from imgcls.similarity.features import load_features
 from imgcls.similarity.index import ImageIndex, index_path
 
 SPLITS = ("train", "val", "test")
 
 
-STREAM_CHUNK = 512      # files decoded and embedded at a time when the decoding is known up front
+STREAM_CHUNK = 512      # images decoded and embedded at a time (a network runs 512 at a time too)
 
 
 @dataclass
@@ -64,17 +65,16 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
                   options: DataOptions | None = None) -> Added:
     """Add the images of source's splits (default: all of them) to index, except those it holds.
 
-    Files whose decoding is known up front (a network's preprocessing, or the index's own) are
-    decoded and embedded a chunk at a time, so a large photo collection never sits in memory
-    at the network's size; otherwise (pixels, first build) the dataset is loaded as for training."""
+    The dataset is loaded as the data flags say (--data-mode, --memory-budget, --cache) and read
+    STREAM_CHUNK images at a time through image_batches: streamed, only the chunks in flight are
+    decoded, never a file the index already holds, and a file that no longer decodes is reported
+    and left out, as an unreadable file is when the images are loaded into memory."""
     options = decode_options(index, options)
     files = dataset_files(source, flat_ok=True)
     if files is not None:
         require_single_label(files.multi_label, str(source), "a similarity index")
-    if files is not None and options.preprocessing is not None:
-        return _index_files(index, files, splits, options)
     data = load_dataset(source, options).require_single_label("a similarity index")
-    held, added, skipped = set(index.items_), 0, 0
+    held, added, skipped, unreadable = set(index.items_), 0, 0, []
     for split in _chosen(splits, [s for s in SPLITS if getattr(data, s) is not None and len(getattr(data, s))],
                          source):
         part = getattr(data, split)
@@ -82,33 +82,16 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
         fresh = _fresh(names, held)
         skipped += len(names) - len(fresh)
         part, names = part.subset(fresh), [names[i] for i in fresh]
-        with progress_bar(len(part) if index.features != "pixels" else 0, f"embedding {split}") as advance:
-            index.add(part, names, split, progress=advance, preprocessing=data.preprocessing)
-        added += len(part)
-    return Added(data.name, added, skipped)
-
-
-def _index_files(index: ImageIndex, files: DatasetFiles, splits: list[str] | None, options: DataOptions) -> Added:
-    lists = {("train" if split == "all" else split): fl for split, fl in files.lists.items()}
-    held, added, skipped, unreadable = set(index.items_), 0, 0, []
-    for split in _chosen(splits, list(lists), str(files.root)):
-        names = file_names(files, lists[split].paths)
-        fresh = _fresh(names, held)
-        skipped += len(names) - len(fresh)
-        todo = [(names[i], lists[split].paths[i], lists[split].labels[i]) for i in fresh]
-        with progress_bar(len(todo), f"embedding {split}") as advance:
-            for start in range(0, len(todo), STREAM_CHUNK):
-                chunk = todo[start:start + STREAM_CHUNK]
-                images, ok, bad = decode_many([path for _, path, _ in chunk], options.preprocessing)
-                unreadable += [SkippedFile(relative_name(path, files.root), reason) for path, reason in bad]
-                part = ImageDataset(images, [chunk[i][2] for i in ok], files.classes)
-                index.add(part, [chunk[i][0] for i in ok], split, preprocessing=options.preprocessing)
-                added += len(ok)
-                advance(len(chunk))
+        shown = part.names(split)
+        for rows, images, failed in image_batches(part.images, STREAM_CHUNK, f"indexing {split}"):
+            unreadable += [SkippedFile(shown[i], reason) for i, reason in failed]
+            chunk = ImageDataset(images, part.labels[rows], part.class_names)
+            index.add(chunk, [names[i] for i in rows.tolist()], split, preprocessing=data.preprocessing)
+            added += len(rows)
     report_skipped(unreadable, options.strict)
     if not len(index):
-        raise ImgclsError(f"{files.root}: none of its files is a readable image")
-    return Added(files.root.name, added, skipped)
+        raise ImgclsError(f"{source}: none of its files is a readable image")
+    return Added(data.name, added, skipped)
 
 
 def _fresh(names: list[str], held: set[str]) -> list[int]:
@@ -144,7 +127,7 @@ def decode_options(index: ImageIndex, options: DataOptions | None) -> DataOption
     carved out of a source's splits: a folder of class folders stays whole (as "train"), and a
     dataset's images keep their numbers (fashion-mnist/train/0 is its first training image).
     Labels are optional: one class or a flat folder of images is fine."""
-    return replace(options or DataOptions(), val_fraction=0, test_fraction=0, any_classes=True, data_mode="memory",
+    return replace(options or DataOptions(), val_fraction=0, test_fraction=0, any_classes=True,
                    preprocessing=index.preprocessing_ or index.featurizer.preprocessing)
 
 
