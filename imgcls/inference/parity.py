@@ -30,8 +30,8 @@ class Parity:
 
     def summary(self) -> str:
         agreed = round(self.agreement * self.images)
-        return (f"parity with the original (PyTorch, fp32) on {self.source}: top-1 agreement {self.agreement:.1%} ({agreed}/{self.images}), "
-                f"max |Δp| {self.max_abs_diff:.2e}")
+        return (f"parity with the original (PyTorch, fp32) on {self.source}: "
+                f"top-1 agreement {self.agreement:.1%} ({agreed}/{self.images}), max |Δp| {self.max_abs_diff:.2e}")
 
     def to_dict(self) -> dict:
         return {"images": self.images, "source": self.source, "top1_agreement": self.agreement,

@@ -30,8 +30,9 @@ def resolve_model(spec: str | None):
     if suffix == ".xml":
         return OpenVinoClassifier.load(path)
     if suffix == ".torchscript":
-        raise ImgclsError(f"{spec}: TorchScript files are not loaded (TorchScript is deprecated in torch 2.14, and "
-                          "imgcls no longer exports it); export the original model to ONNX instead: imgcls export MODEL")
+        raise ImgclsError(f"{spec}: TorchScript files are not loaded (TorchScript is deprecated in torch 2.14, "
+                          "and imgcls no longer exports it); export the original model to ONNX instead: "
+                          "imgcls export MODEL")
     if path.exists():
         return load_model(path)
     raise ImgclsError(f"{spec}: neither a saved model (file or run folder) nor a pretrained model "
