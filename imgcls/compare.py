@@ -27,6 +27,7 @@ from imgcls.finish import fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.task import SingleLabel, Task
+from imgcls.training.tracking import check_available, tracking
 
 # The figures a leaderboard shows besides the headline, by task, and how every figure is shown:
 # (terminal column, HTML column, as a percentage).
@@ -38,9 +39,13 @@ _SHOWN = {"test_accuracy": ("test acc", "Test accuracy", True), "test_mAP": ("mA
 _ENV = Environment(loader=PackageLoader("imgcls", "evaluation/templates"), autoescape=select_autoescape())
 
 
-def compare(data: str, models: list[str], out: str | Path, options: DataOptions, params: dict[str, dict]) -> list[dict]:
+def compare(data: str, models: list[str], out: str | Path, options: DataOptions, params: dict[str, dict],
+            log: str | None = None) -> list[dict]:
     """Train and evaluate each model; returns the leaderboard rows, best first by the task's headline
-    figure (test accuracy, or test mAP for multi-label data)."""
+    figure (test accuracy, or test mAP for multi-label data). With log ("tensorboard" or "mlflow")
+    each model's run also goes to that tracker (MLflow: one store in out, one run per model)."""
+    if log:
+        check_available(log)
     built = {name: create_model(name, **params.get(name, {})) for name in models}   # bad names fail first
     # One decoding for all (identical splits): files are decoded by the flags, not by any one model.
     splits = load_dataset(data, options)
@@ -53,7 +58,8 @@ def compare(data: str, models: list[str], out: str | Path, options: DataOptions,
         console.print(f"[bold]{name}[/] ({len(rows) + 1}/{len(built)})")
         folder = out / name.replace(":", "-")
         config = {"data": data, "model": name, "params": model.get_params(), "data_options": asdict(options)}
-        result = fit_and_report(model, name, splits, folder, config, print_table=False)
+        with tracking(log, folder, config=config, experiment=splits.name, run_name=name, store=out) as tracker:
+            result = fit_and_report(model, name, splits, folder, config, print_table=False, tracker=tracker)
         rows.append(_row(name, model, result, len(splits.test), task))
     rank_rows(rows, task)
     (out / "leaderboard.json").write_text(json.dumps(rows, indent=2))

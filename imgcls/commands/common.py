@@ -129,3 +129,12 @@ def model_params(args) -> dict:
         raise ImgclsError(f"--{foreign[0].replace('_', '-')} does not apply to model {args.model!r} "
                           f"(its parameters: {', '.join(sorted(own - RUN_WIDE))})")
     return {**given, **({"seed": args.seed} if "seed" in own else {})}
+
+
+def add_log_flag(parser: argparse.ArgumentParser) -> argparse.Action:
+    """--log tensorboard|mlflow: an experiment tracker besides the run folder (optional extras)."""
+    return parser.add_argument(
+        "--log", choices=["tensorboard", "mlflow"], default=None,
+        help="also log the config, every epoch and the final report to TensorBoard (<out>/tensorboard) or "
+             "MLflow (MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db); "
+             "pip install 'imgcls[tensorboard]' or 'imgcls[mlflow]'")

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_flags, add_log_flag, data_options
 from imgcls.errors import ImgclsError
 
 NAME = "compare"
@@ -15,7 +15,8 @@ EXAMPLES = """examples:
   imgcls compare fashion-mnist --models knn,linear,mlp,cnn,transfer:efficientnet_lite0 --out runs/ladder
   imgcls compare digits --models knn,linear,mlp --epochs 5 --out runs/digits-ladder
   imgcls compare fashion-mnist --models knn,linear,mlp,cnn,transfer:efficientnet_lite0 \
-      --settings recipes/ladder.yaml --out runs/ladder     # per-model settings"""
+      --settings recipes/ladder.yaml --out runs/ladder     # per-model settings
+  imgcls compare digits --models linear,mlp --log mlflow --out runs/digits   # one MLflow run per model"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--settings", default=None, metavar="FILE",
                         help="YAML mapping each model name to its settings, e.g. "
                              "'transfer:efficientnet_lite0: {input_size: 96}' (see recipes/ladder.yaml)")
+    add_log_flag(parser)
     add_data_flags(parser)
     parser.set_defaults(handler=handle)
     return parser
@@ -45,7 +47,7 @@ def handle(args) -> int:
         own = {f.name for f in dataclasses.fields(model_class(name)) if f.init}
         shared = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if k in own and v is not None}
         params[name] = {**shared, **settings.get(name, {})}
-    compare(args.data, names, args.out, data_options(args), params)
+    compare(args.data, names, args.out, data_options(args), params, log=args.log)
     print(f"leaderboard: {Path(args.out) / 'compare.html'}")
     return 0
 

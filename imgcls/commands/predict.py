@@ -49,7 +49,8 @@ def handle(args) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ImgclsError("--top-k must be at least 1")
     inputs, spec = args.inputs, args.model
-    if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or inputs[0].lower().endswith(".onnx")):
+    exported = inputs[0].lower().endswith((".onnx", ".xml")) if inputs else False
+    if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or exported):
         spec, inputs = inputs[0], inputs[1:]
     model = resolve_model(spec)
     predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)

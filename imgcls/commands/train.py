@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, add_model_flags, data_options, model_params
+from imgcls.commands.common import (add_command, add_data_flags, add_log_flag, add_model_flags, data_options,
+                                   model_params)
 from imgcls.errors import ImgclsError
 
 NAME = "train"
@@ -20,6 +21,7 @@ EXAMPLES = """examples:
   imgcls train fashion-mnist --config recipe.yaml --out runs/recipe
   imgcls train fashion-mnist --model cnn --nproc 2 --out runs/ddp           # 2 processes (torchrun)
   imgcls train fashion-mnist --model linear --loss svm --epochs 20 --out runs/svm
+  imgcls train fashion-mnist --model cnn --log tensorboard --out runs/cnn   # then: tensorboard --logdir runs
   imgcls train photos/ --model knn --image-size 32 --strict --out runs/photos
   imgcls train labels.csv --model linear --out runs/csv"""
 
@@ -37,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in --out from its last checkpoint"),
         parser.add_argument("--nproc", type=int, default=1, help="train with N processes on this machine (torchrun)"),
+        add_log_flag(parser),
     ]
     settable += add_data_flags(parser)
     settable += add_model_flags(parser)
@@ -79,7 +82,7 @@ def handle(args) -> int:
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=model_params(args),
-                         out=args.out or f"runs/{args.model}", data_options=data_options(args))
+                         out=args.out or f"runs/{args.model}", data_options=data_options(args), log=args.log)
     result = train(config, resume=args.resume)
     if result is not None:
         print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")

@@ -1,23 +1,38 @@
-"""Neural classifiers exported for fast inference: ONNX (optionally int8) and TorchScript.
+"""Neural classifiers exported for fast inference: ONNX (optionally int8) and OpenVINO IR.
 
 The whole ImageNetwork is exported, normalisation included, so an exported file takes the same
 input as the PyTorch model: float32 images N x C x H x W with pixels in 0..255. It is
-self-describing: class names, preprocessing, model name and task (with a multi-label model's
-thresholds) travel inside it as JSON (ONNX: metadata_props["imgcls"]; TorchScript: the extra file
-imgcls.json), so prediction from an exported file never re-declares them. The network outputs
-logits; the task says which activation turns them into probabilities.
+self-describing: class names, preprocessing, model name, task (with a multi-label model's
+thresholds) and provenance travel inside it as JSON (ONNX: metadata_props["imgcls"]; OpenVINO:
+the model's rt_info["imgcls"]), so prediction from an exported file never re-declares them. The
+network outputs logits; the task says which activation turns them into probabilities.
+
+Provenance is what the weights really are: ImageNet-pretrained weights that imgcls converted and
+never trained carry no training settings (a pretrained model's hyperparameters are only the
+defaults it was built with); a model trained here carries the settings it was trained with and
+the split it was evaluated on. Where the model came from a file, its SHA-256 is recorded.
 
 int8 is ONNX Runtime's static post-training quantisation: QDQ format, int8 weights per output
 channel, uint8 activations whose ranges come from calibration images (MinMax). On x86 ONNX
 Runtime runs uint8 x int8 products with VNNI/AMX instructions, which is where the speed comes from.
+
+OpenVINO IR (model.xml + model.bin) is converted from the fp32 ONNX export by OpenVINO's ONNX
+frontend and kept in fp32 (OpenVINO would compress weights to fp16 by default).
+
+TorchScript export was removed: torch 2.14 deprecates TorchScript, and no imgcls command ever
+loaded the files it wrote. ONNX is the portable format (ONNX Runtime runs it from Python, C++,
+C#, Java, JavaScript and on mobile); torch.export is PyTorch's own successor.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import tempfile
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +46,11 @@ from imgcls.progress import console
 from imgcls.inference.onnx_model import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
 
-FORMATS = ("onnx", "torchscript")
-TORCHSCRIPT_METADATA = "imgcls.json"
+FORMATS = ("onnx", "openvino")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+TORCHSCRIPT_REMOVED = ("TorchScript export was removed (torch 2.14 deprecates TorchScript, and imgcls never loaded "
+                       "it); export to ONNX (--format onnx: ONNX Runtime from Python, C++, C#, Java or mobile) "
+                       "or OpenVINO IR (--format openvino)")
 # The torch.export-based exporter writes opset 18 natively; lower opsets go through a version
 # converter that cannot convert every operator (Pad, for the TensorFlow-style padded convolutions).
 DEFAULT_OPSET = 18
@@ -40,25 +58,75 @@ CALIBRATION_IMAGES = 200
 CALIBRATION_BATCH = 64      # streamed calibration images decoded at a time
 
 
-def export_metadata(model) -> dict:
-    """What an exported file carries about its model: enough to predict from it alone."""
+def export_metadata(model, source: str | Path | None = None) -> dict:
+    """What an exported file carries about its model: enough to predict from it alone, and where
+    its weights came from (source: the model file or pretrained name it was loaded from)."""
     task = model.task_
     version = FORMAT_VERSION if task.multi_label else SINGLE_LABEL_FORMAT_VERSION
+    origin = provenance(model, source)
+    params = model.get_params() if origin["weights"] == "trained" else prediction_params(model)
     return {"format": "imgcls-export", "format_version": version, "imgcls_version": __version__,
-            "model": model.model_name, "params": model.get_params(), "class_names": list(model.class_names_),
+            "model": model.model_name, "params": params, "class_names": list(model.class_names_),
             "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
-            "task": task.to_dict(), "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255",
-            "output": OUTPUT_NAME}
+            "task": task.to_dict(), "provenance": origin,
+            "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
+
+
+def is_pretrained(model) -> bool:
+    """Whether model holds converted pretrained weights that imgcls never trained: the pretrained
+    conversion records the weights' origin, and every run that trains records its test evaluation."""
+    metrics = getattr(model, "metrics_", None) or {}
+    return "weights" in metrics and "evaluated_on" not in metrics
+
+
+def provenance(model, source: str | Path | None = None) -> dict:
+    """Where the exported weights came from: pretrained (which weights) or trained with imgcls
+    (its training settings, and the split its metrics were measured on)."""
+    metrics = getattr(model, "metrics_", None) or {}
+    if is_pretrained(model):
+        origin = {"weights": "pretrained", "pretrained_weights": metrics["weights"],
+                  "trained_by_imgcls": False}
+    else:
+        origin = {"weights": "trained", "trained_by_imgcls": True, "training_params": model.get_params(),
+                  "evaluated_on": metrics.get("evaluated_on")}
+    if source is not None:
+        path = Path(source).expanduser()
+        path = path / "model.safetensors" if path.is_dir() else path
+        origin["source"] = str(source)
+        if path.is_file():
+            origin["source_sha256"] = _sha256(path)
+    origin["exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return origin
+
+
+def prediction_params(model) -> dict:
+    """The hyperparameters that shape predictions (the network's options, tta, threshold), without
+    the training settings: what a model that was never trained here honestly has."""
+    from imgcls.training.config import TrainingConfig
+    training = {f.name for f in dataclasses.fields(TrainingConfig)}
+    return {k: v for k, v in model.get_params().items() if k not in training}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = False, calibration=None,
-                 calibration_images: int = CALIBRATION_IMAGES, opset: int = DEFAULT_OPSET) -> Path:
-    """Write the network of a neural classifier to path (ONNX or TorchScript) and return path.
+                 calibration_images: int = CALIBRATION_IMAGES, opset: int = DEFAULT_OPSET,
+                 source: str | Path | None = None) -> Path:
+    """Write the network of a neural classifier to path (ONNX, or OpenVINO IR: path.xml beside
+    path.bin) and return path. source (the model file or pretrained name) goes into the provenance.
 
     int8=True (ONNX only) writes a statically quantised model instead of the fp32 one, calibrated
     on up to `calibration_images` of `calibration` (an ImageDataset or uint8 images N x C x H x W
     at the model's preprocessing size, chosen at random with a fixed seed).
     """
+    if format == "torchscript":
+        raise ImgclsError(TORCHSCRIPT_REMOVED)
     net = _network(model)
     if format not in FORMATS:
         raise ImgclsError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
@@ -70,14 +138,13 @@ def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     prep = model.preprocessing_
     example = torch.randint(0, 256, (2, prep.channels, *prep.size)).float()
-    if format == "torchscript":
-        return _export_torchscript(net, example, export_metadata(model), path)
-    if not int8:
-        return _export_onnx(net, example, export_metadata(model), path, opset)
-    images = calibration_subset(model, calibration, calibration_images)
+    metadata = export_metadata(model, source)
+    if format == "onnx" and not int8:
+        return _export_onnx(net, example, metadata, path, opset)
+    images = calibration_subset(model, calibration, calibration_images) if int8 else None
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = _export_onnx(net, example, export_metadata(model), Path(tmp) / "fp32.onnx", opset)
-        return quantize_onnx(fp32, path, images)
+        fp32 = _export_onnx(net, example, metadata, Path(tmp) / "fp32.onnx", opset)
+        return quantize_onnx(fp32, path, images) if int8 else _export_openvino(fp32, metadata, path)
 
 
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor | np.ndarray,
@@ -177,14 +244,15 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, metadata: dict, pa
     return path
 
 
-def _export_torchscript(net: torch.nn.Module, example: torch.Tensor, metadata: dict, path: Path) -> Path:
-    with warnings.catch_warnings(), torch.no_grad():
-        # Tracing fixes shape arithmetic (TensorFlow-style "same" padding) at the model's own input
-        # size, which is the only size it takes. torch 2.14 also marks TorchScript as deprecated
-        # (in favour of torch.export); the format is still what C++ and mobile runtimes load.
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+def _export_openvino(onnx_path: Path, metadata: dict, path: Path) -> Path:
+    """OpenVINO IR converted from the fp32 ONNX export (OpenVINO's ONNX frontend), weights kept fp32."""
+    from imgcls.inference.openvino_model import METADATA_RT_KEY, import_openvino
+    ov = import_openvino()
+    if path.suffix != ".xml":
+        raise ImgclsError(f"{path}: an OpenVINO IR export is written as NAME.xml (with NAME.bin beside it)")
+    converted = ov.convert_model(str(onnx_path))
+    converted.set_rt_info(json.dumps(metadata), [METADATA_RT_KEY])
+    ov.save_model(converted, str(path), compress_to_fp16=False)
     return path
 
 
@@ -201,12 +269,3 @@ def _set_onnx_metadata(proto, value: str) -> None:
             proto.metadata_props.remove(prop)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, value
-
-
-def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """A TorchScript export and its imgcls metadata."""
-    extra = {TORCHSCRIPT_METADATA: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return module, json.loads(extra[TORCHSCRIPT_METADATA])

@@ -1,4 +1,5 @@
-"""Small extras on the training loop: a live progress bar with an epoch table, history files, curves."""
+"""Small extras on the training loop: a live progress bar with an epoch table, history files, curves,
+and each epoch sent to an experiment tracker (TensorBoard, MLflow)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from imgcls.progress import console, progress_enabled
+from imgcls.training.tracking import Tracker
 from imgcls.training.trainer import Hook, Trainer
 
 _HEADINGS = {"train_loss": "loss", "train_accuracy": "acc", "val_loss": "val loss", "val_accuracy": "val acc",
@@ -85,6 +87,30 @@ class HistoryHook(Hook):
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         write_history(trainer.state.history, self.run_dir, trainer.task.multi_label)
+
+
+class TrackingHook(Hook):
+    """Each finished epoch's record, as history.json has it, to an experiment tracker."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.logged = 0          # the last epoch sent
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.logged = trainer.state.epoch       # a resumed run sent the epochs before this one
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self._send(record)
+
+    def catch_up(self, history: list[dict]) -> None:
+        """Send the epochs of a model that trains in its own loop, without the trainer's events (linear)."""
+        for record in history:
+            if record["epoch"] > self.logged:
+                self._send(record)
+
+    def _send(self, record: dict) -> None:
+        self.tracker.log_epoch(record)
+        self.logged = record["epoch"]
 
 
 def write_history(history: list[dict], run_dir: Path, multi_label: bool = False) -> dict[str, Path]:
