@@ -68,7 +68,7 @@ class ImageNetwork(nn.Module):
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class NeuralClassifier(Classifier, TrainingConfig):
     """Hyperparameters: the TrainingConfig fields, `tta`, and the network's own options.
 
@@ -168,7 +168,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
 
     def embed(self, X) -> np.ndarray:
         """Pre-logit features (N, num_features): the network's image embedding."""
-        images = self._images(X)
+        images = self._inputs(X)
         return self.run_network(images, forward=self.net_.embed).numpy()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -192,7 +192,8 @@ def _network_class(name: str, builder, description: str) -> type:
                 dataclasses.field(default=p.default))
                for p in inspect.signature(builder).parameters.values()
                if p.kind is p.KEYWORD_ONLY and p.name != "image_size"]
-    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,))
+    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,),
+                                     repr=False, eq=False)
     cls.builder, cls.description = staticmethod(builder), description
     return cls
 
