@@ -5,6 +5,7 @@ rule, and saved files of every format."""
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from imgcls.data import PixelRangeWarning
 from imgcls.errors import ImgclsError
 from imgcls.inference.resolve import resolve_model
-from imgcls.models import create_model, load_model
+from imgcls.models import create_model, list_models, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "before_sklearn"
 
@@ -48,7 +49,7 @@ def expected_failures(estimator) -> dict[str, str]:
 @parametrize_with_checks([create_model("knn"), create_model("linear")], expected_failed_checks=expected_failures)
 def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PixelRangeWarning)   # some checks fit small integers as 3-D arrays
+        warnings.simplefilter("error", PixelRangeWarning)    # the checks' 2-D arrays are feature vectors, not images
         check(estimator)
 
 
@@ -124,13 +125,35 @@ def test_clone_get_params_set_params_and_pipeline(digits_features):
 
     # The same pipeline and grid around imgcls's kNN and around scikit-learn's: the same scores.
     grid = [1, 4]
-    ours = GridSearchCV(make_pipeline(StandardScaler(), PCA(30, random_state=0), create_model("knn", weights="distance")),
+    ours = GridSearchCV(make_pipeline(StandardScaler(), PCA(30, random_state=0),
+                                      create_model("knn", weights="distance")),
                         {"knnclassifier__k": grid}, cv=3).fit(X, y)
     theirs = GridSearchCV(make_pipeline(StandardScaler(), PCA(30, random_state=0),
                                         KNeighborsClassifier(weights="distance", algorithm="brute")),
                           {"kneighborsclassifier__n_neighbors": grid}, cv=3).fit(X, y)
     np.testing.assert_array_equal(ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+
+
+@pytest.mark.parametrize("name", sorted(list_models()) + ["timm:resnet18", "transfer:efficientnet_lite0"])
+def test_every_classifier_clones_and_pickles(name):
+    model = create_model(name)
+    params = model.get_params(deep=True)
+    assert clone(model).get_params() == params and type(clone(model)) is type(model)
+    assert repr(model).startswith(type(model).__name__ + "(")
+    first = sorted(params)[0]
+    assert model.set_params(**{first: params[first]}) is model
+    again = pickle.loads(pickle.dumps(model))       # what joblib does for n_jobs > 1
+    assert again.get_params() == params and again.model_name == name
+
+
+def test_a_network_in_cross_validation_and_a_grid():
+    digits = load_digits()
+    images, y = np.round(digits.images * 255 / 16).astype(np.uint8), digits.target
+    mlp = create_model("mlp", hidden="32", epochs=3, batch_size=64, device="cpu", bf16="off")
+    assert cross_val_score(mlp, images, y, cv=3).mean() > 0.8
+    search = GridSearchCV(mlp, {"hidden": ["", "32"]}, cv=2).fit(images[:600], y[:600])
+    assert search.best_estimator_.hidden in ("", "32") and search.best_score_ > 0.7
 
 
 # -- labels, inputs and errors ---------------------------------------------------------------------

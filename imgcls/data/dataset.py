@@ -275,7 +275,9 @@ def _outside_imgcls() -> int:
     """The stacklevel of the first caller outside imgcls, so a warning names the user's own line."""
     package = str(Path(__file__).parents[1])
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(package) or frame.f_code.co_filename == "<string>"):
+    # "<string>": the __init__ that dataclasses generate, such as ImageDataset's
+    while frame is not None and (frame.f_code.co_filename.startswith(package) or
+                                 frame.f_code.co_filename == "<string>"):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -24,7 +24,7 @@ from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
 from imgcls.models import networks
 from imgcls.models.base import Classifier
-from imgcls.models.registry import register, register_prefix
+from imgcls.models.registry import model_class, register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
 from imgcls.training.config import TrainingConfig, monitored
 
@@ -180,10 +180,21 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.net_.load_state_dict(tensors)
         self.net_.eval()
 
+    def __reduce__(self):
+        # These classes are made from the registry (at import, or on first use for timm: and
+        # transfer: names), not module attributes, so pickle (joblib's n_jobs) finds them by name.
+        return _by_registry_name, (self.model_name,), self.__getstate__()
+
     @property
     def parameter_count(self) -> int | None:
         net = getattr(self, "net_", None)
         return sum(p.numel() for p in net.parameters()) if net is not None else None
+
+
+def _by_registry_name(name: str) -> NeuralClassifier:
+    """An empty instance of the registry's class `name`, for pickle to fill with its state."""
+    cls = model_class(name)
+    return cls.__new__(cls)
 
 
 def _network_class(name: str, builder, description: str) -> type:
