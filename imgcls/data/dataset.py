@@ -8,6 +8,8 @@ for a multi-label one (an image may carry any of the C labels, or none); see img
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 
 from imgcls.data.images import Preprocessing
 from imgcls.data.stream import ImageFiles
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, ImgclsValueError
 from imgcls.task import Task, task_of_labels
 
 
@@ -51,7 +53,7 @@ class ImageDataset:
             self.images = as_image_tensor(self.images)
         self.labels = as_label_tensor(self.labels, len(self.class_names))
         if len(self.images) != len(self.labels):
-            raise ImgclsError(f"{len(self.images)} images but {len(self.labels)} labels")
+            raise ImgclsValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
     @classmethod
     def from_arrays(cls, images, labels, class_names: list[str] | None = None) -> ImageDataset:
@@ -187,40 +189,97 @@ def as_label_tensor(labels, n_classes: int) -> torch.Tensor:
         array = array[:, 0]
     if array.ndim == 2:
         if array.shape[1] != n_classes:
-            raise ImgclsError(f"multi-hot labels have {array.shape[1]} columns for {n_classes} classes")
+            raise ImgclsValueError(f"multi-hot labels have {array.shape[1]} columns for {n_classes} classes")
         if array.size and not np.isin(array, (0, 1)).all():
-            raise ImgclsError("multi-hot labels must be 0 or 1")
+            raise ImgclsValueError("multi-hot labels must be 0 or 1")
         return torch.as_tensor(array.astype(np.uint8))
     if array.ndim > 2:
-        raise ImgclsError(f"labels must be class indices (N,) or multi-hot (N, classes); got shape {array.shape}")
+        raise ImgclsValueError(f"labels must be class indices (N,) or multi-hot (N, classes); got shape {array.shape}")
     if array.size and array.dtype.kind == "f" and not np.all(array == np.round(array)):
-        raise ImgclsError("class labels must be whole numbers")
+        raise ImgclsValueError("class labels must be whole numbers")
     tensor = torch.as_tensor(array.astype(np.int64)).reshape(-1)
     if len(tensor) and (tensor.min() < 0 or tensor.max() >= n_classes):
-        raise ImgclsError(f"labels must lie in 0..{n_classes - 1} for {n_classes} classes")
+        raise ImgclsValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} classes")
     return tensor
 
 
+class PixelRangeWarning(UserWarning):
+    """Images that the pixel rule (as_image_tensor) reads as very dark: most likely on another scale."""
+
+
+# The brightest value of a batch read below this (a quarter of 0..255) suggests data on another scale.
+DARK_LIMIT = 64
+
+
 def as_image_tensor(images) -> torch.Tensor:
-    """Images as a contiguous uint8 tensor (N, C, H, W), from (N, H, W), (N, C, H, W) or (N, H, W, C)."""
+    """Images as a contiguous uint8 tensor (N, C, H, W), from (N, H, W), (N, C, H, W) or (N, H, W, C).
+
+    The pixel rule, for images that are not uint8 already:
+
+    - floats whose largest value is at most 1 are intensities in [0, 1] (the convention of
+      torchvision's and scikit-image's float images) and are multiplied by 255;
+    - other floats, and integers, are 0..255 pixels;
+    - then values are rounded, and anything outside 0..255 (NaN and infinity included) is an
+      error: it is not a pixel.
+
+    A PixelRangeWarning says when the brightest value reads below 64 of 255: data on another scale
+    (scikit-learn's load_digits().images, floats 0..16) pass as very dark images. kNN and the
+    linear model do not mind (they standardise or compare), but decoded image files will be on
+    the 0..255 scale; and feature vectors (N, D) of any scale go to knn and linear as they are.
+    """
     if not isinstance(images, torch.Tensor):
         images = np.asarray(images)
         images = torch.from_numpy(images if images.flags.writeable and images.flags.c_contiguous
                                   else np.array(images, order="C"))
     t = images
     if t.dtype != torch.uint8:
-        if t.is_floating_point() and t.numel() and t.max() <= 1.0:
-            t = (t * 255).round()
-        t = t.clamp(0, 255).to(torch.uint8)
+        t = _pixels(t)
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4:
-        raise ImgclsError(f"images must have shape (N, H, W), (N, C, H, W) or (N, H, W, C); got {tuple(t.shape)}")
+        raise ImgclsValueError(f"images must have shape (N, H, W), (N, C, H, W) or (N, H, W, C); got {tuple(t.shape)}")
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
         t = t.permute(0, 3, 1, 2)
     if t.shape[1] not in (1, 3):
-        raise ImgclsError(f"images must have 1 or 3 channels; got shape {tuple(t.shape)}")
+        raise ImgclsValueError(f"images must have 1 or 3 channels; got shape {tuple(t.shape)}")
     return t.contiguous()
+
+
+def _pixels(values: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels from any other dtype, by the pixel rule (see as_image_tensor)."""
+    if values.is_complex():
+        raise ImgclsValueError("images must be real numbers (uint8 pixels, or floats or integers by the pixel rule)")
+    if not values.numel():
+        return values.to(torch.uint8)
+    t = values.double() if values.is_floating_point() else values.to(torch.int64)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ImgclsValueError("images contain NaN or infinite values")
+    low, high = t.min().item(), t.max().item()
+    unit = t.is_floating_point() and high <= 1
+    t = (t * 255).round() if unit else t.round() if t.is_floating_point() else t
+    if t.min() < 0 or t.max() > 255:
+        raise ImgclsValueError(f"image values range {low:g}..{high:g}: not pixels. The pixel rule reads floats "
+                               "up to 1 as intensities in [0, 1] and other values as 0..255 pixels; rescale "
+                               "them, or give knn or linear feature vectors (N, D) instead: X.reshape(len(X), -1)")
+    brightest = int(t.max())
+    if 0 < brightest < DARK_LIMIT:
+        scale = "intensities in [0, 1], times 255" if unit else "0..255 pixels"
+        warnings.warn(f"image values range {low:g}..{high:g}, read as {scale} by the pixel rule: the brightest "
+                      f"is {brightest} of 255. If they are on another scale, rescale them to [0, 1] or 0..255 "
+                      "(knn and linear also take feature vectors (N, D) of any scale)", PixelRangeWarning,
+                      stacklevel=_outside_imgcls())
+    return t.to(torch.uint8)
+
+
+def _outside_imgcls() -> int:
+    """The stacklevel of the first caller outside imgcls, so a warning names the user's own line."""
+    package = str(Path(__file__).parents[1])
+    frame, level = sys._getframe(1), 1
+    # "<string>": the __init__ that dataclasses generate, such as ImageDataset's
+    while frame is not None and (frame.f_code.co_filename.startswith(package) or
+                                 frame.f_code.co_filename == "<string>"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def relative_name(path: Path, root: Path) -> str:

@@ -69,7 +69,7 @@ class OnnxClassifier(Classifier):
                               "reads; upgrade imgcls")
         return cls(session, metadata, path)
 
-    def get_params(self) -> dict:
+    def get_params(self, deep: bool = True) -> dict:
         return dict(self.metadata_.get("params", {}))
 
     def fit(self, *args, **kwargs):

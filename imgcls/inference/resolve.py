@@ -34,6 +34,11 @@ def resolve_model(spec: str | None):
                           "and imgcls no longer exports it); export the original model to ONNX instead: "
                           "imgcls export MODEL")
     if path.exists():
-        return load_model(path)
+        model = load_model(path)
+        if not model.takes_images:
+            raise ImgclsError(f"{spec}: this model was fitted on feature vectors ({model.n_features_in_} values "
+                              "each), not images, so it cannot classify image files; use it from Python "
+                              "(imgcls.models.load_model) on vectors like the ones it learned from")
+        return model
     raise ImgclsError(f"{spec}: neither a saved model (file or run folder) nor a pretrained model "
                       f"({', '.join(PRETRAINED)})")

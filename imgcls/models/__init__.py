@@ -3,7 +3,7 @@
 from imgcls.models import knn as _knn, linear as _linear, neural as _neural  # noqa: F401  (registers the models)
 from imgcls.models import pretrained as _pretrained, transfer as _transfer  # noqa: F401,E402
 from imgcls.models.artifact import load_model, read_metadata, save_model
-from imgcls.models.base import Classifier
+from imgcls.models.base import Classifier, NotFittedError
 from imgcls.models.knn import KNNClassifier
 from imgcls.models.linear import LinearClassifier
 from imgcls.models.registry import create_model, list_models, register
@@ -22,5 +22,5 @@ def parameter_count(name: str, shape: tuple[int, int, int], num_classes: int) ->
 
 from imgcls.models.pretrained import pretrained_model  # noqa: E402
 
-__all__ = ["parameter_count", "pretrained_model", "Classifier", "KNNClassifier", "LinearClassifier", "create_model", "list_models", "load_model",
-           "read_metadata", "register", "save_model"]
+__all__ = ["parameter_count", "pretrained_model", "Classifier", "KNNClassifier", "LinearClassifier", "NotFittedError",
+           "create_model", "list_models", "load_model", "read_metadata", "register", "save_model"]

@@ -1,31 +1,40 @@
 """Self-describing saved models: one .safetensors file, tensors plus JSON metadata in its header.
 
 The metadata holds everything needed to rebuild the model without training code: the registry
-name and hyperparameters, class names, preprocessing, metrics and the imgcls version.
-Loading reads tensors and JSON only; nothing is ever unpickled.
+name and hyperparameters, class names and labels (classes_), what it takes (images and their
+preprocessing, or feature vectors), metrics and the imgcls version.
+Loading reads tensors and JSON only; nothing is ever unpickled. Files of every earlier format
+version load (tests/fixtures holds some).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from imgcls import __version__
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.task import task_from_dict
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "imgcls-model"
 # 2: the task (multi-label thresholds) and the threshold hyperparameter; version 1 files load as single-label.
-FORMAT_VERSION = 2
+# 3: classes_ (the labels predict returns), inputs (images, or feature vectors of n_features), a
+#    null preprocessing for feature models, and the linear model's standardisation; an older
+#    imgcls would misread these, so it refuses them. Files without them predict class indices
+#    of images, as they always did.
+FORMAT_VERSION = 3
 
 
 def save_model(model, path: str | Path) -> Path:
@@ -37,7 +46,9 @@ def save_model(model, path: str | Path) -> Path:
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
         "model": model.model_name, "params": model.get_params(),
-        "class_names": model.class_names_, "preprocessing": model.preprocessing_.to_dict(),
+        "class_names": model.class_names_, "classes": classes_to_json(model.classes_),
+        "inputs": _inputs_to_json(model),
+        "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
         "metrics": getattr(model, "metrics_", {}),
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -105,11 +116,28 @@ def load_model(path: str | Path):
     metadata = read_metadata(path)
     model = create_model(metadata["model"], **metadata["params"])
     model.class_names_ = list(metadata["class_names"])
-    model.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
+    model.classes_ = classes_from_json(metadata.get("classes"), len(model.class_names_))
+    inputs = metadata.get("inputs") or {"kind": "images"}      # absent before version 3: images
+    if inputs["kind"] == "features":
+        model.preprocessing_, model.n_features_in_ = None, int(inputs["n_features"])
+        if inputs.get("feature_names") is not None:
+            model.feature_names_in_ = np.array(inputs["feature_names"], dtype=object)
+    else:
+        model.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
+        model.n_features_in_ = model.preprocessing_.channels * math.prod(model.preprocessing_.size)
     model.metrics_ = metadata.get("metrics", {})
     model.task_ = task_from_dict(metadata.get("task"))     # absent before tasks existed: single-label
     model.load_state_tensors(load_file(str(path)))
     return model
+
+
+def _inputs_to_json(model) -> dict:
+    """What the model takes: images (decoded by its preprocessing), or feature vectors."""
+    if model.takes_images:
+        return {"kind": "images"}
+    names = getattr(model, "feature_names_in_", None)
+    return {"kind": "features", "n_features": int(model.n_features_in_),
+            "feature_names": None if names is None else [str(n) for n in names]}
 
 
 def update_metrics(path: str | Path, metrics: dict) -> None:

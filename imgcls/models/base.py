@@ -1,8 +1,13 @@
 """The classifier contract: fit / predict / predict_proba / score / save / load.
 
-Like scikit-learn: the constructor (a dataclass) only stores hyperparameters, `fit` returns
-self, and learned state ends in `_`. Inputs are ImageDatasets or image arrays/tensors of shape
-(N, C, H, W) or (N, H, W); labels are class indices, or a multi-hot matrix for multi-label data.
+Every classifier is a scikit-learn estimator (ClassifierMixin, BaseEstimator), so clone,
+get_params / set_params, Pipeline, cross_val_score and GridSearchCV take it: the constructor
+(a dataclass) only stores hyperparameters, `fit` returns self, and learned state ends in `_`
+(`classes_`, `n_features_in_`, `class_names_`, `preprocessing_`, `task_`). What X and y may be
+is imgcls.models.inputs': images (ImageDataset or arrays, read by the pixel rule), or for knn
+and linear also feature vectors (N, D); labels of any kind, `classes_` their sorted distinct
+values, which predict returns. Bad input raises ImgclsValueError (a ValueError), prediction
+before fit NotFittedError (scikit-learn's).
 
 The task (imgcls.task) is learned from the data: `task_` decides how probabilities are made and
 read. For multi-label data, `threshold` 0 (the default) chooses each label's threshold on the
@@ -12,31 +17,46 @@ every label. The thresholds are saved with the model.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import sklearn.exceptions
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
 
 from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.images import Preprocessing
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, ImgclsValueError
+from imgcls.models.inputs import TrainingData, holds_images, imgcls_errors, read_features, training_data
 from imgcls.task import MultiLabel, SingleLabel, Task, check_threshold, choose_thresholds
 
 
-@dataclass
-class Classifier:
+# What commands pass to every classifier's fit; the ones that train by gradient descent use them.
+FIT_OPTIONS = ("run_dir", "resume", "hooks")
+
+
+class NotFittedError(ImgclsError, sklearn.exceptions.NotFittedError):
+    """Prediction before fit: scikit-learn's NotFittedError, with a one-line imgcls message."""
+
+
+# repr=False, eq=False (here and in every subclass): scikit-learn's repr (the changed parameters)
+# and identity, as for its own estimators, instead of the dataclass's field-by-field versions.
+@dataclass(repr=False, eq=False)
+class Classifier(ClassifierMixin, BaseEstimator):
     model_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     learns_from_streams: ClassVar[bool] = False   # True: fit reads a streamed dataset batch by batch
+    takes_features: ClassVar[bool] = False        # True: X may also be feature vectors (N, D)
 
     # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
     threshold: float = field(default=0.0, kw_only=True)
 
-    # Learned state, set by fit() or load(): class_names_ (list[str]), preprocessing_
-    # (Preprocessing), metrics_ (dict), task_ (SingleLabel or MultiLabel with thresholds).
+    # Learned state, set by fit() or load(): classes_ (what predict returns), n_features_in_,
+    # class_names_ (list[str]), preprocessing_ (Preprocessing; None when fitted on feature
+    # vectors), metrics_ (dict), task_ (SingleLabel or MultiLabel with thresholds).
 
     def check(self) -> None:
         """Raise ImgclsError for an invalid hyperparameter. Called by create_model and fit."""
@@ -51,7 +71,7 @@ class Classifier:
         """Raise ImgclsError when this classifier, with these hyperparameters, cannot learn data of
         this task (fit calls it; so do commands, before they write anything)."""
         if self.threshold and not task.multi_label:
-            raise ImgclsError("threshold applies to multi-label data only; this dataset is single-label")
+            raise ImgclsValueError("threshold applies to multi-label data only; this dataset is single-label")
         self.check_task(task)
 
     def check_task(self, task: Task) -> None:
@@ -71,21 +91,36 @@ class Classifier:
     def task_(self, task: Task) -> None:
         self.__dict__["_task"] = task
 
-    def get_params(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+    @property
+    def takes_images(self) -> bool:
+        """Whether this fitted model classifies images (False: it was fitted on feature vectors)."""
+        return self.preprocessing_ is not None
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = self.takes_features
+        tags.input_tags.three_d_array = True           # images (N, H, W), and (N, C, H, W)
+        tags.classifier_tags.multi_label = True        # a multi-hot y is multi-label data
+        return tags
 
     # -- the contract ---------------------------------------------------------------------
     def fit(self, X, y=None, *, class_names: list[str] | None = None, validation: ImageDataset | None = None,
             **fit_options) -> Classifier:
         """Learn from (X, y) or an ImageDataset. `validation` and `fit_options` (run_dir, resume, ...)
-        are used by classifiers trained by gradient descent and ignored by the others."""
+        are used by classifiers trained by gradient descent and ignored by the others; any other
+        option (sample_weight, say) is an error rather than silently ignored."""
+        unknown = sorted(set(fit_options) - set(FIT_OPTIONS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.fit() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            f"it takes class_names, validation, {', '.join(FIT_OPTIONS)}")
         self.check()
-        data = as_dataset(X, y, class_names)
+        data, classes = training_data(self, X, y, class_names)
         if data.streamed and not self.learns_from_streams:
             raise ImgclsError(f"{self.model_name} needs its training images in memory, and this dataset is streamed "
                               "from its files (too large for --memory-budget, or --data-mode stream); train a "
                               "neural network, or use --data-mode memory")
         self.check_can_learn(data.task)
+        self.classes_ = classes
         self.class_names_ = list(data.class_names)
         self.preprocessing_ = data.preprocessing
         self.metrics_ = {}
@@ -96,31 +131,29 @@ class Classifier:
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (N, number of classes): a softmax over classes, or for multi-label
-        models each label's own probability."""
-        return self._predict_proba(self._images(X)).numpy()
+        """Class probabilities (N, number of classes), columns in the order of classes_: a softmax
+        over classes, or for multi-label models each label's own probability."""
+        return self._predict_proba(self._inputs(X)).numpy()
 
     def predict(self, X) -> np.ndarray:
-        """Class indices (N,); for multi-label models a multi-hot matrix (N, labels) of the labels
-        at or above their thresholds."""
-        return self.task_.decide(self.predict_proba(X))
+        """Labels (N,), values of classes_; for multi-label models a multi-hot matrix (N, labels) of
+        the labels at or above their thresholds."""
+        return self.predict_with_proba(X)[0]
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         """predict and predict_proba in one pass (what evaluation needs)."""
-        proba = self.predict_proba(X)
-        return self.task_.decide(proba), proba
+        decided, proba = self._decide(self._inputs(X))
+        return self._labels(decided), proba
 
-    def score(self, X, y=None) -> float:
+    def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on (X, y), or on an ImageDataset's own labels; for multi-label models the
         subset accuracy (every label of an image right), as scikit-learn scores them."""
         labels = X.labels.numpy() if isinstance(X, ImageDataset) else np.asarray(y)
         if labels.ndim != (2 if self.task_.multi_label else 1):
-            raise ImgclsError(f"a {self.task_.kind} model scored against "
-                              f"{'multi-hot' if labels.ndim == 2 else 'class-index'} labels")
-        predicted = self.predict(X)
-        if predicted.ndim == 2:
-            return float((predicted == labels).all(1).mean())
-        return float((predicted == labels).mean())
+            raise ImgclsValueError(f"a {self.task_.kind} model scored against "
+                                   f"{'multi-hot' if labels.ndim == 2 else 'class-index'} labels")
+        with imgcls_errors():
+            return float(accuracy_score(labels, self.predict(X), sample_weight=sample_weight))
 
     def save(self, path: str | Path) -> Path:
         from imgcls.models.artifact import save_model
@@ -163,10 +196,11 @@ class Classifier:
         raise ImgclsError(f"{self.model_name} is not trained on augmented batches (only neural networks are)")
 
     # -- what each classifier implements ----------------------------------------------------
-    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **fit_options) -> None:
+    def _fit(self, data: TrainingData, validation: ImageDataset | None = None, **fit_options) -> None:
         raise NotImplementedError
 
-    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+    def _predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities for inputs checked by _inputs (images, or feature vectors)."""
         raise NotImplementedError
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -191,25 +225,48 @@ class Classifier:
     def is_fitted(self) -> bool:
         return hasattr(self, "class_names_")
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
+
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise ImgclsError(f"this {self.model_name} model is not fitted yet; call fit() first")
+            raise NotFittedError(f"this {self.model_name or type(self).__name__} model is not fitted yet; "
+                                 "call fit() first")
 
-    def _images(self, X) -> torch.Tensor:
+    def _decide(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, or a multi-hot matrix; probabilities) for checked inputs."""
+        proba = self._predict_proba(inputs).numpy()
+        return self.task_.decide(proba), proba
+
+    def _labels(self, decided: np.ndarray) -> np.ndarray:
+        """Class indices as the labels fit was given (classes_); a multi-hot matrix in the dtype of
+        the y it was fitted on (uint8 for datasets and loaded models). A model made without fit or
+        load (an exported one) has no classes_ and predicts class indices."""
+        if self.task_.multi_label:
+            return decided.astype(self.__dict__.get("_multi_hot_dtype", np.uint8), copy=False)
+        classes = self.__dict__.get("classes_")
+        return decided if classes is None else classes[decided]
+
+    def _inputs(self, X) -> torch.Tensor:
+        """X checked against what the model was fitted on: uint8 images (N, C, H, W), or feature
+        vectors (N, D) as the float type they were fitted in."""
         self._check_fitted()
+        if not self.takes_images:
+            if holds_images(X):
+                raise ImgclsValueError(f"this model was fitted on feature vectors of {self.n_features_in_} values "
+                                       f"(N, {self.n_features_in_}); got images")
+            return read_features(self, X, reset=False)
+        if not holds_images(X):
+            raise ImgclsValueError(f"this model was fitted on images {self._image_shape()} (channels, height, width); "
+                                   f"got an array of shape {getattr(X, 'shape', '?')}: pass images, or fit on "
+                                   "feature vectors")
         images = X.images if isinstance(X, ImageDataset) else as_image_tensor(X)
-        expected = (self.preprocessing_.channels, *self.preprocessing_.size)
-        if tuple(images.shape[1:]) != expected:
-            raise ImgclsError(f"images of shape {tuple(images.shape[1:])} given to a model trained on {expected} "
-                              "(channels, height, width)")
+        if tuple(images.shape[1:]) != self._image_shape():
+            raise ImgclsValueError(f"images of shape {tuple(images.shape[1:])} given to a model trained on "
+                                   f"{self._image_shape()} (channels, height, width)")
         if not isinstance(images, torch.Tensor) and not self.learns_from_streams:
             images = images[:]         # streamed: this model reads its inputs whole, so decode them now
         return images
 
-
-def as_dataset(X, y=None, class_names: list[str] | None = None) -> ImageDataset:
-    if isinstance(X, ImageDataset):
-        return X
-    if y is None:
-        raise ImgclsError("fit(X, y) needs labels y when X is not an ImageDataset")
-    return ImageDataset.from_arrays(X, y, class_names)
+    def _image_shape(self) -> tuple[int, int, int]:
+        return (self.preprocessing_.channels, *self.preprocessing_.size)

@@ -1,4 +1,4 @@
-"""k-nearest neighbours on pixels (or any features): memorise, then vote."""
+"""k-nearest neighbours on pixels or feature vectors (embeddings): memorise, then vote."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from imgcls.data.dataset import ImageDataset
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsValueError
 from imgcls.models.base import Classifier
 from imgcls.models.distance import METRICS, ExactSearch
+from imgcls.models.inputs import TrainingData, rows
 from imgcls.models.registry import register
 from imgcls.progress import progress_bar
 
@@ -18,7 +19,7 @@ WEIGHTS = ("uniform", "distance")
 
 
 @register("knn")
-@dataclass
+@dataclass(repr=False, eq=False)
 class KNNClassifier(Classifier):
     """k-nearest neighbours with L1 or L2 distance and a majority vote.
 
@@ -30,9 +31,13 @@ class KNNClassifier(Classifier):
 
     Multi-label data: a label's probability is the (weighted) share of the k neighbours that
     carry it, and the label is predicted where that share reaches its threshold.
+
+    X: images (uint8 pixels, compared exactly in integers) or feature vectors (N, D), such as
+    embeddings, compared in float64 after a float32 candidate search.
     """
 
-    description = "k-nearest neighbours on pixels, L1/L2 distance, majority or distance-weighted vote"
+    description = "k-nearest neighbours on pixels or features, L1/L2 distance, majority or distance-weighted vote"
+    takes_features = True
 
     k: int = 5
     metric: str = "l2"
@@ -40,40 +45,35 @@ class KNNClassifier(Classifier):
 
     def check_params(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
-            raise ImgclsError(f"k must be a positive whole number, not {self.k!r}")
+            raise ImgclsValueError(f"k must be a positive whole number, not {self.k!r}")
         if self.metric not in METRICS:
-            raise ImgclsError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+            raise ImgclsValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.weights not in WEIGHTS:
-            raise ImgclsError(f"unknown weights {self.weights!r}; valid: {', '.join(WEIGHTS)}")
+            raise ImgclsValueError(f"unknown weights {self.weights!r}; valid: {', '.join(WEIGHTS)}")
 
-    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
-        self.reference_ = data.images.reshape(len(data), -1).contiguous()
+    def _fit(self, data: TrainingData, validation: ImageDataset | None = None, **_) -> None:
+        self.reference_ = rows(data).contiguous()
         self.labels_ = data.labels.clone()
-        self._search = None
+        self._search = ExactSearch(self.reference_, self.metric)   # made here: predict leaves the model as it is
 
     def kneighbors(self, X, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices of the k nearest training images, nearest first."""
-        distances, indices = self._neighbours(self._images(X), k or self.k)
+        """Distances and indices of the k nearest training examples, nearest first."""
+        distances, indices = self._neighbours(self._inputs(X), k or self.k)
         return distances.numpy(), indices.numpy()
 
-    def predict(self, X) -> np.ndarray:
-        return self.predict_with_proba(X)[0]
+    def _decide(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return predictions_from_votes(*self._votes(inputs), self.task_)
 
-    def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
-        return predictions_from_votes(*self._votes(self._images(X)), self.task_)
-
-    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        votes, _ = self._votes(images)
+    def _predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
+        votes, _ = self._votes(inputs)
         return as_probabilities(votes, self.task_.multi_label)
 
-    def _votes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distances, indices = self._neighbours(images, min(self.k, len(self.labels_)))
+    def _votes(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, indices = self._neighbours(inputs, min(self.k, len(self.labels_)))
         return vote(distances, self.labels_[indices], len(self.class_names_), self.weights)
 
-    def _neighbours(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "_search", None) is None:
-            self._search = ExactSearch(self.reference_, self.metric)
-        queries = images.reshape(len(images), -1)
+    def _neighbours(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = inputs.reshape(len(inputs), -1)
         with progress_bar(len(queries) if len(queries) >= 2000 else 0, f"kNN ({self.metric}, k={k})") as advance:
             return self._search.search(queries, k, progress=advance)
 
@@ -82,7 +82,17 @@ class KNNClassifier(Classifier):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.reference_, self.labels_ = tensors["reference"], tensors["labels"]
-        self._search = None
+        self._search = ExactSearch(self.reference_, self.metric)
+
+    def __getstate__(self) -> dict:
+        # The search holds engine state (a compiled kernel's prepared rows) that is rebuilt, not pickled.
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k != "_search"}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "reference_" in state:
+            self._search = ExactSearch(self.reference_, self.metric)
 
 
 def vote(distances: torch.Tensor, labels: torch.Tensor, n_classes: int, weights: str = "uniform"

@@ -1,8 +1,11 @@
-"""Linear classifier f(x) = Wx + b on pixels, trained by mini-batch SGD with momentum.
+"""Linear classifier f(x) = Wx + b on pixels or feature vectors, trained by mini-batch SGD with momentum.
 
 Two losses, as in the course: softmax (cross-entropy) and the multiclass SVM (hinge,
 sum over wrong classes of max(0, s_j - s_y + 1)), each plus reg * ||W||^2.
-Pixels are scaled to [0, 1] and centred by the training set's mean image.
+Inputs are standardised feature by feature (pixel by pixel for images): centred by the training
+set's mean and divided by its standard deviation (1 where a feature never varies), as
+scikit-learn's StandardScaler does. Both are learned in fit and saved with the weights, so the
+scale of the data (0..255 pixels, 0..16 digits, any embedding) does not change what is learned.
 balance="weights" weights each sample's data loss by its class's balanced weight (see
 imgcls.data.splits.class_balance_weights); balance="sampler" draws each epoch with replacement,
 every class equally likely. Both are for imbalanced classes.
@@ -21,8 +24,9 @@ import torch
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order, check_balance, class_balance_weights
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsValueError
 from imgcls.models.base import Classifier
+from imgcls.models.inputs import TrainingData, rows
 from imgcls.models.registry import register
 from imgcls.progress import progress_bar
 
@@ -32,9 +36,10 @@ BALANCES = ("none", "weights", "sampler")
 
 
 @register("linear")
-@dataclass
+@dataclass(repr=False, eq=False)
 class LinearClassifier(Classifier):
     description = "linear classifier Wx + b, softmax or multiclass SVM loss, mini-batch SGD"
+    takes_features = True
 
     loss: str = "softmax"
     lr: float = 0.05
@@ -48,27 +53,27 @@ class LinearClassifier(Classifier):
 
     def check_params(self) -> None:
         if self.loss not in LOSSES:
-            raise ImgclsError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+            raise ImgclsValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         if self.schedule not in SCHEDULES:
-            raise ImgclsError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+            raise ImgclsValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.balance not in BALANCES:
-            raise ImgclsError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
+            raise ImgclsValueError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ImgclsError(f"{name} must be at least 1")
+                raise ImgclsValueError(f"{name} must be at least 1")
         if self.lr <= 0 or self.reg < 0 or not 0 <= self.momentum < 1:
-            raise ImgclsError("need lr > 0, reg >= 0 and 0 <= momentum < 1")
+            raise ImgclsValueError("need lr > 0, reg >= 0 and 0 <= momentum < 1")
 
     def check_task(self, task) -> None:
         if task.multi_label and self.loss == "svm":
-            raise ImgclsError("the multiclass SVM loss is single-label; multi-label data needs loss=softmax "
-                              "(one sigmoid per label, binary cross-entropy)")
+            raise ImgclsValueError("the multiclass SVM loss is single-label; multi-label data needs loss=softmax "
+                                   "(one sigmoid per label, binary cross-entropy)")
         check_balance(self.balance, task.multi_label)
 
-    def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, **_) -> None:
+    def _fit(self, data: TrainingData, validation: ImageDataset | None = None, **_) -> None:
         gen = torch.Generator().manual_seed(self.seed)
-        x = data.images.reshape(len(data), -1)
-        self.mean_ = (x.double().mean(0) / 255).float()
+        x = rows(data)
+        self.mean_, self.scale_ = standardisation(x)
         n_features, n_classes = x.shape[1], data.num_classes
         weight = (torch.randn(n_classes, n_features, generator=gen) * 1e-3).requires_grad_()
         bias = torch.zeros(n_classes, requires_grad=True)
@@ -112,16 +117,26 @@ class LinearClassifier(Classifier):
         weight = class_weight[labels]
         return (margins * weight).sum() / weight.sum()
 
-    def _features(self, flat_uint8: torch.Tensor) -> torch.Tensor:
-        return flat_uint8.float() / 255 - self.mean_
+    def _features(self, flat: torch.Tensor) -> torch.Tensor:
+        """Standardised features (float32) of flattened inputs; float64 inputs are standardised in
+        float64 (their offsets may be too large for float32), the others in float32, which is fast."""
+        if flat.dtype == torch.float64:
+            return ((flat - self.mean_) / self.scale_).float()
+        return (flat.float() - self.mean_.float()) / self.scale_.float()
 
-    def decision_function(self, X) -> torch.Tensor:
-        """Class scores Wx + b."""
-        images = self._images(X)
-        return self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_
+    def decision_function(self, X) -> np.ndarray:
+        """Class scores Wx + b (N, classes); for two classes, as scikit-learn's, the second class's
+        score minus the first's (N,): positive where classes_[1] is predicted."""
+        scores = self._scores(self._inputs(X))
+        if scores.shape[1] == 2 and not self.task_.multi_label:
+            scores = scores[:, 1] - scores[:, 0]
+        return scores.numpy()
 
-    def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return self.task_.activation(self._features(images.reshape(len(images), -1)) @ self.weight_.T + self.bias_)
+    def _scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._features(inputs.reshape(len(inputs), -1)) @ self.weight_.T + self.bias_
+
+    def _predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.task_.activation(self._scores(inputs))
 
     def templates(self) -> np.ndarray:
         """W's rows as images (classes, channels, height, width): the weight of each pixel for each class."""
@@ -130,7 +145,24 @@ class LinearClassifier(Classifier):
                                     *self.preprocessing_.size).float().numpy()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight_, "bias": self.bias_, "mean": self.mean_}
+        return {"weight": self.weight_, "bias": self.bias_, "feature_mean": self.mean_, "feature_scale": self.scale_}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.weight_, self.bias_, self.mean_ = tensors["weight"], tensors["bias"], tensors["mean"]
+        self.weight_, self.bias_ = tensors["weight"], tensors["bias"]
+        if "feature_mean" in tensors:
+            self.mean_, self.scale_ = tensors["feature_mean"], tensors["feature_scale"]
+        else:
+            # Saved before standardisation: features were x / 255 - mean, that is (x - 255 mean) / 255.
+            self.mean_ = tensors["mean"].double() * 255
+            self.scale_ = torch.full_like(self.mean_, 255.0)
+
+
+def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (float64) of rows x; a feature that never varies
+    keeps the scale 1, as scikit-learn's StandardScaler does."""
+    x = x.double()
+    mean, std = x.mean(0), x.std(0, correction=0)
+    # A constant feature's computed deviation is the rounding error of its mean, not 0: treat any
+    # deviation within a generous bound of that error as none.
+    rounding = 10 * torch.finfo(torch.float64).eps * math.sqrt(len(x)) * mean.abs()
+    return mean, torch.where(std > rounding, std, 1.0)

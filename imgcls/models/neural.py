@@ -24,7 +24,7 @@ from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
 from imgcls.models import networks
 from imgcls.models.base import Classifier
-from imgcls.models.registry import register, register_prefix
+from imgcls.models.registry import model_class, register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
 from imgcls.training.config import TrainingConfig, monitored
 
@@ -68,7 +68,7 @@ class ImageNetwork(nn.Module):
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class NeuralClassifier(Classifier, TrainingConfig):
     """Hyperparameters: the TrainingConfig fields, `tta`, and the network's own options.
 
@@ -176,7 +176,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
 
     def embed(self, X) -> np.ndarray:
         """Pre-logit features (N, num_features): the network's image embedding."""
-        images = self._images(X)
+        images = self._inputs(X)
         return self.run_network(images, forward=self.net_.embed).numpy()
 
     def first_layer_filters(self) -> np.ndarray | None:
@@ -219,6 +219,11 @@ class NeuralClassifier(Classifier, TrainingConfig):
         self.net_.load_state_dict(tensors)
         self.net_.eval()
 
+    def __reduce__(self):
+        # These classes are made from the registry (at import, or on first use for timm: and
+        # transfer: names), not module attributes, so pickle (joblib's n_jobs) finds them by name.
+        return _by_registry_name, (self.model_name,), self.__getstate__()
+
     @property
     def parameter_count(self) -> int | None:
         net = getattr(self, "net_", None)
@@ -229,13 +234,20 @@ def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.cpu().numpy()
 
 
+def _by_registry_name(name: str) -> NeuralClassifier:
+    """An empty instance of the registry's class `name`, for pickle to fill with its state."""
+    cls = model_class(name)
+    return cls.__new__(cls)
+
+
 def _network_class(name: str, builder, description: str) -> type:
     """A NeuralClassifier subclass whose extra dataclass fields are the builder's keyword options."""
     options = [(p.name, p.annotation if isinstance(p.annotation, type) else type(p.default),
                 dataclasses.field(default=p.default))
                for p in inspect.signature(builder).parameters.values()
                if p.kind is p.KEYWORD_ONLY and p.name != "image_size"]
-    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,))
+    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,),
+                                     repr=False, eq=False)
     cls.builder, cls.description = staticmethod(builder), description
     return cls
 

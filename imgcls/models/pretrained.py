@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imgcls.data.images import Preprocessing
@@ -103,8 +104,10 @@ def _convert(name: str, spec: PretrainedSpec):
     # (bench/infer.py), short of the 99% we ask of a default; `imgcls export` is the fast path.
     model = create_model(name, bf16="off")
     model.class_names_ = imagenet_class_names()
+    model.classes_ = np.arange(len(model.class_names_))      # predict returns class indices
     model.preprocessing_ = Preprocessing(channels=3, size=(spec.size, spec.size), resize="crop",
                                          crop_pct=spec.crop_pct, interpolation="bicubic")
+    model.n_features_in_ = 3 * spec.size * spec.size
     model.net_ = model.build_network(3, 1000, (spec.size, spec.size))
     model.net_.body.load_state_dict(_in_order(source, model.net_.body.state_dict(), name))
     model.net_.normalize.mean.fill_(_MEAN)

@@ -79,7 +79,7 @@ class TransferNetwork(nn.Module):
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class TransferClassifier(NeuralClassifier):
     """Training options (epochs, lr, batch_size, augment, ...) apply to finetune (and lr/epochs
     to the probe's head); defaults suit fine-tuning with AdamW."""
@@ -153,6 +153,7 @@ class TransferClassifier(NeuralClassifier):
             embeddings = self.embeddings(data.images)
             if self.mode == "knn":
                 self.reference_, self.labels_ = _unit(embeddings), data.labels.clone()
+                self._search = ExactSearch(self.reference_, "l2")
             else:
                 self._fit_probe(embeddings, data.labels, data.num_classes)
         self.net_.eval()
@@ -216,18 +217,13 @@ class TransferClassifier(NeuralClassifier):
         votes, _ = self._knn_votes(images)
         return as_probabilities(votes, self.task_.multi_label).float()
 
-    def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
+    def _decide(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if self.mode != "knn":
-            return super().predict_with_proba(X)
-        return predictions_from_votes(*self._knn_votes(self._images(X)), self.task_)
-
-    def predict(self, X) -> np.ndarray:
-        return self.predict_with_proba(X)[0]
+            return super()._decide(inputs)
+        return predictions_from_votes(*self._knn_votes(inputs), self.task_)
 
     def _knn_votes(self, images: torch.Tensor):
-        search = getattr(self, "_search", None) or ExactSearch(self.reference_, "l2")
-        self._search = search
-        distances, indices = search.search(_unit(self.embeddings(images)), min(self.k, len(self.labels_)))
+        distances, indices = self._search.search(_unit(self.embeddings(images)), min(self.k, len(self.labels_)))
         return vote(distances, self.labels_[indices], len(self.class_names_))
 
     # -- saving -------------------------------------------------------------------------------
@@ -241,7 +237,7 @@ class TransferClassifier(NeuralClassifier):
         self.net_ = self.new_network(len(self.class_names_), pretrained=False)
         if self.mode == "knn":
             self.reference_, self.labels_ = tensors.pop("knn.reference"), tensors.pop("knn.labels")
-            self._search = None
+            self._search = ExactSearch(self.reference_, "l2")
         self.net_.load_state_dict(tensors)
         self.net_.eval()
 
@@ -258,7 +254,7 @@ def _transfer_class(name: str) -> type:
     backbone = name.split(":", 1)[1]
     cls = type(f"Transfer_{backbone}", (TransferClassifier,), {"backbone": backbone,
                "description": f"transfer learning from ImageNet-pretrained {backbone} (probe, knn, finetune)"})
-    return dataclass(cls)
+    return dataclass(cls, repr=False, eq=False)
 
 
 register_prefix("transfer:", _transfer_class)
