@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ class KNNClassifier(Classifier):
     """
 
     description = "k-nearest neighbours on pixels, L1/L2 distance, majority or distance-weighted vote"
+    explained_by: ClassVar[str] = "neighbours"
 
     k: int = 5
     metric: str = "l2"

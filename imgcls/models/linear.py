@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -34,6 +35,7 @@ BALANCES = ("none", "weights", "sampler")
 @dataclass
 class LinearClassifier(Classifier):
     description = "linear classifier Wx + b, softmax or multiclass SVM loss, mini-batch SGD"
+    explained_by: ClassVar[str] = "template"
 
     loss: str = "softmax"
     lr: float = 0.05

@@ -218,6 +218,14 @@ class TransferClassifier(NeuralClassifier):
     def predict(self, X) -> np.ndarray:
         return self.predict_with_proba(X)[0]
 
+    def attribution_network(self) -> tuple[nn.Module, nn.Module]:
+        """The network's logits, or in knn mode (whose head is never trained) NeighbourScores: each
+        class's summed cosine similarity to the k nearest training embeddings, the votes' evidence."""
+        trunk = self.net_.backbone.body
+        if self.mode != "knn":
+            return self.net_, trunk
+        return NeighbourScores(self.net_, self.reference_, self.labels_, self.k, len(self.class_names_)), trunk
+
     def _knn_votes(self, images: torch.Tensor):
         search = getattr(self, "_search", None) or ExactSearch(self.reference_, "l2")
         self._search = search
@@ -238,6 +246,27 @@ class TransferClassifier(NeuralClassifier):
             self._search = None
         self.net_.load_state_dict(tensors)
         self.net_.eval()
+
+
+class NeighbourScores(nn.Module):
+    """Per class, the summed cosine similarity of an image's embedding to those of its k nearest
+    training images that carry the class (multi-label: the mean over the k, per label). The
+    neighbours are the ones the vote counts, so the class that wins the vote gets the most
+    similarity; unlike the vote, this is differentiable in the image."""
+
+    def __init__(self, net: TransferNetwork, reference: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int):
+        super().__init__()
+        self.net, self.k, self.n_classes = net, min(k, len(labels)), n_classes
+        self.register_buffer("reference", reference.float())
+        self.register_buffer("labels", labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        similarity = _unit(self.net.embed(x)) @ self.reference.T
+        top, indices = similarity.topk(self.k, dim=1)
+        labels = self.labels[indices]
+        if labels.ndim == 3:
+            return (top[:, :, None] * labels.float()).mean(1)
+        return top.new_zeros(len(x), self.n_classes).scatter_add(1, labels, top)
 
 
 def _unit(embeddings: torch.Tensor) -> torch.Tensor:
