@@ -23,6 +23,7 @@ LAYERS = [
     ("imgcls.models",),
     ("imgcls.evaluation",),
     ("imgcls.inference",),
+    ("imgcls.explain",),
     ("imgcls.serving", "imgcls.similarity"),
     ("imgcls.doctor",),
     ("imgcls.finish",),
