@@ -249,10 +249,10 @@ class TransferClassifier(NeuralClassifier):
 
 
 class NeighbourScores(nn.Module):
-    """Per class, the summed cosine similarity of an image's embedding to those of its k nearest
-    training images that carry the class (multi-label: the mean over the k, per label). The
-    neighbours are the ones the vote counts, so the class that wins the vote gets the most
-    similarity; unlike the vote, this is differentiable in the image."""
+    """Per class, the votes of an image's k nearest training embeddings (how many carry the class)
+    plus their summed cosine similarity / (2k + 1). That term is below one vote, so the scores rank
+    the classes as the vote does (ties aside), and unlike the vote they are differentiable in the
+    image: an explanation follows the similarity that brought the class its neighbours."""
 
     def __init__(self, net: TransferNetwork, reference: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int):
         super().__init__()
@@ -264,9 +264,9 @@ class NeighbourScores(nn.Module):
         similarity = _unit(self.net.embed(x)) @ self.reference.T
         top, indices = similarity.topk(self.k, dim=1)
         labels = self.labels[indices]
-        if labels.ndim == 3:
-            return (top[:, :, None] * labels.float()).mean(1)
-        return top.new_zeros(len(x), self.n_classes).scatter_add(1, labels, top)
+        carries = (labels.float() if labels.ndim == 3
+                   else F.one_hot(labels, self.n_classes).float())             # (N, k, classes)
+        return (carries * (1 + top[:, :, None] / (2 * self.k + 1))).sum(1)
 
 
 def _unit(embeddings: torch.Tensor) -> torch.Tensor:
