@@ -386,3 +386,37 @@ def test_an_exported_model_is_served_but_cannot_explain(canvas_model, tmp_path):
         assert httpx.post(live.url + "/v1/classify", files=files).status_code == 200
         bad = httpx.post(live.url + "/v1/classify?explain=true", files=files)
         assert bad.status_code == 400 and "cannot explain" in bad.json()["error"]
+
+
+# -- the evaluation report --------------------------------------------------------------------------
+def test_the_report_lays_gradcam_over_its_most_confident_mistakes(canvas_model, canvas_test, tmp_path):
+    from PIL import Image
+
+    from imgcls.evaluation import RunInfo, evaluate, write_report
+    from imgcls.evaluation.report import MISTAKES, confident_mistakes
+    from imgcls.finish import mistake_heatmaps
+    x, y, _ = canvas_test
+    ev = evaluate(y.numpy(), canvas_model.predict_proba(x), DIGITS)
+    heatmaps = mistake_heatmaps(canvas_model, ev, x)
+    chosen = confident_mistakes(ev)
+    assert list(heatmaps) == chosen.tolist() and len(chosen) == min(24, int((ev.y_pred != ev.y_true).sum()))
+    # Each is Grad-CAM's map of the class the model wrongly predicted.
+    for i in chosen[:3]:
+        e = explain(canvas_model, x[[int(i)]])[0]
+        assert e.target_index == ev.y_pred[i] and e.target_index != y[i]
+        np.testing.assert_allclose(heatmaps[int(i)], e.map, atol=1e-5)
+
+    def colourful(path) -> float:
+        """Share of clearly coloured pixels: the photos are grey, the titles black."""
+        with Image.open(path) as png:
+            rgb = np.asarray(png.convert("RGB")).astype(int)
+        return float((rgb.max(2) - rgb.min(2) > 40).mean())
+    info = RunInfo(title="vgg on canvases", model="vgg", params={}, dataset="canvases")
+    plain = write_report(ev, info, tmp_path / "plain", images=x)
+    explained = write_report(ev, info, tmp_path / "explained", images=x, heatmaps=heatmaps)
+    assert colourful(plain["mistakes"]) == 0 and colourful(explained["mistakes"]) > 0.1
+    assert MISTAKES in plain["html"].read_text()
+    assert "heatmap of the evidence it saw for the predicted class (Grad-CAM)" in explained["html"].read_text()
+
+    knn = create_model("knn").fit(x, y, class_names=DIGITS)
+    assert mistake_heatmaps(knn, ev, x) is None          # kNN explains itself otherwise: no heatmaps
