@@ -13,9 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from imgcls.data.dataset import DatasetSplits, SkippedFile
+from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
+from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.weights import model_figures
 from imgcls.models.artifact import save_model
 from imgcls.progress import console, stdout
@@ -91,7 +95,8 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
                       f"(see {out / LOG_FILE})")
     figures = {**(figures or {}), **model_figures(model, out)}       # filters or templates, where it has them
-    paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures)
+    paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
+                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images))
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count})
     paths["json"].write_text(json.dumps(data, indent=2))
@@ -102,3 +107,20 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
     return RunResult(out, model_path, paths, metrics, count)
+
+
+def mistake_heatmaps(model, evaluation, images) -> dict[int, np.ndarray] | None:
+    """Grad-CAM maps of the predicted class for the most confident mistakes the report shows (image
+    index -> map), for a single-label convolutional network; None for other models (kNN, linear, an
+    MLP, exported files) and for multi-label reports, whose mistakes are single labels."""
+    if model.explained_by != "network" or evaluation.task != "single-label" or evaluation.y_pred is None:
+        return None
+    from imgcls.explain import explain
+    chosen = confident_mistakes(evaluation)
+    if not len(chosen):
+        return None
+    try:
+        found = explain(model, images[chosen.tolist()], method="gradcam")
+    except ImgclsError:          # no convolutional layer: Grad-CAM does not apply
+        return None
+    return {int(chosen[e.image]): e.map for e in found}

@@ -23,7 +23,7 @@ from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.weights import model_figures
-from imgcls.finish import RunResult, fit_and_report
+from imgcls.finish import RunResult, fit_and_report, mistake_heatmaps
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
@@ -114,7 +114,9 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    timings={"predict_seconds": predict_seconds},
                    skipped_files=[s.to_dict() for s in splits.skipped])
     print_report(evaluation, info, stdout)
-    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out)) if out else {}
+    heatmaps = mistake_heatmaps(model, evaluation, part.images) if out else None
+    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out),
+                         heatmaps=heatmaps) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
 
 

@@ -207,3 +207,35 @@ def test_a_multi_label_model_marks_the_labels_above_threshold(quadrant_model, tm
         sync_api.expect(card.locator(".predictions li")).to_have_count(3)
         assert card.locator("li.above").count() == 0
         page.screenshot(path=tmp_path / "multi-label.png", full_page=True)
+
+
+def test_the_heatmap_toggle_lays_the_heatmap_over_the_photo(page, tmp_path):
+    toggle = page.locator("#explain")
+    sync_api.expect(page.locator("#explain-toggle")).to_be_visible()       # a network can explain itself
+    page.set_input_files("input[type=file]", _photo(tmp_path, "coffee"))
+    card = _newest(page)
+    sync_api.expect(card.locator(".top-label")).to_have_text("espresso")
+    assert card.locator("img.heat").count() == 0                            # off: no heatmap asked for
+
+    # Switched on, the card already shown asks for its heatmap, which covers the photo exactly.
+    toggle.check()
+    heat = card.locator("img.heat")
+    sync_api.expect(heat).to_be_visible()
+    sync_api.expect(card.locator(".why")).to_contain_text("gradcam on bn2 for espresso")
+    photo = card.locator(".thumb img:not(.heat)")
+    assert heat.bounding_box() == photo.bounding_box()
+    natural = "(n) => [n.naturalWidth, n.naturalHeight]"
+    (hw, hh), (pw, ph) = heat.evaluate(natural), photo.evaluate(natural)
+    assert hw / hh == pytest.approx(pw / ph, rel=0.01)                     # the photo's own aspect ratio
+
+    # A photo uploaded while it is on gets its heatmap with its classification, in one request.
+    answers = []
+    page.on("response", lambda r: answers.append(r) if r.url.endswith("/v1/classify") else None)
+    page.set_input_files("input[type=file]", _photo(tmp_path, "chelsea"))
+    sync_api.expect(page.locator(".result")).to_have_count(2)
+    sync_api.expect(_newest(page).locator("img.heat")).to_be_visible()
+    assert len(answers) == 1 and answers[0].json()["results"][0]["explanations"][0]["method"] == "gradcam"
+
+    toggle.uncheck()
+    sync_api.expect(page.locator("img.heat").first).to_be_hidden()
+    assert page.locator("img.heat").count() == 2                          # kept, to show again at once

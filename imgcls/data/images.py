@@ -193,6 +193,23 @@ def _resize(img: Image.Image, prep: Preprocessing) -> Image.Image:
     return img.resize((width, height), method, box=(left, top, left + box_w, top + box_h), reducing_gap=3.0)
 
 
+def input_box(width: int, height: int, prep: Preprocessing) -> tuple[float, float, float, float]:
+    """The region (left, top, right, bottom), in the pixels of a width x height image (after EXIF
+    rotation), that the model input decoded from it covers: the centre crop for `crop`, a box
+    larger than the image (the padding) for `pad`, the whole image for `stretch`. Lets a map at
+    the model's input resolution be laid back over the original photo."""
+    out_h, out_w = prep.size
+    if prep.resize == "stretch" or (width, height) == (out_w, out_h) and prep.crop_pct == 1:
+        return 0.0, 0.0, float(width), float(height)
+    if prep.resize == "pad":
+        scale = max(width / out_w, height / out_h)
+    else:
+        scale = min(width / out_w, height / out_h) * prep.crop_pct
+    box_w, box_h = out_w * scale, out_h * scale
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    return left, top, left + box_w, top + box_h
+
+
 def _exif_rotates(img: Image.Image) -> bool:
     try:
         return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)

@@ -21,6 +21,10 @@ from imgcls.evaluation.multilabel import MultiLabelEvaluation, precision_recall_
 PR_CURVES = "Precision-recall curves of the labels with the lowest average precision"
 LABEL_MISTAKES = ("Most confident mistakes: FP, a label predicted that the image lacks; "
                   "FN, a label it carries that was missed (probability of the label)")
+MISTAKES = "Most confident mistakes: true class → predicted class (confidence)"
+MISTAKES_EXPLAINED = ("Most confident mistakes: true class → predicted class (confidence), each with the "
+                      "heatmap of the evidence it saw for the predicted class ({method})")
+MISTAKES_SHOWN = 24
 
 
 @dataclass
@@ -102,10 +106,15 @@ def _print_skipped(info: RunInfo, console: Console) -> None:
 
 
 def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: str | Path, *, images=None,
-                 figures: dict[str, Path] | None = None) -> dict[str, Path]:
+                 figures: dict[str, Path] | None = None, heatmaps: dict[int, np.ndarray] | None = None,
+                 heatmap_method: str = "Grad-CAM") -> dict[str, Path]:
     """Write report.json, confusion_matrix.png, mistakes.png (given the evaluated images) and
     report.html into out_dir; return their paths. A multi-label evaluation gets pr_curves.png
-    in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes."""
+    in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes.
+
+    heatmaps (image index -> map at the images' size, for the indices confident_mistakes gives)
+    are laid over the mistakes they belong to; the caller makes them (imgcls.explain sits above
+    evaluation), and heatmap_method names the method in the caption."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if images is not None and ev.rows is not None:   # streamed files that stopped decoding were left out
@@ -121,9 +130,10 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     paths["json"].write_text(json.dumps(data, indent=2))
     plot_confusion_matrix(ev, paths["confusion_matrix"])
     shown = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
-    if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, out_dir / "mistakes.png"):
-        paths["mistakes"] = shown["Most confident mistakes: true class → predicted class (confidence)"] = \
-            out_dir / "mistakes.png"
+    if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, out_dir / "mistakes.png",
+                                                                      heatmaps=heatmaps):
+        title = MISTAKES_EXPLAINED.format(method=heatmap_method) if heatmaps else MISTAKES
+        paths["mistakes"] = shown[title] = out_dir / "mistakes.png"
     paths["html"].write_text(render_html(ev, info, data, shown))
     return paths
 
@@ -171,17 +181,24 @@ def plot_confusion_matrix(ev: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_mistakes(ev: Evaluation, images, path: Path, n: int = 24) -> Path | None:
-    """A grid of the most confident mistakes: each image titled 'true -> predicted (confidence)'."""
+def confident_mistakes(ev: Evaluation, n: int = MISTAKES_SHOWN) -> np.ndarray:
+    """Indices of the (up to) n wrongly classified images, the most confidently wrong first."""
+    wrong = np.flatnonzero(ev.y_pred != ev.y_true)
+    confidence = ev.proba[wrong, ev.y_pred[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")[:n]]
+
+
+def plot_mistakes(ev: Evaluation, images, path: Path, n: int = MISTAKES_SHOWN,
+                  heatmaps: dict[int, np.ndarray] | None = None) -> Path | None:
+    """A grid of the most confident mistakes: each image titled 'true -> predicted (confidence)',
+    with its heatmap (from heatmaps, by image index) laid over it where one is given."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    wrong = np.flatnonzero(ev.y_pred != ev.y_true)
-    if len(wrong) == 0:
+    chosen = confident_mistakes(ev, n)
+    if len(chosen) == 0:
         return None
-    confidence = ev.proba[wrong, ev.y_pred[wrong]]
-    chosen = wrong[np.argsort(-confidence, kind="stable")[:n]]
     cols = min(8, len(chosen))
     rows = (len(chosen) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
@@ -191,6 +208,11 @@ def plot_mistakes(ev: Evaluation, images, path: Path, n: int = 24) -> Path | Non
         image = images[i].permute(1, 2, 0).numpy()
         ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,
                   interpolation="nearest")
+        if heatmaps is not None and int(i) in heatmaps:
+            heat = np.asarray(heatmaps[int(i)], dtype=np.float64)
+            span = heat.max() - heat.min()
+            heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+            ax.imshow(heat, cmap="turbo", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
         ax.set_title(f"{ev.class_names[ev.y_true[i]]}\n→ {ev.class_names[ev.y_pred[i]]} "
                      f"({ev.proba[i, ev.y_pred[i]]:.0%})", fontsize=7)
     fig.tight_layout()

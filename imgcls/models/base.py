@@ -50,6 +50,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
     description: ClassVar[str] = ""
     learns_from_streams: ClassVar[bool] = False   # True: fit reads a streamed dataset batch by batch
     takes_features: ClassVar[bool] = False        # True: X may also be feature vectors (N, D)
+    # How a model explains a decision (imgcls.explain): "network" (attribution maps through its
+    # network: Grad-CAM, gradients, occlusion; see NeuralClassifier.attribution_network),
+    # "neighbours" (its nearest training images), "template" (its class template times the
+    # image), or None (it cannot explain itself: an exported ONNX file has no gradients).
+    explained_by: ClassVar[str | None] = None
 
     # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
     threshold: float = field(default=0.0, kw_only=True)

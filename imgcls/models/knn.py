@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class KNNClassifier(Classifier):
 
     description = "k-nearest neighbours on pixels or features, L1/L2 distance, majority or distance-weighted vote"
     takes_features = True
+    explained_by: ClassVar[str] = "neighbours"
 
     k: int = 5
     metric: str = "l2"

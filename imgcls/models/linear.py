@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ BALANCES = ("none", "weights", "sampler")
 class LinearClassifier(Classifier):
     description = "linear classifier Wx + b, softmax or multiclass SVM loss, mini-batch SGD"
     takes_features = True
+    explained_by: ClassVar[str] = "template"
 
     loss: str = "softmax"
     lr: float = 0.05

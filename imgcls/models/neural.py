@@ -79,6 +79,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
     tta: str = "none"
     builder: ClassVar = None
     learns_from_streams: ClassVar[bool] = True     # the trainer reads streamed datasets batch by batch
+    explained_by: ClassVar[str] = "network"
 
     def check_params(self) -> None:
         self.training_config().check()
@@ -173,6 +174,12 @@ class NeuralClassifier(Classifier, TrainingConfig):
             net = net.to(memory_format=torch.channels_last)
         return predict_logits(net, images, device=device, bf16=bf16, channels_last=channels_last,
                               forward=forward, progress=progress)
+
+    def attribution_network(self) -> tuple[nn.Module, nn.Module]:
+        """(scores, trunk), what explanations run: `scores` maps float images (N, C, H, W; pixels
+        0..255) to one score per class, higher meaning more evidence for it (here the logits);
+        `trunk` is the part of it whose named submodules are the layers an explanation may read."""
+        return self.net_, self.net_.body
 
     def embed(self, X) -> np.ndarray:
         """Pre-logit features (N, num_features): the network's image embedding."""

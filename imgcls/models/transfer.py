@@ -222,6 +222,14 @@ class TransferClassifier(NeuralClassifier):
             return super()._decide(inputs)
         return predictions_from_votes(*self._knn_votes(inputs), self.task_)
 
+    def attribution_network(self) -> tuple[nn.Module, nn.Module]:
+        """The network's logits, or in knn mode (whose head is never trained) NeighbourScores: each
+        class's summed cosine similarity to the k nearest training embeddings, the votes' evidence."""
+        trunk = self.net_.backbone.body
+        if self.mode != "knn":
+            return self.net_, trunk
+        return NeighbourScores(self.net_, self.reference_, self.labels_, self.k, len(self.class_names_)), trunk
+
     def _knn_votes(self, images: torch.Tensor):
         distances, indices = self._search.search(_unit(self.embeddings(images)), min(self.k, len(self.labels_)))
         return vote(distances, self.labels_[indices], len(self.class_names_))
@@ -240,6 +248,27 @@ class TransferClassifier(NeuralClassifier):
             self._search = ExactSearch(self.reference_, "l2")
         self.net_.load_state_dict(tensors)
         self.net_.eval()
+
+
+class NeighbourScores(nn.Module):
+    """Per class, the votes of an image's k nearest training embeddings (how many carry the class)
+    plus their summed cosine similarity / (2k + 1). That term is below one vote, so the scores rank
+    the classes as the vote does (ties aside), and unlike the vote they are differentiable in the
+    image: an explanation follows the similarity that brought the class its neighbours."""
+
+    def __init__(self, net: TransferNetwork, reference: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int):
+        super().__init__()
+        self.net, self.k, self.n_classes = net, min(k, len(labels)), n_classes
+        self.register_buffer("reference", reference.float())
+        self.register_buffer("labels", labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        similarity = _unit(self.net.embed(x)) @ self.reference.T
+        top, indices = similarity.topk(self.k, dim=1)
+        labels = self.labels[indices]
+        carries = (labels.float() if labels.ndim == 3
+                   else F.one_hot(labels, self.n_classes).float())             # (N, k, classes)
+        return (carries * (1 + top[:, :, None] / (2 * self.k + 1))).sum(1)
 
 
 def _unit(embeddings: torch.Tensor) -> torch.Tensor:

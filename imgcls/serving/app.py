@@ -3,11 +3,17 @@
     GET  /            the drag-and-drop page (self-contained: no CDN, no web fonts)
     GET  /healthz     liveness
     GET  /v1/model    model name, classes, task and thresholds, input size, metrics, limits
-    POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]}
+    POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]};
+                      explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
 model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
 the ones at or above their thresholds, best first, which is what the model predicts.
+
+With explain=true each result also has "explanations" (imgcls.explain: the predicted class, or
+each label above its threshold), each {"label", "score", "method", "layer", "heatmap"}: the
+heatmap a base64 PNG with the photo's own aspect ratio, transparent outside the part of the photo
+the model saw, so that laid over the photo it covers what the model looked at.
 
 Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the upload limit
 (default 20 MB for all its images together) is 413, refused from its Content-Length or while
@@ -18,10 +24,13 @@ never fetches URLs on a client's behalf.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import copy
 import io
 import json
+import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -32,7 +41,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgcls.data.images import UnreadableImage, decode_image
+from imgcls.data.images import UnreadableImage, decode_image, probe_image
+from imgcls.errors import ImgclsError
+from imgcls.explain import METHODS
 from imgcls.inference.predict import predictions, ranked_k
 from imgcls.serving.batcher import MicroBatcher, Overloaded
 
@@ -56,6 +67,7 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     name = getattr(model, "model_name", "model")
     task, classes = model.task_, model.class_names_
     shown_k = ranked_k(task, len(classes), top_k)
+    explainer = Explainer(model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -85,12 +97,12 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
         return {"name": name, "classes": classes, "num_classes": len(classes), "task": task.kind,
                 "thresholds": thresholds, "input_size": list(prep.size), "channels": prep.channels,
                 "metrics": getattr(model, "metrics_", {}), "max_upload_bytes": max_upload_bytes,
-                "top_k": shown_k}
+                "top_k": shown_k, "explains": explainer.kind}
 
     @app.post("/v1/classify", openapi_extra=_CLASSIFY_BODY)
     async def classify(request: Request) -> dict:
         start = time.perf_counter()
-        uploads, k = await _read_uploads(request, max_upload_bytes, top_k)
+        uploads, k, options = await _read_uploads(request, max_upload_bytes, top_k)
         images = np.stack([_decode(data, filename, model.preprocessing_, max_pixels) for filename, data in uploads])
         try:
             proba = await batcher.submit(images)
@@ -98,19 +110,77 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
             raise BadInput(503, "server busy: too many images waiting; try again shortly", {"Retry-After": "1"})
         results = [{"filename": filename, **p.body()}
                    for (filename, _), p in zip(uploads, predictions(proba, classes, task, k))]
+        if _flag(options.get("explain"), "explain"):
+            sizes = [_photo_size(data) for _, data in uploads]
+            heatmaps = await asyncio.to_thread(explainer.heatmaps, images, sizes, options.get("explain_method"))
+            for result, found in zip(results, heatmaps):
+                result["explanations"] = found
         return {"model": name, "time_ms": (time.perf_counter() - start) * 1000, "results": results}
 
     return app
 
 
+class Explainer:
+    """Heatmaps for /v1/classify?explain=true, one request at a time (Grad-CAM hooks into the
+    network). A network is explained through its own copy, so the hooks never meet the batcher's
+    forward passes on the served one."""
+
+    def __init__(self, model):
+        self.model, self.kind = model, getattr(model, "explained_by", None)
+        self._own, self._lock = None, threading.Lock()
+
+    def heatmaps(self, images: np.ndarray, sizes: list[tuple[int, int]], method: str | None) -> list[list[dict]]:
+        """Per image its explanations, each with a base64 PNG heatmap in the frame of the photo
+        (width, height as uploaded)."""
+        from imgcls.explain import explain
+        from imgcls.explain.render import heatmap_over_photo, png_bytes
+        if self.kind is None:
+            raise BadInput(400, "this model cannot explain its predictions (an exported model has no gradients); "
+                                "serve the saved model to use explain=true")
+        with self._lock:
+            if self._own is None:
+                self._own = copy.deepcopy(self.model) if self.kind == "network" else self.model
+            try:
+                found = explain(self._own, images, method=method or None)
+            except ImgclsError as exc:
+                raise BadInput(400, str(exc)) from None
+        out: list[list[dict]] = [[] for _ in images]
+        for e in found:
+            png = png_bytes(heatmap_over_photo(e.map, sizes[e.image], self.model.preprocessing_))
+            out[e.image].append({"label": e.target, "score": e.score, "method": e.method, "layer": e.layer,
+                                 "above_threshold": e.above_threshold, "heatmap": base64.b64encode(png).decode()})
+        return out
+
+
+def _photo_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an uploaded photo as shown upright (after its EXIF rotation)."""
+    height, width, _ = probe_image(io.BytesIO(data))
+    return width, height
+
+
+def _flag(value, name: str) -> bool:
+    if value is None or value == "" or value is False:
+        return False
+    text = str(value).lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise BadInput(400, f"{name} must be true or false, not {value!r}")
+    return text in ("true", "1", "yes", "on")
+
+
+OPTIONS = ("explain", "explain_method")
+
+
 async def _read_uploads(request: Request, limit: int, default_k: int | None
-                        ) -> tuple[list[tuple[str, bytes]], int | None]:
+                        ) -> tuple[list[tuple[str, bytes]], int | None, dict]:
+    """The uploads, top_k, and the options (explain, explain_method) from the query, the form or the JSON body."""
     kind = request.headers.get("content-type", "")
     k = _int(request.query_params.get("top_k"), default_k)
+    options = {key: request.query_params[key] for key in OPTIONS if key in request.query_params}
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=MAX_FILES, max_part_size=limit + 1)
         files = form.getlist("file")
         k = _int(form.get("top_k"), k)
+        options.update({key: form[key] for key in OPTIONS if isinstance(form.get(key), str)})
         uploads = []
         for item in files:
             if isinstance(item, str):
@@ -118,17 +188,18 @@ async def _read_uploads(request: Request, limit: int, default_k: int | None
             data = await item.read(limit + 1)
             uploads.append((item.filename or "upload", _within(data, limit, item.filename)))
     elif kind.startswith("application/json"):
-        uploads, k = _json_images(await request.body(), limit, k)
+        uploads, k, given = _json_images(await request.body(), limit, k)
+        options.update(given)
     else:
         raise BadInput(415, "send images as multipart/form-data (field 'file') or JSON {\"images\": [base64, ...]}")
     if not uploads:
         raise BadInput(400, "no image: send at least one file in the form field 'file'")
     if len(uploads) > MAX_FILES:
         raise BadInput(413, f"too many images in one request ({len(uploads)}); the limit is {MAX_FILES}")
-    return uploads, k
+    return uploads, k, options
 
 
-def _json_images(body: bytes, limit: int, k: int | None) -> tuple[list[tuple[str, bytes]], int | None]:
+def _json_images(body: bytes, limit: int, k: int | None) -> tuple[list[tuple[str, bytes]], int | None, dict]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -144,7 +215,8 @@ def _json_images(body: bytes, limit: int, k: int | None) -> tuple[list[tuple[str
         except (binascii.Error, ValueError):
             raise BadInput(400, f"images[{i}] is not valid base64") from None
         uploads.append((f"images[{i}]", _within(data, limit, f"images[{i}]")))
-    return uploads, _int(payload.get("top_k"), k)
+    options = {key: payload[key] for key in OPTIONS if key in payload}
+    return uploads, _int(payload.get("top_k"), k), options
 
 
 def _within(data: bytes, limit: int, filename) -> bytes:
@@ -229,16 +301,21 @@ class _TooLarge(Exception):
     pass
 
 
+_EXPLAIN_FIELDS = {
+    "explain": {"type": "boolean", "description": "add a heatmap per image (base64 PNG) under explanations"},
+    "explain_method": {"type": "string", "enum": list(METHODS),
+                       "description": "default: gradcam for networks, the model's own for kNN and linear"},
+}
 _CLASSIFY_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "top_k": {"type": "integer", "minimum": 1}}, "required": ["file"]}},
+                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["file"]}},
             "application/json": {"schema": {"type": "object", "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                "top_k": {"type": "integer", "minimum": 1}}, "required": ["images"]}},
+                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]}},
         },
     },
     "responses": {"400": {"description": "bad input"}, "413": {"description": "too large"},

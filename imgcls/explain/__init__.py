@@ -1,0 +1,9 @@
+"""Explanations: why a classifier decided what it did, and whether the explanation is faithful.
+
+It sits after inference (it decodes files and opens models as prediction does) and before
+serving, whose /v1/classify returns heatmaps with explain=true.
+"""
+
+from imgcls.explain.core import METHODS, Explanation, Neighbour, default_method, explain, network_layers
+
+__all__ = ["METHODS", "Explanation", "Neighbour", "default_method", "explain", "network_layers"]
