@@ -420,3 +420,19 @@ def test_the_report_lays_gradcam_over_its_most_confident_mistakes(canvas_model, 
 
     knn = create_model("knn").fit(x, y, class_names=DIGITS)
     assert mistake_heatmaps(knn, ev, x) is None          # kNN explains itself otherwise: no heatmaps
+
+
+def test_a_multi_label_model_writes_one_map_per_label(quadrant_model, tmp_path):
+    from PIL import Image
+
+    from imgcls.cli import main
+    lit = np.full((8, 8), 20, np.uint8)
+    lit[:4, :4] = lit[:4, 4:] = 200                     # quadrants a and c
+    Image.fromarray(lit).save(tmp_path / "ac.png")
+    run = quadrant_model.save(tmp_path / "run")
+    assert main(["explain", str(run), str(tmp_path / "ac.png"), "--out", str(tmp_path / "why")]) == 0
+    records = json.loads((tmp_path / "why" / "explanations.json").read_text())
+    assert sorted(r["target"] for r in records) == ["a", "c"]
+    assert sorted(r["map"] for r in records) == ["ac.a.npy", "ac.c.npy"]
+    for r in records:
+        assert r["method"] == "template" and (tmp_path / "why" / r["map"]).is_file()

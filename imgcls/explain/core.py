@@ -116,13 +116,7 @@ def _explain_network(model, images: torch.Tensor, picks: list[tuple[int, int, bo
     for start in range(0, len(picks), BATCH):
         batch = picks[start:start + BATCH]
         x = images[[i for i, _, _ in batch]].float().to(device)
-        try:
-            maps = attribute(method, scores, x, [c for _, c, _ in batch], layer=layer_module, baseline=baseline)
-        except RuntimeError as exc:
-            if "inplace" not in str(exc):
-                raise
-            raise ImgclsError(f"layer {layer_name}'s map is changed in place by the module after it, so its "
-                              "gradients cannot be read; choose the module after it") from None
+        maps = attribute(method, scores, x, [c for _, c, _ in batch], layer=layer_module, baseline=baseline)
         explanations += [Explanation(i, model.class_names_[c], c, float(proba[i, c]), method, m.astype(np.float32),
                                      layer=layer_name, above_threshold=above) for (i, c, above), m in zip(batch, maps)]
     return explanations
