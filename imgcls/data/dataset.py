@@ -32,8 +32,29 @@ class SkippedFile:
         return {"path": self.path, "reason": self.reason}
 
 
+class LabelledRows:
+    """What any labelled set of rows (images, or feature vectors) says of its labels: needs
+    `labels` (class indices, or a multi-hot matrix) and `class_names`."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def task(self) -> Task:
+        """SingleLabel or MultiLabel (without thresholds: those belong to a model)."""
+        return task_of_labels(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(LabelledRows):
     """Images as one uint8 tensor (N, C, H, W), their labels, and the names of the classes.
 
     labels: class indices (N,), or a multi-hot matrix (N, number of classes) for multi-label data.
@@ -65,21 +86,6 @@ class ImageDataset:
             class_names = [str(c) for c in range(count)]
         return cls(images, labels, list(class_names))
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def task(self) -> Task:
-        """SingleLabel or MultiLabel (without thresholds: those belong to a model)."""
-        return task_of_labels(self.labels)
-
-    @property
-    def multi_label(self) -> bool:
-        return self.labels.ndim == 2
 
     @property
     def streamed(self) -> bool:

@@ -28,13 +28,12 @@ from sklearn.utils import check_array
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import column_or_1d, validate_data
 
-from imgcls.data.dataset import ImageDataset, as_image_tensor, as_label_tensor
+from imgcls.data.dataset import ImageDataset, LabelledRows, as_image_tensor, as_label_tensor
 from imgcls.errors import ImgclsError, ImgclsValueError
-from imgcls.task import Task, task_of_labels
 
 
 @dataclass
-class FeatureSet:
+class FeatureSet(LabelledRows):
     """Feature vectors (N, D) with their labels: what knn and linear learn from when X is not images."""
 
     features: torch.Tensor
@@ -48,20 +47,6 @@ class FeatureSet:
         if len(self.features) != len(self.labels):
             raise ImgclsValueError(f"{len(self.features)} feature vectors but {len(self.labels)} labels")
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def task(self) -> Task:
-        return task_of_labels(self.labels)
-
-    @property
-    def multi_label(self) -> bool:
-        return self.labels.ndim == 2
 
 
 TrainingData = ImageDataset | FeatureSet
