@@ -1,0 +1,65 @@
+"""What every protocol the server speaks shares: the model, its micro-batcher and the limits.
+
+The routes of each protocol (v1 in imgcls.serving.v1, and the others beside it) only translate
+requests into Service calls and results back into their own wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgcls.inference.predict import ranked_k
+from imgcls.serving.batcher import MicroBatcher, Overloaded
+from imgcls.serving.explainer import Explainer
+from imgcls.serving.uploads import BadInput, decode_upload
+
+
+@dataclass
+class Limits:
+    max_upload_bytes: int = 20 * 1024 * 1024   # all of one request's images together
+    max_pixels: int = 40_000_000               # per image, checked before decoding
+
+
+@dataclass
+class Service:
+    model: object
+    batcher: MicroBatcher
+    limits: Limits = field(default_factory=Limits)
+    top_k: int | None = None                   # labels ranked per result unless a request asks
+
+    def __post_init__(self):
+        self.name = getattr(self.model, "model_name", "model")
+        self.task, self.classes = self.model.task_, self.model.class_names_
+        self.shown_k = ranked_k(self.task, len(self.classes), self.top_k)
+        self.explainer = Explainer(self.model)
+
+    @classmethod
+    def create(cls, model, *, max_batch: int, max_wait_ms: float, queue_size: int, limits: Limits,
+               top_k: int | None) -> Service:
+        batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               queue_size=queue_size)
+        return cls(model, batcher, limits, top_k)
+
+    def decode(self, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+        """The uploads (filename, bytes) as one batch of model inputs (N, C, H, W)."""
+        prep, limit = self.model.preprocessing_, self.limits.max_pixels
+        return np.stack([decode_upload(data, filename, prep, limit) for filename, data in uploads])
+
+    async def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, classes) through the shared micro-batcher; a full queue is a 503 with Retry-After."""
+        try:
+            return await self.batcher.submit(images)
+        except Overloaded:
+            raise BadInput(503, "server busy: too many images waiting; try again shortly", {"Retry-After": "1"})
+
+    def describe(self) -> dict:
+        """What GET /v1/model reports."""
+        prep = self.model.preprocessing_
+        thresholds = self.task.threshold_vector(len(self.classes)).tolist() if self.task.multi_label else None
+        return {"name": self.name, "classes": self.classes, "num_classes": len(self.classes),
+                "task": self.task.kind, "thresholds": thresholds, "input_size": list(prep.size),
+                "channels": prep.channels, "metrics": getattr(self.model, "metrics_", {}),
+                "max_upload_bytes": self.limits.max_upload_bytes, "top_k": self.shown_k,
+                "explains": self.explainer.kind}
