@@ -19,9 +19,9 @@ EXAMPLES = """examples:
   imgcls serve runs/cnn --port 8080             # a saved model
   imgcls serve lite0.int8.onnx --max-batch 64   # an exported model
   curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify
-  IMGCLS_API_KEY=$(openssl rand -hex 24) imgcls serve --host 0.0.0.0 \
-      --ssl-certfile cert.pem --ssl-keyfile key.pem   # beyond this machine: a key, over HTTPS
-  curl -H "Authorization: Bearer $IMGCLS_API_KEY" -F file=@photo.jpg https://server:8000/v1/classify"""
+  export IMGCLS_API_KEY=$(openssl rand -hex 24)  # beyond this machine: a key, over HTTPS
+  imgcls serve --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem
+  curl --cacert cert.pem -H "Authorization: Bearer $IMGCLS_API_KEY" -F file=@photo.jpg https://myhost:8000/v1/classify"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
