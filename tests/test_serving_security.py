@@ -35,12 +35,12 @@ ORIGIN = "https://app.example"
 class LiveServer:
     """uvicorn serving an app on 127.0.0.1 (HTTP, or HTTPS given a cert and key) in a thread."""
 
-    def __init__(self, app, tls: dict | None = None, ca: Path | None = None):
+    def __init__(self, app, tls: dict | None = None, ca: Path | None = None, root_path: str = ""):
         self.port = _free_port()
         self.scheme = "https" if tls else "http"
         self.verify = ssl.create_default_context(cafile=str(ca)) if ca else True
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    **(tls or {})))
+                                                    root_path=root_path, **(tls or {})))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -158,6 +158,14 @@ def test_health_checks_the_page_and_the_docs_stay_open(server):
     classify = spec["paths"]["/v1/classify"]["post"]
     assert classify["security"] == [{"apiKey": []}] and "401" in classify["responses"]
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_behind_a_proxy_prefix_the_same_paths_are_open(digits_model):
+    with LiveServer(create_app(digits_model, api_key=KEY), root_path="/imgcls") as live, \
+            live.client() as anonymous, live.client(KEY) as client:
+        assert anonymous.get("/healthz").status_code == 200         # probed at /healthz, routed under /imgcls
+        _refused(anonymous.get("/v1/model"))
+        assert client.get("/v1/model").status_code == 200
 
 
 def test_a_route_added_later_is_protected_without_saying_so(digits_model):

@@ -9,7 +9,7 @@ Open, and why:
   orchestrators probe them without credentials, and they tell nothing about the model;
 - the page `/` (self-contained, so it has no assets of its own): it must load to ask for the key,
   and it holds no data; everything it shows comes from protected endpoints;
-- /docs, /redoc, /openapi.json and the docs' own assets under /docs/: the API's shape is no
+- /docs, /redoc, /openapi.json and the docs' own files (/docs-assets/): the API's shape is no
   secret (it is the same for every imgcls server), and Swagger UI's "Authorize" button needs the
   schema to send the key. The model's name, classes and metrics are under /v1/model, protected.
 
@@ -34,7 +34,7 @@ from imgcls.errors import ImgclsError
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/v2/health/live", "/v2/health/ready",
                         "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-OPEN_PREFIXES = ("/docs/",)
+OPEN_PREFIXES = ("/docs/", "/docs-assets/")
 KEY_PARAMETERS = frozenset({"api_key", "apikey", "key", "token", "access_token"})
 
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")              # visible ASCII: what an HTTP header carries as is
@@ -84,7 +84,7 @@ class BearerAuth:
         if _key_in_query(scope.get("query_string", b"")):
             return await _refuse(scope, send, 400, "do not put the API key in the URL (it ends up in logs): "
                                                    "send it as the header Authorization: Bearer KEY", None)
-        if is_open(scope["path"]):
+        if is_open(_route_path(scope)):
             return await self.app(scope, receive, send)
         token = _bearer_token(scope)
         if token is None:
@@ -94,6 +94,15 @@ class BearerAuth:
             return await _refuse(scope, send, 401, "wrong API key",
                                  b'Bearer realm="imgcls", error="invalid_token"')
         return await self.app(scope, receive, send)
+
+
+def _route_path(scope) -> str:
+    """The path the router matches: without the prefix a proxy mounts the app under (uvicorn
+    --root-path), as Starlette's own get_route_path strips it, so that /healthz stays open there."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root):]
+    return path
 
 
 def _bearer_token(scope) -> bytes | None:
