@@ -34,12 +34,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serving(model):
-    """The real app serving model on uvicorn in a thread; yields its base URL."""
+def _serving(model, **options):
+    """The real app serving model (create_app(model, **options)) on uvicorn in a thread; yields its base URL."""
     from imgcls.serving.app import create_app
 
     port = _free_port()
-    config = uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(model, **options), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -239,3 +239,46 @@ def test_the_heatmap_toggle_lays_the_heatmap_over_the_photo(page, tmp_path):
     toggle.uncheck()
     sync_api.expect(page.locator("img.heat").first).to_be_hidden()
     assert page.locator("img.heat").count() == 2                          # kept, to show again at once
+
+
+def test_a_key_protected_server_asks_once_per_tab(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from imgcls.data import load_dataset
+    from imgcls.data.images import decode_image
+    from imgcls.models import create_model
+    model = create_model("knn", k=3).fit(load_dataset("digits").train)
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.round(load_digits().images[7] * 255 / 16).astype(np.uint8)).save(digit)
+    label = model.class_names_[int(model.predict(decode_image(digit, model.preprocessing_)[None])[0])]
+    key = "the-page-key_0123"
+
+    with _serving(model, api_key=key) as url, _browser(url) as page:
+        statuses = []
+        page.on("response", lambda r: statuses.append(r.status) if "/v1/" in r.url else None)
+        form = page.locator("#key-form")
+        sync_api.expect(form).to_be_visible()                     # the model description was refused
+        sync_api.expect(page.locator("#model")).not_to_contain_text("knn")
+
+        page.fill("#key", "not-the-key")
+        page.click("#key-form button")
+        sync_api.expect(page.locator("#key-note")).to_have_text("That key was refused. Try again.")
+        # A photo chosen while the page waits for the key is classified once the key comes.
+        page.set_input_files("input[type=file]", digit)
+        page.fill("#key", key)
+        page.click("#key-form button")
+        sync_api.expect(form).to_be_hidden()
+        sync_api.expect(page.locator("#model")).to_contain_text("knn")
+        sync_api.expect(_newest(page).locator(".top-label")).to_have_text(label)
+        assert statuses == [401, 200, 200] and page.evaluate("sessionStorage.getItem('imgcls.apiKey')") == key
+
+        # A reload in the same tab keeps the key: nothing is asked, every call gets in.
+        statuses.clear()
+        page.reload()
+        sync_api.expect(page.locator("#model")).to_contain_text("knn")
+        page.set_input_files("input[type=file]", digit)
+        sync_api.expect(_newest(page).locator(".top-label")).to_have_text(label)
+        assert form.is_hidden() and statuses == [200, 200]
+
+        # Kept for the tab alone: nothing in localStorage or cookies, which would outlive it.
+        assert page.evaluate("localStorage.length + document.cookie.length") == 0

@@ -24,26 +24,34 @@ Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the u
 streaming, before it is all read; too many pixels 413,
 a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After. The server
 never fetches URLs on a client's behalf.
+
+With an API key, every endpoint but the health checks, the page and the docs answers 401 without
+`Authorization: Bearer KEY`; CORS is off unless origins are named (imgcls.serving.security).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from imgcls.serving.limits import BodyLimit, add_error_handlers
+from imgcls.serving.security import secure
 from imgcls.serving.service import Limits, Service
 from imgcls.serving.v1 import v1_routes
 
 
 def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
                max_upload_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000,
-               top_k: int | None = None) -> FastAPI:
+               top_k: int | None = None, api_key: str | None = None,
+               cors_origins: Iterable[str] = ()) -> FastAPI:
     """An ASGI app serving `model` (any imgcls classifier, saved, pretrained or exported).
 
     top_k: labels ranked per result unless a request asks; None for 5 (single-label) or every
-    label (multi-label)."""
+    label (multi-label). api_key: required as `Authorization: Bearer KEY` by every endpoint but
+    the health checks, the page and the docs (imgcls.serving.security). cors_origins: the origins
+    whose pages may call the API from a browser; none by default."""
     service = Service.create(model, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                              limits=Limits(max_upload_bytes, max_pixels), top_k=top_k)
 
@@ -59,4 +67,5 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + 64 * 1024)   # + multipart framing
     add_error_handlers(app)
     app.include_router(v1_routes(service))
+    secure(app, api_key, cors_origins)              # last: outermost, before anything reads a body
     return app
