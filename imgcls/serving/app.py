@@ -8,7 +8,9 @@
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
 model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
-the ones at or above their thresholds, best first, which is what the model predicts.
+the ones at or above their thresholds, best first, which is what the model predicts. A model
+that abstains adds "label": "unknown" for an image too unlike its training data (else its best
+class) and the image's "rejection_score"; /v1/model gives its score, threshold and acceptance.
 
 With explain=true each result also has "explanations" (imgcls.explain: the predicted class, or
 each label above its threshold), each {"label", "score", "method", "layer", "heatmap"}: the
@@ -63,7 +65,10 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
 
     top_k: labels ranked per result unless a request asks; None for 5 (single-label) or every
     label (multi-label)."""
-    batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    # A model that abstains answers (probabilities, rejection scores) per batch; see imgcls.models.abstention.
+    abstention = getattr(model, "abstention_", None)
+    batcher = MicroBatcher(model.predict_proba if abstention is None else model.predict_with_rejection,
+                           max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     name = getattr(model, "model_name", "model")
     task, classes = model.task_, model.class_names_
     shown_k = ranked_k(task, len(classes), top_k)
@@ -97,7 +102,9 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
         return {"name": name, "classes": classes, "num_classes": len(classes), "task": task.kind,
                 "thresholds": thresholds, "input_size": list(prep.size), "channels": prep.channels,
                 "metrics": getattr(model, "metrics_", {}), "max_upload_bytes": max_upload_bytes,
-                "top_k": shown_k, "explains": explainer.kind}
+                "top_k": shown_k, "explains": explainer.kind,
+                "abstention": None if abstention is None else
+                {key: abstention.to_dict()[key] for key in ("score", "threshold", "accept")}}
 
     @app.post("/v1/classify", openapi_extra=_CLASSIFY_BODY)
     async def classify(request: Request) -> dict:
@@ -105,11 +112,12 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
         uploads, k, options = await _read_uploads(request, max_upload_bytes, top_k)
         images = np.stack([_decode(data, filename, model.preprocessing_, max_pixels) for filename, data in uploads])
         try:
-            proba = await batcher.submit(images)
+            answer = await batcher.submit(images)
         except Overloaded:
             raise BadInput(503, "server busy: too many images waiting; try again shortly", {"Retry-After": "1"})
+        proba, rejection = answer if abstention is not None else (answer, None)
         results = [{"filename": filename, **p.body()}
-                   for (filename, _), p in zip(uploads, predictions(proba, classes, task, k))]
+                   for (filename, _), p in zip(uploads, predictions(proba, classes, task, k, None, rejection, abstention))]
         if _flag(options.get("explain"), "explain"):
             sizes = [_photo_size(data) for _, data in uploads]
             heatmaps = await asyncio.to_thread(explainer.heatmaps, images, sizes, options.get("explain_method"))
