@@ -13,6 +13,10 @@ The task (imgcls.task) is learned from the data: `task_` decides how probabiliti
 read. For multi-label data, `threshold` 0 (the default) chooses each label's threshold on the
 validation data to maximise its F1 (0.5 without validation data); a value in (0, 1) is used for
 every label. The thresholds are saved with the model.
+
+A single-label model may abstain (imgcls.models.abstention): `predict_with_rejection` gives each
+input's rejection score beside its probabilities, read from `predict_proba` and `predict_logits`,
+the one logits method every classifier has (kNN's are its log-votes).
 """
 
 from __future__ import annotations
