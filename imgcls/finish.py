@@ -21,6 +21,7 @@ from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_repor
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.weights import model_figures
+from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.progress import console, stdout
 from imgcls.task import TASKS
@@ -38,11 +39,14 @@ class RunResult:
 
 
 def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
-                   rank: int = 0, print_table: bool = True, tracker: Tracker | None = None) -> RunResult | None:
+                   rank: int = 0, print_table: bool = True, tracker: Tracker | None = None,
+                   abstain: dict | None = None) -> RunResult | None:
     """Fit on train (validating on val), then finish_run: evaluate once on test, save the model and
     the reports in out. Returns None on the ranks other than 0 of a distributed run.
 
-    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report."""
+    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report.
+    abstain ({"accept", "score"}): after fitting, the model learns to answer "unknown", its
+    threshold chosen on val (imgcls.models.abstention.fit_abstention)."""
     hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
     tracking = TrackingHook(tracker) if tracker is not None else None
     hooks += [tracking] if tracking else []
@@ -54,6 +58,11 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     state = getattr(model, "train_state_", None)       # streamed files that stopped decoding mid-training
     splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
     extra = {}
+    if abstain:
+        model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
+                                           reference=splits.train)
+        console.print(f"abstention: {abstain['score']} above {model.abstention_.threshold:.4g} answers unknown "
+                      f"(accepts {model.abstention_.fitted_on['accepted']:.1%} of val)")
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models

@@ -24,6 +24,8 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.weights import model_figures
 from imgcls.finish import RunResult, fit_and_report, mistake_heatmaps
+from imgcls.models.abstention import Abstention, check_accept, check_score, fit_abstention
+from imgcls.models.artifact import save_model
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
@@ -38,11 +40,12 @@ class TrainConfig:
     out: str = "runs/latest"
     data_options: DataOptions = field(default_factory=DataOptions)
     log: str | None = None          # an experiment tracker as well: "tensorboard" or "mlflow"
+    abstain: dict | None = None     # {"accept", "score"}: fit an abstention on val after training
 
     def to_dict(self) -> dict:
         return {"data": self.data, "model": self.model, "params": self.params, "out": self.out,
                 "data_options": dataclasses.asdict(self.data_options), "log": self.log,
-                "imgcls_version": __version__}
+                "abstain": self.abstain, "imgcls_version": __version__}
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
@@ -65,6 +68,8 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     config = dataclasses.replace(config, data_options=config.data_options.decoding_as(model.input_preprocessing()))
     splits = load_dataset(config.data, config.data_options)
     model.check_can_learn(splits.train.task)              # before anything is written
+    if config.abstain:
+        check_can_abstain(splits, config.abstain)
     if not len(splits.test):
         raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
@@ -76,7 +81,7 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     with tracking(config.log if rank == 0 else None, out, config=config.to_dict(), experiment=splits.name,
                   run_name=out.name, resume=resume) as tracker:
         return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank,
-                              tracker=tracker)
+                              tracker=tracker, abstain=config.abstain)
 
 
 def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
@@ -118,6 +123,40 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out),
                          heatmaps=heatmaps) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
+
+
+def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
+    """Refuse, before any training, an abstention the data cannot give: it needs single-label
+    data with a validation split to choose the threshold on."""
+    check_accept(abstain["accept"])
+    check_score(abstain["score"])
+    if splits.train.multi_label:
+        raise ImgclsError("--accept is for single-label data; a multi-label model already answers no label "
+                          "when none is above its threshold")
+    if splits.val is None or not len(splits.val):
+        raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
+
+
+def abstain_saved(model_path: str | Path, data: str, options: DataOptions, abstain: dict,
+                  out: str | Path | None = None) -> tuple[Path, Abstention]:
+    """Fit an abstention for a saved model on data's validation split (knn: its training split as
+    reference; use the data flags the model was trained with, so val is the same held-out part),
+    and save the model with it to out (default: in place)."""
+    from imgcls.models.artifact import load_model, resolve_model_path
+    path = resolve_model_path(model_path)
+    model = load_model(path)
+    if not model.takes_images:
+        raise ImgclsError(f"{model_path}: a model fitted on feature vectors; fit its abstention from Python "
+                          "(imgcls.models.abstention.fit_abstention)")
+    if options.size is not None or options.channels is not None:
+        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size and --channels")
+    splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
+    check_can_abstain(splits, abstain)
+    if splits.val.class_names != model.class_names_:
+        raise ImgclsError(f"{data} has classes {', '.join(splits.val.class_names)}; the model was trained on "
+                          f"{', '.join(model.class_names_)}")
+    model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"], reference=splits.train)
+    return save_model(model, Path(out) if out else path), model.abstention_
 
 
 def _decode_text(prep) -> str:

@@ -39,6 +39,30 @@ def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     ]
 
 
+def add_abstention_flags(parser: argparse.ArgumentParser, accept_default: float | None = None
+                         ) -> list[argparse.Action]:
+    """--accept and --reject-score: "I don't know" (imgcls.models.abstention); returns the flags added."""
+    group = parser.add_argument_group("abstention (answer 'unknown' for images unlike the training data)")
+    default = f"default: {accept_default}" if accept_default else "default: off"
+    return [
+        group.add_argument("--accept", type=float, default=accept_default, metavar="FRACTION",
+                           help="share of validation images to answer as before, in (0, 1), e.g. 0.95: the "
+                                f"rest of the score range answers 'unknown' ({default})"),
+        group.add_argument("--reject-score", choices=["msp", "energy", "knn"], default="msp",
+                           help="msp: 1 - top probability; energy: -logsumexp(logits); knn: distance to the "
+                                "10th nearest training image's unit logits (default: msp)"),
+    ]
+
+
+def abstention_request(args) -> dict | None:
+    """{"accept", "score"} from add_abstention_flags' flags (checked), or None without --accept."""
+    from imgcls.models.abstention import check_accept
+    if args.accept is None:
+        return None
+    check_accept(args.accept)
+    return {"accept": args.accept, "score": args.reject_score}
+
+
 def add_stream_flags(parser: argparse.ArgumentParser, group=None) -> list[argparse.Action]:
     """Whether image files are decoded into memory or streamed from disk; returns the flags added."""
     group = group or parser.add_argument_group("data")

@@ -22,7 +22,11 @@ EXAMPLES = """examples:
 multi-label models: the text shows each image's labels at or above their thresholds (what the
 model predicts), or "(none above threshold; best: ...)"; --json ranks every label (the top k with
 an explicit --top-k) under "predictions" and lists the chosen labels under "labels"; --csv adds a
-'labels' column (';'-separated, as in a multi-label manifest)."""
+'labels' column (';'-separated, as in a multi-label manifest).
+
+models that abstain (trained with --accept, or `imgcls abstain`): an image too unlike the training
+data reads "unknown (not sure: dog 45%, cat 30%, ...)"; --json gives "label": "unknown" (else the
+best class) and its "rejection_score" beside the ranked "predictions"; --csv adds a 'label' column."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,7 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--csv", default=None, metavar="FILE",
                         help="also write rows path,label1,score1,label2,score2,... to FILE "
-                             "(path,labels,label1,score1,... for a multi-label model)")
+                             "(path,labels,label1,score1,... for a multi-label model; path,label,label1,... "
+                             "for a model that abstains)")
     parser.set_defaults(handler=handle)
     return parser
 
@@ -67,9 +72,11 @@ def handle(args) -> int:
 
 
 def _text(p) -> str:
-    """The ranked labels with their scores; for a multi-label model the chosen ones only."""
+    """The ranked labels with their scores; for a multi-label model the chosen ones only; "unknown
+    (not sure: ...)" where the model abstains."""
     if p.chosen is None:
-        return ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
+        ranked = ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels, p.scores))
+        return f"unknown (not sure: {ranked})" if p.unknown else ranked
     if not p.chosen:
         return f"(none above threshold; best: {p.labels[0]} {p.scores[0]:.0%})"
     return ", ".join(f"{label} {score:.0%}" for label, score in zip(p.chosen, p.chosen_scores))
@@ -81,9 +88,10 @@ def _write_predictions_csv(predictions, path: Path, multi_label: bool = False) -
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        chosen = ["labels"] if multi_label else []
+        abstains = any(p.unknown is not None for p in predictions)
+        chosen = ["labels"] if multi_label else ["label"] if abstains else []
         writer.writerow(["path", *chosen, *(f"{kind}{i}" for i in range(1, k + 1) for kind in ("label", "score"))])
         for p in predictions:
-            labels = [";".join(p.chosen)] if multi_label else []
+            labels = [";".join(p.chosen)] if multi_label else [p.label] if abstains else []
             writer.writerow([p.path, *labels,
                              *(v for pair in zip(p.labels, (f"{s:.6g}" for s in p.scores)) for v in pair)])

@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.commands.common import (add_command, add_data_flags, add_log_flag, add_model_flags, data_options,
-                                   model_params)
+from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_flags,
+                                   add_log_flag, add_model_flags, data_options, model_params)
 from imgcls.errors import ImgclsError
 
 NAME = "train"
@@ -23,7 +23,8 @@ EXAMPLES = """examples:
   imgcls train fashion-mnist --model linear --loss svm --epochs 20 --out runs/svm
   imgcls train fashion-mnist --model cnn --log tensorboard --out runs/cnn   # then: tensorboard --logdir runs
   imgcls train photos/ --model knn --image-size 32 --strict --out runs/photos
-  imgcls train labels.csv --model linear --out runs/csv"""
+  imgcls train labels.csv --model linear --out runs/csv
+  imgcls train fashion-mnist --model cnn --accept 0.95 --reject-score energy --out runs/cnn   # may answer unknown"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         add_log_flag(parser),
     ]
     settable += add_data_flags(parser)
+    settable += add_abstention_flags(parser)
     settable += add_model_flags(parser)
     parser.set_defaults(handler=handle, config_file=ConfigFile(parser, {action.dest: action for action in settable}))
     return parser
@@ -82,7 +84,8 @@ def handle(args) -> int:
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=model_params(args),
-                         out=args.out or f"runs/{args.model}", data_options=data_options(args), log=args.log)
+                         out=args.out or f"runs/{args.model}", data_options=data_options(args), log=args.log,
+                         abstain=abstention_request(args))
     result = train(config, resume=args.resume)
     if result is not None:
         print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")

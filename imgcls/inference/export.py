@@ -3,7 +3,7 @@
 The whole ImageNetwork is exported, normalisation included, so an exported file takes the same
 input as the PyTorch model: float32 images N x C x H x W with pixels in 0..255. It is
 self-describing: class names, preprocessing, model name, task (with a multi-label model's
-thresholds) and provenance travel inside it as JSON (ONNX: metadata_props["imgcls"]; OpenVINO:
+thresholds), abstention (with a knn score's reference vectors inline) and provenance travel inside it as JSON (ONNX: metadata_props["imgcls"]; OpenVINO:
 the model's rt_info["imgcls"]), so prediction from an exported file never re-declares them. The
 network outputs logits; the task says which activation turns them into probabilities.
 
@@ -43,8 +43,9 @@ from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
-from imgcls.inference.onnx_model import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
-                                         SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
+from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, INPUT_NAME, METADATA_KEY,
+                                         MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME, SINGLE_LABEL_FORMAT_VERSION,
+                                         OnnxClassifier)
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -61,14 +62,16 @@ CALIBRATION_BATCH = 64      # streamed calibration images decoded at a time
 def export_metadata(model, source: str | Path | None = None) -> dict:
     """What an exported file carries about its model: enough to predict from it alone, and where
     its weights came from (source: the model file or pretrained name it was loaded from)."""
-    task = model.task_
-    version = FORMAT_VERSION if task.multi_label else SINGLE_LABEL_FORMAT_VERSION
+    task, abstention = model.task_, model.abstention_
+    version = (MULTI_LABEL_FORMAT_VERSION if task.multi_label else
+               ABSTAINING_FORMAT_VERSION if abstention is not None else SINGLE_LABEL_FORMAT_VERSION)
     origin = provenance(model, source)
     params = model.get_params() if origin["weights"] == "trained" else prediction_params(model)
     return {"format": "imgcls-export", "format_version": version, "imgcls_version": __version__,
             "model": model.model_name, "params": params, "class_names": list(model.class_names_),
             "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
             "task": task.to_dict(), "provenance": origin,
+            **({"abstention": abstention.to_json()} if abstention is not None else {}),
             "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
 
 

@@ -17,6 +17,7 @@ import torch
 
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.models.abstention import Abstention
 from imgcls.models.base import Classifier
 from imgcls.runtime import with_tta
 from imgcls.task import task_from_dict
@@ -25,7 +26,10 @@ from imgcls.task import task_from_dict
 # names, and the metadata_props key that holds the JSON metadata. Version 2 marks multi-label
 # exports, whose logits need a sigmoid: an imgcls that reads only version 1 (and would apply a
 # softmax) refuses them. Single-label exports stay version 1; files without a task are single-label.
-FORMAT_VERSION = 2
+# Version 3 marks a model that abstains (metadata "abstention"), so an older imgcls refuses it
+# rather than answer every image.
+FORMAT_VERSION = 3
+MULTI_LABEL_FORMAT_VERSION, ABSTAINING_FORMAT_VERSION = 2, 3
 SINGLE_LABEL_FORMAT_VERSION = 1
 METADATA_KEY = "imgcls"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -45,6 +49,7 @@ class OnnxClassifier(Classifier):
         self.metrics_ = metadata.get("metrics", {})
         self.task_ = task_from_dict(metadata.get("task"))
         self.quantization = metadata.get("quantization")
+        self.abstention_ = Abstention.from_dict(metadata.get("abstention"))    # inline reference (to_json)
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxClassifier:
@@ -85,6 +90,9 @@ class OnnxClassifier(Classifier):
                                                      .astype(np.float32)})[0]
                    for i in range(0, len(images), self.batch_size)]
         return np.concatenate(outputs) if outputs else np.empty((0, len(self.class_names_)), np.float32)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.logits(images))
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         # The original NeuralClassifier's tta travels in the exported params, so both predict alike.

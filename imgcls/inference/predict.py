@@ -3,8 +3,10 @@
 What a prediction holds depends on the model's task. A single-label model's is its top k classes
 (k = 5 unless asked), best first. A multi-label model's ranks every label by score (or the top k,
 when k is asked for), and adds `chosen`: the labels at or above their thresholds, which is what the
-model predicts, best first, and may be empty. `imgcls predict` and the server both answer with
-`Prediction.body()`.
+model predicts, best first, and may be empty. A model that abstains (imgcls.models.abstention)
+adds `label`: its best class, or "unknown" where the input's rejection score is above the
+threshold, and `rejection_score`; the top k are ranked either way. `imgcls predict` and the
+server both answer with `Prediction.body()`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from imgcls.data.images import is_image_file
 from imgcls.data.stream import ImageFiles, image_batches
 from imgcls.errors import ImgclsError
+from imgcls.models.abstention import UNKNOWN
 from imgcls.task import Task
 
 DEFAULT_TOP_K = 5     # labels ranked per image by a single-label model unless k is given
@@ -29,12 +32,22 @@ class Prediction:
     scores: list[float]
     chosen: list[str] | None = None     # multi-label: the labels at or above their thresholds, best first
     chosen_scores: list[float] | None = None
+    rejection_score: float | None = None   # a model that abstains: how unlike its training data
+    unknown: bool | None = None            # ... and whether that is above its threshold
+
+    @property
+    def label(self) -> str:
+        """The answer: "unknown" where the model abstains, else its best class."""
+        return UNKNOWN if self.unknown else self.labels[0]
 
     def body(self) -> dict:
-        """{"predictions": [{"label", "score"}, ...]}, and "labels" (the chosen ones) for multi-label models."""
+        """{"predictions": [{"label", "score"}, ...]}, "labels" (the chosen ones) for multi-label
+        models, and "label" ("unknown" or the best class) with "rejection_score" for models that abstain."""
         out = {"predictions": [{"label": l, "score": s} for l, s in zip(self.labels, self.scores)]}
         if self.chosen is not None:
             out["labels"] = list(self.chosen)
+        if self.unknown is not None:
+            out = {"label": self.label, **out, "rejection_score": self.rejection_score}
         return out
 
     def to_dict(self) -> dict:
@@ -71,14 +84,19 @@ def ranked_k(task: Task, n_labels: int, k: int | None) -> int:
 
 
 def predictions(proba, class_names: list[str], task: Task, k: int | None = None,
-                paths: list[str] | None = None) -> list[Prediction]:
+                paths: list[str] | None = None, rejection=None, abstention=None) -> list[Prediction]:
     """One Prediction per row of proba (N, labels): the ranked labels (see ranked_k), and for a
-    multi-label task the labels its thresholds choose (task.decide, as model.predict does)."""
+    multi-label task the labels its thresholds choose (task.decide, as model.predict does).
+    rejection: the rejection scores (N,) of a model that abstains, judged by its abstention."""
     proba = np.asarray(proba)
     paths = paths if paths is not None else [""] * len(proba)
     ranked = top_k(proba, class_names, ranked_k(task, len(class_names), k))
     if not task.multi_label:
-        return [Prediction(path, labels, scores) for path, (labels, scores) in zip(paths, ranked)]
+        if rejection is None or abstention is None:
+            return [Prediction(path, labels, scores) for path, (labels, scores) in zip(paths, ranked)]
+        unknown = abstention.rejects(rejection)
+        return [Prediction(path, labels, scores, rejection_score=float(r), unknown=bool(u))
+                for path, (labels, scores), r, u in zip(paths, ranked, rejection, unknown)]
     chosen = task.decide(proba).astype(bool)
     order = np.argsort(-proba, axis=1, kind="stable")
     return [Prediction(path, labels, scores, [class_names[i] for i in row if hit[i]],
@@ -96,6 +114,7 @@ def predict_files(model, paths: list[Path], k: int | None = None, batch_size: in
     for rows, images, unreadable in image_batches(files, batch_size, "predicting"):
         failures += [(str(paths[i]), reason) for i, reason in unreadable]
         if len(rows):
-            found += predictions(model.predict_proba(images), model.class_names_, model.task_, k,
-                                 [str(paths[i]) for i in rows.tolist()])
+            proba, rejection = model.predict_with_rejection(images)
+            found += predictions(proba, model.class_names_, model.task_, k, [str(paths[i]) for i in rows.tolist()],
+                                 rejection, model.abstention_)
     return found, failures

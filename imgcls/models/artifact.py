@@ -2,7 +2,8 @@
 
 The metadata holds everything needed to rebuild the model without training code: the registry
 name and hyperparameters, class names and labels (classes_), what it takes (images and their
-preprocessing, or feature vectors), metrics and the imgcls version.
+preprocessing, or feature vectors), metrics, the imgcls version and, for a model that abstains,
+its abstention (imgcls.models.abstention).
 Loading reads tensors and JSON only; nothing is ever unpickled. Files of every earlier format
 version load (tests/fixtures holds some).
 """
@@ -23,18 +24,24 @@ from safetensors.torch import load_file, safe_open, save_file
 from imgcls import __version__
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.models.abstention import Abstention
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.task import task_from_dict
 
 MODEL_FILE = "model.safetensors"
+ABSTENTION_PREFIX = "abstention."      # tensors of the abstention, not of the classifier
 FORMAT = "imgcls-model"
 # 2: the task (multi-label thresholds) and the threshold hyperparameter; version 1 files load as single-label.
 # 3: classes_ (the labels predict returns), inputs (images, or feature vectors of n_features), a
 #    null preprocessing for feature models, and the linear model's standardisation; an older
 #    imgcls would misread these, so it refuses them. Files without them predict class indices
 #    of images, as they always did.
-FORMAT_VERSION = 3
+# 4: an abstention ("I don't know": a rejection score and threshold, and for knn its reference
+#    vectors as the tensor abstention.reference); written only by models that abstain, so an older
+#    imgcls refuses those instead of answering every image. Files without one never abstain.
+FORMAT_VERSION = 4
+PLAIN_FORMAT_VERSION = 3
 
 
 def save_model(model, path: str | Path) -> Path:
@@ -43,17 +50,21 @@ def save_model(model, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         path = path / MODEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    abstention = model.abstention_
     metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION if abstention is not None else PLAIN_FORMAT_VERSION, "imgcls_version": __version__,
         "model": model.model_name, "params": model.get_params(),
         "class_names": model.class_names_, "classes": classes_to_json(model.classes_),
         "inputs": _inputs_to_json(model),
         "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
         "metrics": getattr(model, "metrics_", {}),
+        "abstention": abstention.to_dict() if abstention is not None else None,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_safetensors(path, model.state_tensors(), metadata)
+    tensors = model.state_tensors()
+    tensors.update(abstention.tensors() if abstention is not None else {})
+    write_safetensors(path, tensors, metadata)
     return path
 
 
@@ -127,7 +138,10 @@ def load_model(path: str | Path):
         model.n_features_in_ = model.preprocessing_.channels * math.prod(model.preprocessing_.size)
     model.metrics_ = metadata.get("metrics", {})
     model.task_ = task_from_dict(metadata.get("task"))     # absent before tasks existed: single-label
-    model.load_state_tensors(load_file(str(path)))
+    tensors = load_file(str(path))
+    own = {name: tensors.pop(name) for name in list(tensors) if name.startswith(ABSTENTION_PREFIX)}
+    model.abstention_ = Abstention.from_dict(metadata.get("abstention"), own)   # absent before version 4: none
+    model.load_state_tensors(tensors)
     return model
 
 

@@ -13,6 +13,10 @@ The task (imgcls.task) is learned from the data: `task_` decides how probabiliti
 read. For multi-label data, `threshold` 0 (the default) chooses each label's threshold on the
 validation data to maximise its F1 (0.5 without validation data); a value in (0, 1) is used for
 every label. The thresholds are saved with the model.
+
+A single-label model may abstain (imgcls.models.abstention): `predict_with_rejection` gives each
+input's rejection score beside its probabilities, read from `predict_proba` and `predict_logits`,
+the one logits method every classifier has (kNN's are its log-votes).
 """
 
 from __future__ import annotations
@@ -97,6 +101,15 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.__dict__["_task"] = task
 
     @property
+    def abstention_(self):
+        """How the model abstains (imgcls.models.abstention.Abstention), or None: it always answers."""
+        return self.__dict__.get("_abstention")
+
+    @abstention_.setter
+    def abstention_(self, abstention) -> None:
+        self.__dict__["_abstention"] = abstention
+
+    @property
     def takes_images(self) -> bool:
         """Whether this fitted model classifies images (False: it was fitted on feature vectors)."""
         return self.preprocessing_ is not None
@@ -149,6 +162,24 @@ class Classifier(ClassifierMixin, BaseEstimator):
         """predict and predict_proba in one pass (what evaluation needs)."""
         decided, proba = self._decide(self._inputs(X))
         return self._labels(decided), proba
+
+    def predict_logits(self, X) -> np.ndarray:
+        """Logits (N, number of classes): the scores whose activation gives predict_proba (for a
+        single-label model without test-time augmentation, softmax(predict_logits) is predict_proba).
+        A model without logits of its own (kNN's votes) gives log-probabilities."""
+        return self._logits(self._inputs(X)).numpy()
+
+    def predict_with_rejection(self, X, abstention=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """predict_proba, and each input's rejection score under abstention (default: the model's
+        own abstention_; see imgcls.models.abstention), higher meaning less like the training data;
+        None for a model that does not abstain."""
+        abstention = abstention if abstention is not None else self.abstention_
+        inputs = self._inputs(X)
+        proba = self._predict_proba(inputs).numpy()
+        if abstention is None:
+            return proba, None
+        logits = self._logits(inputs).numpy() if abstention.needs_logits else None
+        return proba, abstention.scores(proba, logits)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on (X, y), or on an ImageDataset's own labels; for multi-label models the
@@ -207,6 +238,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
     def _predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
         """Probabilities for inputs checked by _inputs (images, or feature vectors)."""
         raise NotImplementedError
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for checked inputs (see predict_logits); by default log-probabilities, whose
+        softmax gives the probabilities back. A calibrated model's temperature belongs here."""
+        return self._predict_proba(inputs).double().clamp_min(1e-12).log().float()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Learned tensors to save (safetensors)."""

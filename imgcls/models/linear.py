@@ -140,6 +140,9 @@ class LinearClassifier(Classifier):
     def _predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.task_.activation(self._scores(inputs))
 
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._scores(inputs).float()
+
     def templates(self) -> np.ndarray:
         """W's rows as images (classes, channels, height, width): the weight of each pixel for each class."""
         self._check_fitted()

@@ -163,6 +163,9 @@ class NeuralClassifier(Classifier, TrainingConfig):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.run_network(images)
 
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits(inputs)
+
     def run_network(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
         """Float32 outputs of forward (default: the network, giving logits) on uint8 images, in batches
         on the model's device, with bf16 and channels_last where they are on."""

@@ -27,6 +27,7 @@ from imgcls.data.dataset import ImageDataset
 from imgcls.data.images import Preprocessing
 from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
+from imgcls.models.base import Classifier
 from imgcls.models.distance import ExactSearch
 from imgcls.models.knn import as_probabilities, predictions_from_votes, vote
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
@@ -216,6 +217,10 @@ class TransferClassifier(NeuralClassifier):
             return super()._predict_proba(images)
         votes, _ = self._knn_votes(images)
         return as_probabilities(votes, self.task_.multi_label).float()
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        # knn mode never trains its head: its logits are the log-votes, as for the kNN classifier.
+        return super()._logits(images) if self.mode != "knn" else Classifier._logits(self, images)
 
     def _decide(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if self.mode != "knn":

@@ -12,7 +12,9 @@ per protocol (v1).
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
 model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
-the ones at or above their thresholds, best first, which is what the model predicts.
+the ones at or above their thresholds, best first, which is what the model predicts. A model
+that abstains adds "label": "unknown" for an image too unlike its training data (else its best
+class) and the image's "rejection_score"; /v1/model gives its score, threshold and acceptance.
 
 With explain=true each result also has "explanations" (imgcls.explain: the predicted class, or
 each label above its threshold), each {"label", "score", "method", "layer", "heatmap"}: the

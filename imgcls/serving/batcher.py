@@ -46,8 +46,9 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
 
-    async def submit(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for images (N, C, H, W); raises Overloaded when full."""
+    async def submit(self, images: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """What predict gives for images (N, C, H, W): probabilities (N, classes), or a tuple of
+        arrays of N rows each; raises Overloaded when full."""
         job = _Job(images, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
@@ -84,5 +85,10 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             if not job.future.done():   # a client that went away no longer waits
-                job.future.set_result(proba[start:start + len(job.images)])
+                job.future.set_result(_rows(proba, start, start + len(job.images)))
             start += len(job.images)
+
+
+def _rows(answer, start: int, stop: int):
+    """Rows start:stop of an array, or of each array of a tuple (probabilities, rejection scores)."""
+    return tuple(part[start:stop] for part in answer) if isinstance(answer, tuple) else answer[start:stop]

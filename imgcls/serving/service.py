@@ -34,11 +34,14 @@ class Service:
         self.task, self.classes = self.model.task_, self.model.class_names_
         self.shown_k = ranked_k(self.task, len(self.classes), self.top_k)
         self.explainer = Explainer(self.model)
+        self.abstention = getattr(self.model, "abstention_", None)   # see imgcls.models.abstention
 
     @classmethod
     def create(cls, model, *, max_batch: int, max_wait_ms: float, queue_size: int, limits: Limits,
                top_k: int | None) -> Service:
-        batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        # A model that abstains answers (probabilities, rejection scores) per batch.
+        predict = model.predict_proba if getattr(model, "abstention_", None) is None else model.predict_with_rejection
+        batcher = MicroBatcher(predict, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                queue_size=queue_size)
         return cls(model, batcher, limits, top_k)
 
@@ -49,10 +52,15 @@ class Service:
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, classes) through the shared micro-batcher; a full queue is a 503 with Retry-After."""
+        return (await self.answers(images))[0]
+
+    async def answers(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, classes) and, for a model that abstains, rejection scores (N,)."""
         try:
-            return await self.batcher.submit(images)
+            answer = await self.batcher.submit(images)
         except Overloaded:
             raise BadInput(503, "server busy: too many images waiting; try again shortly", {"Retry-After": "1"})
+        return (answer, None) if self.abstention is None else answer
 
     def describe(self) -> dict:
         """What GET /v1/model reports."""
@@ -62,4 +70,9 @@ class Service:
                 "task": self.task.kind, "thresholds": thresholds, "input_size": list(prep.size),
                 "channels": prep.channels, "metrics": getattr(self.model, "metrics_", {}),
                 "max_upload_bytes": self.limits.max_upload_bytes, "top_k": self.shown_k,
-                "explains": self.explainer.kind}
+                "explains": self.explainer.kind, "abstention": self._abstention()}
+
+    def _abstention(self) -> dict | None:
+        if self.abstention is None:
+            return None
+        return {key: self.abstention.to_dict()[key] for key in ("score", "threshold", "accept")}

@@ -36,9 +36,9 @@ def v1_routes(service: Service) -> APIRouter:
         start = time.perf_counter()
         uploads, k, options = await read_uploads(request, service.limits.max_upload_bytes, service.top_k)
         images = service.decode(uploads)
-        proba = await service.probabilities(images)
-        results = [{"filename": filename, **p.body()}
-                   for (filename, _), p in zip(uploads, predictions(proba, service.classes, service.task, k))]
+        proba, rejection = await service.answers(images)
+        found = predictions(proba, service.classes, service.task, k, None, rejection, service.abstention)
+        results = [{"filename": filename, **p.body()} for (filename, _), p in zip(uploads, found)]
         if flag(options.get("explain"), "explain"):
             sizes = [photo_size(data) for _, data in uploads]
             heatmaps = await asyncio.to_thread(service.explainer.heatmaps, images, sizes,

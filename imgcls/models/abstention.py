@@ -1,0 +1,191 @@
+"""Abstention ("I don't know"): a rejection score per input, and a threshold above which the
+model answers "unknown" instead of its best class (it still ranks its top k).
+
+Scores, higher meaning less like the training data:
+
+- msp: 1 - the maximum softmax probability (Hendrycks & Gimpel, 2017);
+- energy: -logsumexp(logits) (Liu et al., 2020), which needs a model with logits of its own
+  (networks, linear models; a kNN model's log-votes make it 0 for every image);
+- knn: the L2 distance from the input's unit-length logit vector to the k-th nearest of the
+  training images' (Sun et al., 2022, who use embeddings). Logits, not the network's embedding,
+  because every classifier gives them, an exported ONNX or OpenVINO file included, and a
+  temperature (calibration) leaves unit-length logits unchanged. The reference vectors are
+  saved with the model; the search is ExactSearch, the exact kernel behind the similarity index.
+
+The threshold is chosen on validation images for a target acceptance rate: with accept=0.95 it
+is the 95th percentile of their scores, so 95% of in-distribution images are answered as before.
+Scores come from predict_proba and the model's logits (Classifier.predict_logits), so a
+calibrated model's are used; fit the abstention after calibrating.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from imgcls.errors import ImgclsError
+from imgcls.models.distance import ExactSearch
+
+SCORES = ("msp", "energy", "knn")
+DEFAULT_SCORE = "msp"
+DEFAULT_ACCEPT = 0.95
+KNN_K = 10
+REFERENCE_MAX = 10_000       # training images kept as knn reference (Sun et al.: a 1% sample still works)
+TENSOR = "abstention.reference"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, eq=False)
+class Abstention:
+    """How a model abstains: its score, the threshold above which it answers "unknown", and
+    (knn) the reference vectors. accept: the acceptance the threshold was chosen for on
+    `fitted_on` validation images (None: set by hand)."""
+
+    score: str
+    threshold: float
+    accept: float | None = None
+    k: int = KNN_K
+    reference: torch.Tensor | None = field(default=None, repr=False)
+    fitted_on: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_score(self.score)
+        if self.score == "knn" and (self.reference is None or not len(self.reference)):
+            raise ImgclsError("a knn abstention needs the training images' reference vectors")
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.score != "msp"
+
+    def scores(self, proba: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
+        """Rejection scores (N,) float64 from probabilities (N, C) and, for energy and knn, logits."""
+        if self.score == "msp":
+            return msp_score(proba)
+        if logits is None:
+            raise ImgclsError(f"the {self.score} score needs the model's logits")
+        if self.score == "energy":
+            return energy_score(logits)
+        return knn_score(logits, self._search(), self.k)
+
+    def rejects(self, scores: np.ndarray) -> np.ndarray:
+        """Which inputs are answered "unknown": those scoring above the threshold."""
+        return np.asarray(scores) > self.threshold
+
+    def _search(self) -> ExactSearch:
+        # Built once per Abstention (frozen dataclass: stored past __setattr__).
+        search = self.__dict__.get("_search_")
+        if search is None:
+            search = ExactSearch(self.reference.float(), "l2")
+            object.__setattr__(self, "_search_", search)
+        return search
+
+    # -- saving: JSON for the metadata, the reference as a tensor (or base64 inside JSON) ---------
+    def to_dict(self) -> dict:
+        out = {"score": self.score, "threshold": self.threshold, "accept": self.accept,
+               "fitted_on": dict(self.fitted_on)}
+        if self.score == "knn":
+            out.update(k=self.k, features="unit-length logits", reference_images=len(self.reference),
+                       reference_tensor=TENSOR)
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {TENSOR: self.reference.float().contiguous()} if self.reference is not None else {}
+
+    def to_json(self) -> dict:
+        """to_dict with the reference vectors inline (base64 float32), for an exported file's metadata."""
+        out = self.to_dict()
+        if self.reference is not None:
+            array = np.ascontiguousarray(self.reference.float().numpy())
+            out.pop("reference_tensor")
+            out["reference"] = {"dtype": "float32", "shape": list(array.shape),
+                                "base64": base64.b64encode(array.tobytes()).decode("ascii")}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict | None, tensors: dict[str, torch.Tensor] | None = None) -> Abstention | None:
+        """Rebuild from to_dict (with the model file's tensors) or to_json; None stays None (no abstention)."""
+        if not data:
+            return None
+        reference = None
+        if isinstance(data.get("reference"), dict):
+            ref = data["reference"]
+            reference = torch.from_numpy(np.frombuffer(base64.b64decode(ref["base64"]), dtype=np.float32)
+                                         .reshape(ref["shape"]).copy())
+        elif data.get("reference_tensor"):
+            reference = (tensors or {}).get(data["reference_tensor"])
+        return cls(score=data["score"], threshold=float(data["threshold"]), accept=data.get("accept"),
+                   k=int(data.get("k", KNN_K)), reference=reference, fitted_on=dict(data.get("fitted_on") or {}))
+
+
+def check_score(score: str) -> None:
+    if score not in SCORES:
+        raise ImgclsError(f"unknown rejection score {score!r}; valid: {', '.join(SCORES)}")
+
+
+def check_accept(accept: float) -> None:
+    """The acceptance rate must lie strictly between 0 and 1 (1 would accept everything)."""
+    if not (isinstance(accept, (int, float)) and math.isfinite(accept) and 0 < accept < 1):
+        raise ImgclsError(f"--accept must be between 0 and 1 (exclusive), e.g. 0.95; got {accept}")
+
+
+def msp_score(proba: np.ndarray) -> np.ndarray:
+    return 1.0 - np.asarray(proba, dtype=np.float64).max(axis=1)
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    return (-torch.logsumexp(logits, dim=1)).numpy()
+
+
+def unit_rows(vectors) -> torch.Tensor:
+    """Rows scaled to unit length (float32); an all-zero row stays zero."""
+    v = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+    return torch.nn.functional.normalize(v, dim=1)
+
+
+def knn_score(logits: np.ndarray, search: ExactSearch, k: int) -> np.ndarray:
+    """Distance from each unit-length logit vector to its k-th nearest reference vector."""
+    distances, _ = search.search(unit_rows(logits), k)
+    return distances[:, -1].double().numpy()
+
+
+def threshold_for(scores: np.ndarray, accept: float) -> float:
+    """The smallest threshold that accepts (score <= threshold) at least `accept` of scores:
+    their accept-quantile (the ceil(accept * n)-th smallest)."""
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), accept, method="inverted_cdf"))
+
+
+def fit_abstention(model, validation, accept: float = DEFAULT_ACCEPT, score: str = DEFAULT_SCORE, *,
+                   reference=None, k: int = KNN_K, split: str = "val", seed: int = 0) -> Abstention:
+    """An Abstention for model whose threshold accepts `accept` of the validation images
+    (an ImageDataset or images of the model's kind). knn needs `reference`: the training images,
+    of which up to REFERENCE_MAX (a seeded random sample) are kept. Does not change model; set
+    model.abstention_ to the result."""
+    check_accept(accept)
+    check_score(score)
+    if model.task_.multi_label:
+        raise ImgclsError("abstention is for single-label models; a multi-label model already answers "
+                          "no label when none is above its threshold")
+    if validation is None or not len(validation):
+        raise ImgclsError("choosing a rejection threshold needs validation images (a val split)")
+    if k < 1:
+        raise ImgclsError("the knn rejection score needs k of at least 1")
+    vectors = None
+    if score == "knn":
+        if reference is None or not len(reference):
+            raise ImgclsError("the knn rejection score needs the training images as reference")
+        if len(reference) > REFERENCE_MAX:
+            chosen = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))[:REFERENCE_MAX]
+            reference = reference.subset(chosen.sort().values) if hasattr(reference, "subset") else reference[chosen]
+        vectors = unit_rows(model.predict_logits(reference))
+    draft = Abstention(score, math.inf, accept, k, vectors)
+    _, scores = model.predict_with_rejection(validation, draft)
+    threshold = threshold_for(scores, accept)
+    accepted = float(np.mean(scores <= threshold))
+    return replace(draft, threshold=threshold,
+                   fitted_on={"split": split, "images": int(len(scores)), "accepted": accepted})
+
