@@ -66,21 +66,27 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500    # an exception that escapes is answered 500
+        start, status, counted = time.perf_counter(), 500, False   # an exception that escapes is a 500
         root = scope.get("root_path", "")
+
+        def count() -> None:
+            nonlocal counted
+            counted, path = True, self._template(scope, root)
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
         async def send_and_note(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()     # before the last byte goes out, so a client that has its answer sees it counted
             await send(message)
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            path, method = self._template(scope, root), scope["method"]
-            self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
-
+            if not counted:
+                count()
 
     def _template(self, scope, root: str) -> str:
         """The template of the route that answered. APIRoutes leave themselves in scope["route"]; an
