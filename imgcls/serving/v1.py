@@ -53,6 +53,9 @@ def v1_routes(service: Service) -> APIRouter:
     return router
 
 
+# an 8x8 grey gradient as PNG: what /docs's "Try it out" sends first, and schemathesis too, so a
+# request that succeeds is among those checked against the reply's schema
+_EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR42mNkEIAAJgGKGACOGAQAwSeVywAAAABJRU5ErkJggg=="
 _EXPLAIN_FIELDS = {
     "explain": {"type": "boolean", "description": "add a heatmap per image (base64 PNG) under explanations"},
     "explain_method": {"type": "string", "enum": list(METHODS),
@@ -73,7 +76,8 @@ _CLASSIFY_BODY = {
             "application/json": {"schema": {"type": "object", "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"},
                            "minItems": 1, "maxItems": MAX_FILES},
-                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]}},
+                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]},
+                "example": {"images": [_EXAMPLE_PNG], "top_k": 3}},
         },
     },
 }
