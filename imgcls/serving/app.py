@@ -5,8 +5,8 @@
     GET  /v1/model    model name, classes, task and thresholds, input size, metrics, limits
     GET  /metrics     Prometheus text format (OpenMetrics if the Accept header asks): requests by
                       route template and status, latency, micro-batch sizes, queue depth
-    GET  /docs        Swagger UI, and GET /redoc ReDoc, over /openapi.json; their files ship with
-                      the server (fastapi-offline), so they work with no internet
+    GET  /docs        Swagger UI over /openapi.json; its files ship with the server
+                      (fastapi-offline), so it works with no internet
     POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]};
                       explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method
 

@@ -1,9 +1,9 @@
-"""GET /docs (Swagger UI) and GET /redoc (ReDoc), working offline.
+"""GET /docs: Swagger UI over /openapi.json, working offline.
 
-FastAPI's own pages load their scripts from a CDN, so on a machine without internet they are
-blank. These serve the same pages with Swagger UI's and ReDoc's files from the fastapi-offline
-package (MIT; it ships swagger-ui-dist 5, which reads OpenAPI 3.1, and ReDoc's standalone
-bundle), so nothing outside the server is fetched.
+FastAPI's own page loads its script from a CDN, so on a machine without internet it is blank.
+This serves the same page with Swagger UI's files from the fastapi-offline package (MIT; it ships
+swagger-ui-dist 5, which reads OpenAPI 3.1), so nothing outside the server is fetched. ReDoc is
+left out: its bundle still loads its logo from its own CDN.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/docs-assets"
 
 
-def add_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
-    """Serve Swagger UI at docs_url and ReDoc at redoc_url from local files (create the app with
-    docs_url=None, redoc_url=None so that FastAPI's CDN pages are not routed first)."""
+def add_docs(app: FastAPI, docs_url: str = "/docs") -> None:
+    """Serve Swagger UI at docs_url from local files (create the app with docs_url=None,
+    redoc_url=None so that FastAPI's CDN pages are not routed at all)."""
     folder = resources.files("fastapi_offline") / "static"
     app.mount(ASSETS, StaticFiles(directory=str(folder)), name="docs-assets")
     oauth2_redirect = docs_url + "/oauth2-redirect"
@@ -40,14 +40,7 @@ def add_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get(redoc_url, include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return get_redoc_html(openapi_url=root + app.openapi_url, title=f"{app.title}: API",
-                              redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{ASSETS}/favicon.png", with_google_fonts=False)
-
 
 def _root(request: Request) -> str:
-    """The prefix a reverse proxy mounts the app under (uvicorn --root-path), as FastAPI's own pages use it."""
+    """The prefix a reverse proxy mounts the app under (uvicorn --root-path), as FastAPI's own page uses it."""
     return request.scope.get("root_path", "").rstrip("/")
