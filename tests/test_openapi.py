@@ -95,3 +95,20 @@ def test_the_spec_lists_refusals_limits_and_reply_shapes(server):
     result = spec["components"]["schemas"]["Result"]
     assert set(result["properties"]) == {"filename", "predictions", "labels", "explanations"}
     assert spec["components"]["schemas"]["Prediction"]["required"] == ["label", "score"]
+
+
+def test_a_typed_parameter_refused_is_422_json():
+    """The handler every route shares: FastAPI's validation error list becomes one line under "error"."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from imgcls.serving.limits import add_error_handlers
+    app = FastAPI()
+    add_error_handlers(app)
+
+    @app.get("/models/{version}")
+    async def model(version: int) -> dict:
+        return {"version": version}
+    reply = TestClient(app).get("/models/latest")
+    assert reply.status_code == 422 and reply.headers["content-type"] == "application/json"
+    assert set(reply.json()) == {"error"} and reply.json()["error"].startswith("path.version: ")
