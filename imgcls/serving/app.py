@@ -3,12 +3,17 @@
     GET  /            the drag-and-drop page (self-contained: no CDN, no web fonts)
     GET  /healthz     liveness
     GET  /v1/model    model name, classes, task and thresholds, input size, metrics, limits
+    GET  /metrics     Prometheus text format (OpenMetrics if the Accept header asks): requests by
+                      route template and status, latency, micro-batch sizes, queue depth
+    GET  /docs        Swagger UI over /openapi.json; its files ship with the server
+                      (fastapi-offline), so it works with no internet
     POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]};
                       explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method
 
 The app is assembled here from its parts: uploads (reading and limits), limits (refusals as
 JSON), service (model, batcher and limits shared by every protocol) and one module of routes
-per protocol (v1).
+per protocol (v1); metrics and docs add /metrics and /docs. Every reply has a pydantic model in
+schemas, so /openapi.json says exactly what is sent.
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
 model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
@@ -24,8 +29,9 @@ the model saw, so that laid over the photo it covers what the model looked at.
 Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the upload limit
 (default 20 MB for all its images together) is 413, refused from its Content-Length or while
 streaming, before it is all read; too many pixels 413,
-a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After. The server
-never fetches URLs on a client's behalf.
+a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After, parameters
+that a route's declared types refuse 422, a wrong method 405 with Allow. The server never fetches URLs
+on a client's behalf.
 
 With an API key, every endpoint but the health checks, the page and the docs answers 401 without
 `Authorization: Bearer KEY`; CORS is off unless origins are named (imgcls.serving.security).
@@ -38,7 +44,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from imgcls.serving.docs import add_docs
 from imgcls.serving.limits import BodyLimit, add_error_handlers
+from imgcls.serving.metrics import add_metrics
 from imgcls.serving.security import secure
 from imgcls.serving.service import Limits, Service
 from imgcls.serving.v1 import v1_routes
@@ -63,11 +71,13 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
         yield
         await service.batcher.stop()
 
-    app = FastAPI(title="imgcls", version="1", lifespan=lifespan,
+    app = FastAPI(title="imgcls", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,   # add_docs: offline
                   description=f"Image classification with {service.name}: POST images to /v1/classify.")
     app.state.service, app.state.batcher = service, service.batcher
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + 64 * 1024)   # + multipart framing
+    add_metrics(app, service)        # outside BodyLimit, so that its refusals are counted too
     add_error_handlers(app)
+    add_docs(app)
     app.include_router(v1_routes(service))
     secure(app, api_key, cors_origins)              # last: outermost, before anything reads a body
     return app

@@ -33,6 +33,7 @@ class MicroBatcher:
         self.predict, self.max_batch, self.max_wait = predict, max(1, max_batch), max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self.batches = 0          # forward passes run, for /healthz and the load benchmark
+        self.on_batch: list[Callable[[int], None]] = []   # hooks told each forward pass's size (/metrics)
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -82,6 +83,8 @@ class MicroBatcher:
                     job.future.set_exception(exc)
             return
         self.batches += 1
+        for hook in self.on_batch:
+            hook(len(batch))
         start = 0
         for job in jobs:
             if not job.future.done():   # a client that went away no longer waits

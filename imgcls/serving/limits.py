@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,7 +20,23 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # exc.headers carries what the status requires: Allow on a 405 (Starlette's router sets it)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _first_problem(exc)}, status_code=422)
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: where and what, for the first of them."""
+    problems = exc.errors()
+    if not problems:
+        return "the request does not match the schema"
+    first = problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 class BodyLimit:

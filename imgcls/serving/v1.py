@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from imgcls.explain import METHODS
 from imgcls.inference.predict import predictions
+from imgcls.serving.schemas import ClassifyReply, Health, ModelInfo, errors
 from imgcls.serving.service import Service
 from imgcls.serving.uploads import MAX_FILES, flag, photo_size, read_uploads
 
@@ -23,15 +24,17 @@ def v1_routes(service: Service) -> APIRouter:
     async def index() -> str:
         return page
 
-    @router.get("/healthz")
+    @router.get("/healthz", response_model=Health)
     async def healthz() -> dict:
         return {"status": "ok", "queued": service.batcher.queue.qsize(), "batches": service.batcher.batches}
 
-    @router.get("/v1/model")
+    @router.get("/v1/model", response_model=ModelInfo)
     async def describe() -> dict:
         return service.describe()
 
-    @router.post("/v1/classify", openapi_extra=_CLASSIFY_BODY)
+    # exclude_unset: a single-label result has no "labels", one without explain=true no "explanations"
+    @router.post("/v1/classify", response_model=ClassifyReply, response_model_exclude_unset=True,
+                 responses=errors(400, 413, 415, 422, 503), openapi_extra=_CLASSIFY_BODY)
     async def classify(request: Request) -> dict:
         start = time.perf_counter()
         uploads, k, options = await read_uploads(request, service.limits.max_upload_bytes, service.top_k)
@@ -50,12 +53,19 @@ def v1_routes(service: Service) -> APIRouter:
     return router
 
 
+# an 8x8 grey gradient as PNG: what /docs's "Try it out" sends first, and schemathesis too, so a
+# request that succeeds is among those checked against the reply's schema
+_EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR42mNkEIAAJgGKGACOGAQAwSeVywAAAABJRU5ErkJggg=="
 _EXPLAIN_FIELDS = {
     "explain": {"type": "boolean", "description": "add a heatmap per image (base64 PNG) under explanations"},
     "explain_method": {"type": "string", "enum": list(METHODS),
                        "description": "default: gradcam for networks, the model's own for kNN and linear"},
 }
 _CLASSIFY_BODY = {
+    # the query may carry the options too (a form field or JSON key of the same name wins)
+    "parameters": [{"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}},
+                   *({"name": name, "in": "query", "required": False, "schema": schema}
+                     for name, schema in _EXPLAIN_FIELDS.items())],
     "requestBody": {
         "required": True,
         "content": {
@@ -66,9 +76,8 @@ _CLASSIFY_BODY = {
             "application/json": {"schema": {"type": "object", "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"},
                            "minItems": 1, "maxItems": MAX_FILES},
-                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]}},
+                "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]},
+                "example": {"images": [_EXAMPLE_PNG], "top_k": 3}},
         },
     },
-    "responses": {"400": {"description": "bad input"}, "413": {"description": "too large"},
-                  "415": {"description": "not an image"}, "503": {"description": "busy; see Retry-After"}},
 }

@@ -1,0 +1,86 @@
+"""The shapes of what the server answers, as pydantic models: FastAPI validates every reply against
+them and publishes them in /openapi.json, so a client generated from the spec (or schemathesis,
+which checks each reply against it) sees exactly what is sent."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Error(BaseModel):
+    """Every refusal: a 4xx (or 503) with one line saying what was wrong."""
+    error: str = Field(description="what was wrong with the request, in one line")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    queued: int = Field(ge=0, description="requests waiting for the micro-batcher")
+    batches: int = Field(ge=0, description="forward passes run since the server started")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    classes: list[str]
+    num_classes: int = Field(ge=1)
+    task: Literal["single-label", "multi-label"]
+    thresholds: list[float] | None = Field(description="per label, for a multi-label model; null otherwise")
+    input_size: list[int] = Field(description="(height, width) the model sees")
+    channels: int
+    metrics: dict[str, Any] = Field(description="the model's recorded evaluation figures")
+    max_upload_bytes: int = Field(description="all of one request's images together")
+    top_k: int = Field(ge=1, description="labels ranked per result unless a request asks for top_k")
+    explains: Literal["network", "neighbours", "template"] | None = Field(
+        description="how explain=true explains this model; null when it cannot")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class Explanation(BaseModel):
+    label: str
+    score: float
+    method: str
+    layer: str | None = Field(description="the network layer a Grad-CAM map was read from")
+    above_threshold: bool = Field(description="multi-label: whether the label is one the model predicts")
+    heatmap: str = Field(description="base64 PNG in the photo's own frame, transparent outside what the model saw")
+
+
+class Result(BaseModel):
+    filename: str
+    predictions: list[Prediction] = Field(description="labels ranked by score, best first")
+    labels: list[str] | None = Field(None, description="multi-label models only: the labels at or above "
+                                                       "their thresholds, best first")
+    explanations: list[Explanation] | None = Field(None, description="with explain=true only")
+
+
+class ClassifyReply(BaseModel):
+    model: str
+    time_ms: float = Field(ge=0)
+    results: list[Result] = Field(description="one per image, in the order sent")
+
+
+def errors(*statuses: int) -> dict[int, dict]:
+    """The `responses` entry of a route refusing with these statuses, each answered as an Error
+    (with the header a 405 or 503 always carries)."""
+    return {status: {"model": Error, "description": REFUSALS[status],
+                     **({"headers": HEADERS[status]} if status in HEADERS else {})} for status in statuses}
+
+
+REFUSALS = {
+    400: "bad input: a corrupt or truncated image, invalid base64 or JSON, a bad option",
+    401: "a missing or wrong API key",
+    404: "no such resource",
+    405: "method not allowed; the Allow header lists those that are",
+    413: "too large: the body over the upload limit, too many images, or an image with too many pixels",
+    415: "not an image, or a content type the route does not read",
+    422: "the request does not match the schema",
+    503: "server busy: the queue is full; retry after Retry-After seconds",
+}
+HEADERS = {
+    405: {"Allow": {"description": "the methods the path answers", "required": True, "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer"}}},
+}
