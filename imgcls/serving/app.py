@@ -32,9 +32,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from imgcls.serving.hf import hf_routes
 from imgcls.serving.limits import BodyLimit, add_error_handlers
 from imgcls.serving.service import Limits, Service
 from imgcls.serving.v1 import v1_routes
+from imgcls.serving.v2 import v2_routes
 
 
 def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
@@ -59,4 +61,6 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + 64 * 1024)   # + multipart framing
     add_error_handlers(app)
     app.include_router(v1_routes(service))
+    app.include_router(hf_routes(service))
+    app.include_router(v2_routes(service))
     return app

@@ -46,6 +46,11 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
 
+    @property
+    def running(self) -> bool:
+        """Whether the worker is taking requests (the server's readiness)."""
+        return self._worker is not None and not self._worker.done()
+
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for images (N, C, H, W); raises Overloaded when full."""
         job = _Job(images, asyncio.get_running_loop().create_future())
