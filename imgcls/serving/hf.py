@@ -4,7 +4,8 @@ The client posts to the URL it is given, unchanged: InferenceClient(model="http:
 posts to /, model="http://host:8000/v1/classify" to /v1/classify, and both answer it. Without
 parameters the body is the raw image (no Content-Type at all, or image/*, or
 application/octet-stream); with parameters it is JSON {"inputs": base64, "parameters": {"top_k": k,
-"function_to_apply": ...}}. The answer is HF's list [{"label", "score"}, ...], best first.
+"function_to_apply": ...}}. The answer is HF's list [{"label", "score"}, ...], best first; a
+top_k in the query string (for curl) counts too, unless the parameters say otherwise.
 
 The scores are the model's probabilities, so function_to_apply may name what they already are
 (softmax for a single-label model, sigmoid for a multi-label one); "none" asks for logits, which
@@ -35,11 +36,12 @@ async def hf_request(request: Request, limit: int) -> tuple[bytes, dict] | None:
     """The image and parameters of a request in HF's format, or None for one in another format
     (multipart, imgcls's own JSON {"images": [...]}), which the caller reads its own way."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    asked = {"top_k": request.query_params["top_k"]} if "top_k" in request.query_params else {}  # for curl
     if not kind or kind.startswith("image/") or kind == "application/octet-stream":
         data = await request.body()     # bounded by the BodyLimit middleware
         if not data:
             raise BadInput(400, "no image: the request body is empty")
-        return within(data, limit, "the request body"), {}
+        return within(data, limit, "the request body"), asked
     if kind != "application/json":
         return None
     body = await request.body()
@@ -56,7 +58,7 @@ async def hf_request(request: Request, limit: int) -> tuple[bytes, dict] | None:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadInput(400, "\"parameters\" must be an object")
-    return base64_image(payload["inputs"], limit, "inputs"), parameters
+    return base64_image(payload["inputs"], limit, "inputs"), {**asked, **parameters}
 
 
 async def hf_answer(service: Service, data: bytes, parameters: dict) -> list[dict]:
