@@ -370,10 +370,20 @@ def test_bad_v2_requests_get_4xx_json(server, case, status, needle):
     assert reply.status_code == status and needle in reply.json()["error"], reply.text
 
 
-@pytest.mark.parametrize("path", ["/v2/models/knn2", "/v2/models/knn2/ready", "/v2/models/knn/versions/1/ready"])
-def test_unknown_paths_and_models_are_404_json(server, path):
+@pytest.mark.parametrize("path", ["/v2/models/knn2", "/v2/models/knn2/ready", "/v2/models/knn/versions/2/ready",
+                                  "/v2/models/knn/versions/2", "/v2/models/knn/ready/now", "/v2/health/dead"])
+def test_unknown_paths_models_and_versions_are_404_json(server, path):
     reply = httpx.get(server.url + path)
     assert reply.status_code == 404 and "error" in reply.json()
+
+
+def test_version_1_is_the_model(client, model):
+    assert client.is_model_ready("knn", "1") and not client.is_model_ready("knn", "2")
+    assert client.get_model_metadata("knn", "1") == client.get_model_metadata("knn")
+    tensor = _input(model, "pixels", [blend_png(1, 7)], True)
+    assert client.infer("knn", [tensor], model_version="1").as_numpy("scores") == pytest.approx(
+        client.infer("knn", [tensor]).as_numpy("scores"))
+    assert _status(lambda: client.infer("knn", [tensor], model_version="2"))[0] == "404"
 
 
 def test_get_on_infer_is_405_json(server):

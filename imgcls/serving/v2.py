@@ -6,7 +6,8 @@
     GET  /v2/models/{name}/ready      200 when the model takes requests
     POST /v2/models/{name}/infer      inference
 
-{name} is the one GET /v1/model reports; any other is a 404. A request sends exactly one input,
+{name} is the one GET /v1/model reports; any other is a 404. Its one version is "1", so each
+model route also answers under /v2/models/{name}/versions/1/... A request sends exactly one input,
 of one to 32 images:
     files   BYTES [N]           encoded image files (JPEG, PNG, ...): raw bytes in the binary
                                 extension, base64 strings in JSON "data"; decoded as /v1/classify does
@@ -61,9 +62,11 @@ class Tensor:
 def v2_routes(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["KServe v2"])
 
-    def model(name: str) -> None:
+    def model(name: str, version: str) -> None:
         if name != service.name:
             raise BadInput(404, f"unknown model {name!r}; this server serves {service.name!r}")
+        if version != "1":
+            raise BadInput(404, f"model {name!r} has no version {version!r}; its one version is '1'")
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> dict:
@@ -73,24 +76,39 @@ def v2_routes(service: Service) -> APIRouter:
     async def live() -> dict:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Readiness")
+    @router.get("/health/ready", summary="Readiness", responses=_NOT_READY)
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": service.batcher.running}, status_code=200 if service.batcher.running else 503)
 
-    @router.get("/models/{name}", summary="Model metadata")
+    @router.get("/models/{name}", summary="Model metadata", responses=_UNKNOWN)
     async def model_metadata(name: str) -> dict:
-        model(name)
+        model(name, "1")
         return metadata(service)
 
-    @router.get("/models/{name}/ready", summary="Model readiness")
+    @router.get("/models/{name}/ready", summary="Model readiness", responses={**_UNKNOWN, **_NOT_READY})
     async def model_ready(name: str) -> JSONResponse:
-        model(name)
+        model(name, "1")
         running = service.batcher.running
         return JSONResponse({"name": name, "ready": running}, status_code=200 if running else 503)
 
     @router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_BODY)
     async def infer(name: str, request: Request) -> Response:
-        model(name)
+        return await infer_version(name, "1", request)
+
+    # The same under /versions/{version}, for tritonclient's model_version="1"; out of the docs.
+    @router.get("/models/{name}/versions/{version}", include_in_schema=False)
+    async def version_metadata(name: str, version: str) -> dict:
+        model(name, version)
+        return metadata(service)
+
+    @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
+    async def version_ready(name: str, version: str) -> JSONResponse:
+        model(name, version)
+        return await model_ready(name)
+
+    @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        model(name, version)
         payload, binary = await read_request(request, service.limits.max_upload_bytes)
         tensor = one_input(payload, binary)
         images = service.decode(tensor_files(tensor, service.limits.max_upload_bytes)) if tensor.name == "files" \
@@ -282,7 +300,7 @@ def answer(service: Service, payload: dict, proba: np.ndarray) -> Response:
     parameters = payload.get("parameters")
     default_binary = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
     asked = payload.get("outputs")
-    if asked is None:
+    if asked is None or asked == []:            # none named: all of them, as the protocol says
         asked = [{"name": name} for name in available]
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
         raise BadInput(400, "\"outputs\" must be a list of objects with a \"name\"")
@@ -346,6 +364,8 @@ def _serialized(datatype: str, array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+_UNKNOWN = {404: {"description": "unknown model"}}
+_NOT_READY = {503: {"description": "not ready"}}
 _INFER_BODY = {
     "requestBody": {
         "required": True,
