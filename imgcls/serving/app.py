@@ -4,11 +4,20 @@
     GET  /healthz     liveness
     GET  /v1/model    model name, classes, task and thresholds, input size, metrics, limits
     POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]};
-                      explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method
+                      explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method;
+                      one raw image body, or {"inputs": base64, "parameters": {...}}, is Hugging Face's format
+    POST /            Hugging Face's format only: what InferenceClient(model="http://host:port") posts;
+                      answers [{"label", "score"}, ...], best first (imgcls.serving.hf)
+    GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
+    POST /v2/models/{name}/infer
+                      KServe's Open Inference Protocol v2, JSON or binary tensors: input files (BYTES,
+                      encoded images), pixels (UINT8 [N, C, H, W]) or images (FP32 [N, C, H, W], 0..255);
+                      outputs scores (FP32 [N, classes]), labels (BYTES [N, k]) and, multi-label,
+                      predicted (BOOL); {name} is GET /v1/model's name (imgcls.serving.v2)
 
 The app is assembled here from its parts: uploads (reading and limits), limits (refusals as
 JSON), service (model, batcher and limits shared by every protocol) and one module of routes
-per protocol (v1).
+per protocol (v1, hf, v2).
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
 model; for a multi-label model every label (or the top_k a request asks for), and "labels" lists
@@ -22,8 +31,10 @@ the model saw, so that laid over the photo it covers what the model looked at.
 Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the upload limit
 (default 20 MB for all its images together) is 413, refused from its Content-Length or while
 streaming, before it is all read; too many pixels 413,
-a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After. The server
-never fetches URLs on a client's behalf.
+a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After. The same
+limits hold for every protocol; a v2 request with a wrong datatype, shape or range, an unknown
+input or output, or over 32 images is a 400, an unknown model name a 404. The server never
+fetches URLs on a client's behalf.
 """
 
 from __future__ import annotations
