@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -163,7 +164,8 @@ def test_root_takes_only_huggingface_format_and_v1_keeps_its_own(server):
     reply = httpx.post(server.url + "/v1/classify", json={"images": [encoded], "top_k": 2})
     assert set(reply.json()) == {"model", "time_ms", "results"}
     spec = httpx.get(server.url + "/openapi.json").json()["paths"]
-    assert {"image/*", "application/octet-stream", "application/json"} <= set(spec["/"]["post"]["requestBody"]["content"])
+    content = spec["/"]["post"]["requestBody"]["content"]
+    assert {"image/*", "application/octet-stream", "application/json"} <= set(content)
     assert "/v2/models/{name}/infer" in spec
 
 
@@ -356,7 +358,8 @@ def test_bad_v2_requests_get_4xx_json(server, case, status, needle):
         head = json.loads(body[:header_length])
         head["inputs"][0]["parameters"]["binary_data_size"] = 2
         text = json.dumps(head).encode()
-        body, headers = text + body[header_length:header_length + 2], {"Inference-Header-Content-Length": str(len(text))}
+        body = text + body[header_length:header_length + 2]
+        headers = {"Inference-Header-Content-Length": str(len(text))}
     elif case in ("bytes not an image", "bytes pixel bomb", "body too large"):
         body, headers = _files_binary({"bytes not an image": b"hello, I am text", "bytes pixel bomb": bomb(),
                                        "body too large": b"\x00" * (LIMIT + 100_000)}[case])
@@ -409,3 +412,44 @@ def test_fuzzed_v2_requests_never_get_a_500(server, name, datatype, shape, data,
     reply = _infer(server, body)
     assert reply.status_code in (200, 400, 413, 415), reply.text
     assert "error" in reply.json() or "outputs" in reply.json()
+
+
+@pytest.mark.parametrize("path", ["/", "/v2/models/knn/infer"])
+def test_oversized_streamed_body_is_cut_off(server, path):
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        for _ in range(400):                 # 400 x 64 kB = 25 MB, if it were all read
+            sent += 65536
+            yield b"\x00" * 65536
+    try:
+        reply = httpx.post(server.url + path, content=chunks(), timeout=60,
+                           headers={"content-type": "application/octet-stream"})
+        assert reply.status_code == 413 and "limit" in reply.json()["error"]
+    except httpx.TransportError:
+        pass                                  # the server may close the connection while we still send
+    assert sent < 25 * 2**20
+
+
+def test_concurrent_clients_of_every_protocol_share_batches(model):
+    images = [blend_png(i % 10, (i + 3) % 10) for i in range(24)]
+    with LiveServer(create_app(model, max_wait_ms=20)) as live:
+        expected = [v1_scores(live, data) for data in images]
+        before = httpx.get(live.url + "/healthz").json()["batches"]
+
+        def ask(i: int) -> dict[str, float]:
+            data = images[i]
+            if i % 3 == 0:
+                return v1_scores(live, data)
+            if i % 3 == 1:
+                hf = InferenceClient(model=live.url, timeout=60)
+                return dict(zip(*pairs(hf.image_classification(data, top_k=10))))
+            client = triton.InferenceServerClient(live.url.removeprefix("http://"), network_timeout=60)
+            return dict(zip(model.class_names_, client.infer("knn", [_input(model, "pixels", [data], True)])
+                            .as_numpy("scores")[0].tolist()))
+        with ThreadPoolExecutor(24) as pool:
+            found = list(pool.map(ask, range(len(images))))
+        batches = httpx.get(live.url + "/healthz").json()["batches"] - before
+    assert all(f == pytest.approx(e, abs=1e-6) for f, e in zip(found, expected))
+    assert batches < len(images)              # requests of different protocols shared forward passes
