@@ -27,6 +27,7 @@ from imgcls.data import load_dataset
 from imgcls.models import create_model
 from imgcls.serving.app import create_app
 from imgcls.serving.security import KEY_PARAMETERS, check_origins
+from test_serving import digit_png
 
 KEY = "k3y-0f-the-test_server~"
 ORIGIN = "https://app.example"
@@ -171,13 +172,23 @@ def test_behind_a_proxy_prefix_the_same_paths_are_open(digits_model):
 def test_a_route_added_later_is_protected_without_saying_so(digits_model):
     app = create_app(digits_model, api_key=KEY)
 
-    @app.get("/v2/models/knn")
+    @app.get("/added-later")
     async def metadata() -> dict:
         return {"name": "knn"}
 
     with LiveServer(app) as live, live.client() as anonymous, live.client(KEY) as client:
+        _refused(anonymous.get("/added-later"))
+        assert client.get("/added-later").json() == {"name": "knn"}
+
+
+def test_the_page_is_open_but_hugging_faces_post_to_it_needs_the_key(digits_model):
+    with LiveServer(create_app(digits_model, api_key=KEY)) as live, \
+            live.client() as anonymous, live.client(KEY) as client:
+        assert anonymous.get("/").status_code == 200
+        _refused(anonymous.post("/", content=digit_png(3), headers={"content-type": "image/png"}))
         _refused(anonymous.get("/v2/models/knn"))
-        assert client.get("/v2/models/knn").json() == {"name": "knn"}
+        answer = client.post("/", content=digit_png(3), headers={"content-type": "image/png"})
+        assert answer.status_code == 200 and answer.json()[0].keys() == {"label", "score"}
 
 
 def test_without_a_key_nothing_changes(digits_model):

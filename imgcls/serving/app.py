@@ -8,11 +8,20 @@
     GET  /docs        Swagger UI over /openapi.json; its files ship with the server
                       (fastapi-offline), so it works with no internet
     POST /v1/classify images as multipart field `file` (repeatable) or JSON {"images": [base64, ...]};
-                      explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method
+                      explain=true (query, form field or JSON key) adds heatmaps, explain_method picks the method;
+                      one raw image body, or {"inputs": base64, "parameters": {...}}, is Hugging Face's format
+    POST /            Hugging Face's format only: what InferenceClient(model="http://host:port") posts;
+                      answers [{"label", "score"}, ...], best first (imgcls.serving.hf)
+    GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
+    POST /v2/models/{name}/infer
+                      KServe's Open Inference Protocol v2, JSON or binary tensors: input files (BYTES,
+                      encoded images), pixels (UINT8 [N, C, H, W]) or images (FP32 [N, C, H, W], 0..255);
+                      outputs scores (FP32 [N, classes]), labels (BYTES [N, k]) and, multi-label,
+                      predicted (BOOL); {name} is GET /v1/model's name (imgcls.serving.v2)
 
 The app is assembled here from its parts: uploads (reading and limits), limits (refusals as
 JSON), service (model, batcher and limits shared by every protocol) and one module of routes
-per protocol (v1); metrics and docs add /metrics and /docs. Every reply has a pydantic model in
+per protocol (v1, hf, v2); metrics and docs add /metrics and /docs. Every reply has a pydantic model in
 schemas, so /openapi.json says exactly what is sent.
 
 A result ranks labels by score under "predictions": the top_k best (default 5) for a single-label
@@ -29,9 +38,11 @@ the model saw, so that laid over the photo it covers what the model looked at.
 Bad input is a 4xx with a JSON {"error": ...}, never a 500: a request over the upload limit
 (default 20 MB for all its images together) is 413, refused from its Content-Length or while
 streaming, before it is all read; too many pixels 413,
-a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After, parameters
-that a route's declared types refuse 422, a wrong method 405 with Allow. The server never fetches URLs
-on a client's behalf.
+a non-image 415, a truncated or corrupt image 400, a full queue 503 with Retry-After. The same
+limits hold for every protocol; a v2 request with a wrong datatype, shape or range, an unknown
+input or output, or over 32 images is a 400, an unknown model name a 404. A wrong method is
+405 with Allow, parameters that a route's declared types refuse 422. The server never fetches
+URLs on a client's behalf.
 
 With an API key, every endpoint but the health checks, the page and the docs answers 401 without
 `Authorization: Bearer KEY`; CORS is off unless origins are named (imgcls.serving.security).
@@ -45,11 +56,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from imgcls.serving.docs import add_docs
+from imgcls.serving.hf import hf_routes
 from imgcls.serving.limits import BodyLimit, add_error_handlers
 from imgcls.serving.metrics import add_metrics
 from imgcls.serving.security import secure
 from imgcls.serving.service import Limits, Service
 from imgcls.serving.v1 import v1_routes
+from imgcls.serving.v2 import v2_routes
 
 
 def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
@@ -79,5 +92,7 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_si
     add_error_handlers(app)
     add_docs(app)
     app.include_router(v1_routes(service))
+    app.include_router(hf_routes(service))
+    app.include_router(v2_routes(service))
     secure(app, api_key, cors_origins)              # last: outermost, before anything reads a body
     return app

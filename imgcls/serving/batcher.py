@@ -47,6 +47,11 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
 
+    @property
+    def running(self) -> bool:
+        """Whether the worker is taking requests (the server's readiness)."""
+        return self._worker is not None and not self._worker.done()
+
     async def submit(self, images: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         """What predict gives for images (N, C, H, W): probabilities (N, classes), or a tuple of
         arrays of N rows each; raises Overloaded when full."""

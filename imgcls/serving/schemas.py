@@ -20,6 +20,12 @@ class Health(BaseModel):
     batches: int = Field(ge=0, description="forward passes run since the server started")
 
 
+class Abstention(BaseModel):
+    score: Literal["msp", "energy", "knn"] = Field(description="the rejection score: higher is less like training")
+    threshold: float = Field(description="images scoring above it are answered unknown")
+    accept: float | None = Field(description="the share of validation images the threshold accepts")
+
+
 class ModelInfo(BaseModel):
     name: str
     classes: list[str]
@@ -33,6 +39,7 @@ class ModelInfo(BaseModel):
     top_k: int = Field(ge=1, description="labels ranked per result unless a request asks for top_k")
     explains: Literal["network", "neighbours", "template"] | None = Field(
         description="how explain=true explains this model; null when it cannot")
+    abstention: Abstention | None = Field(None, description="how the model says unknown; null when it never does")
 
 
 class Prediction(BaseModel):
@@ -51,6 +58,8 @@ class Explanation(BaseModel):
 
 class Result(BaseModel):
     filename: str
+    label: str | None = Field(None, description="models that abstain only: the best class, or unknown")
+    rejection_score: float | None = Field(None, description="models that abstain only: the image's rejection score")
     predictions: list[Prediction] = Field(description="labels ranked by score, best first")
     labels: list[str] | None = Field(None, description="multi-label models only: the labels at or above "
                                                        "their thresholds, best first")

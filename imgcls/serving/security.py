@@ -32,7 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from imgcls.errors import ImgclsError
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/v2/health/live", "/v2/health/ready",
+OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready",
                         "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 OPEN_PREFIXES = ("/docs/", "/docs-assets/")
 KEY_PARAMETERS = frozenset({"api_key", "apikey", "key", "token", "access_token"})
@@ -41,8 +41,11 @@ _KEY_CHARS = re.compile(r"[\x21-\x7e]+")              # visible ASCII: what an H
 _ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 
-def is_open(path: str) -> bool:
-    """Whether `path` is answered without a key."""
+def is_open(path: str, method: str = "GET") -> bool:
+    """Whether `path` is answered without a key. The page (GET /) is open so that it can ask for
+    the key; POST / is Hugging Face's classify endpoint and needs it."""
+    if path == "/":
+        return method in ("GET", "HEAD")
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
@@ -84,7 +87,7 @@ class BearerAuth:
         if _key_in_query(scope.get("query_string", b"")):
             return await _refuse(scope, send, 400, "do not put the API key in the URL (it ends up in logs): "
                                                    "send it as the header Authorization: Bearer KEY", None)
-        if is_open(_route_path(scope)):
+        if is_open(_route_path(scope), scope.get("method", "GET")):
             return await self.app(scope, receive, send)
         token = _bearer_token(scope)
         if token is None:

@@ -49,7 +49,8 @@ async def read_uploads(request: Request, limit: int, default_k: int | None
         uploads, k, given = _json_images(await request.body(), limit, k)
         options.update(given)
     else:
-        raise BadInput(415, "send images as multipart/form-data (field 'file') or JSON {\"images\": [base64, ...]}")
+        raise BadInput(415, "send images as multipart/form-data (field 'file'), JSON {\"images\": [base64, ...]} "
+                            "or one image as the raw body (Content-Type image/* or application/octet-stream)")
     if not uploads:
         raise BadInput(400, "no image: send at least one file in the form field 'file'")
     if len(uploads) > MAX_FILES:
@@ -65,16 +66,19 @@ def _json_images(body: bytes, limit: int, k: int | None) -> tuple[list[tuple[str
     images = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise BadInput(400, "JSON body must be {\"images\": [base64 strings], \"top_k\": k}")
-    uploads = []
-    for i, text in enumerate(images):
-        text = text.split(",", 1)[1] if text.startswith("data:") else text   # data URLs are fine too
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadInput(400, f"images[{i}] is not valid base64") from None
-        uploads.append((f"images[{i}]", within(data, limit, f"images[{i}]")))
+    uploads = [(f"images[{i}]", base64_image(text, limit, f"images[{i}]")) for i, text in enumerate(images)]
     options = {key: payload[key] for key in OPTIONS if key in payload}
     return uploads, whole_number(payload.get("top_k"), k), options
+
+
+def base64_image(text: str, limit: int, name: str) -> bytes:
+    """The bytes of a base64 string (or data URL), unless it is not base64 (400) or over the limit (413)."""
+    text = text.split(",", 1)[1] if text.startswith("data:") else text   # data URLs are fine too
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(400, f"{name} is not valid base64") from None
+    return within(data, limit, name)
 
 
 def within(data: bytes, limit: int, filename) -> bytes:

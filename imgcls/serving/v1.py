@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from imgcls.explain import METHODS
 from imgcls.inference.predict import predictions
+from imgcls.serving.hf import hf_request, hf_response
 from imgcls.serving.schemas import ClassifyReply, Health, ModelInfo, errors
 from imgcls.serving.service import Service
 from imgcls.serving.uploads import MAX_FILES, flag, photo_size, read_uploads
@@ -37,6 +38,8 @@ def v1_routes(service: Service) -> APIRouter:
                  responses=errors(400, 413, 415, 422, 503), openapi_extra=_CLASSIFY_BODY)
     async def classify(request: Request) -> dict:
         start = time.perf_counter()
+        if (hf := await hf_request(request, service.limits.max_upload_bytes)) is not None:
+            return await hf_response(service, hf)      # Hugging Face's client: its format in and out
         uploads, k, options = await read_uploads(request, service.limits.max_upload_bytes, service.top_k)
         images = service.decode(uploads)
         proba, rejection = await service.answers(images)
