@@ -124,7 +124,9 @@ def find_label_errors(refs: list, images: torch.Tensor | ImageFiles, class_names
         suggested = int(proba[i].argmax())
         found.append(LabelError(refs[rows[i]], class_names[labels[i]], class_names[suggested],
                                 float(1 - proba[i, labels[i]]), float(proba[i, suggested])))
-    return found
+    # cleanlab's order is by self-confidence alone; many images give their label no probability at
+    # all, and among those the one the model is surest of another class goes first
+    return sorted(found, key=lambda e: (-e.score, -e.probability))
 
 
 def write_relabel_csv(records: list, errors: list[LabelError], path: str | Path) -> Path:
