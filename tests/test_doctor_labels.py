@@ -143,3 +143,21 @@ def test_too_few_images_per_class_for_the_folds_is_said_not_raised(tmp_path, wri
                       DoctorOptions(label_errors=True))
     check = {c.name: c for c in report.checks()}["label-errors"]
     assert report.label_errors is None and not check.applies and "b has 3" in check.summary
+
+
+def test_streamed_files_and_a_networks_embeddings_give_the_label_errors_of_memory(mislabelled, tmp_path):
+    from imgcls.models import create_model
+    root, wrong = mislabelled
+    results = {}
+    for mode in ("memory", "stream"):
+        report = diagnose(root, DataOptions(data_mode=mode), DoctorOptions(label_errors=True))
+        results[mode] = [e.to_dict() for e in report.label_errors]
+    assert results["stream"] == results["memory"] and results["memory"]
+    # with a network's features, both checks share one embedding of each image
+    images, labels = digit_images()
+    create_model("mlp", epochs=3, hidden="32", bf16="off").fit(images[:1000], labels[:1000]).save(tmp_path / "net")
+    by_net = {mode: diagnose(root, DataOptions(data_mode=mode), DoctorOptions(
+        label_errors=True, features=str(tmp_path / "net"))) for mode in ("memory", "stream")}
+    found = [e.to_dict() for e in by_net["memory"].label_errors]
+    assert found == [e.to_dict() for e in by_net["stream"].label_errors]
+    assert len(set(wrong) & {e["path"] for e in found}) >= 3

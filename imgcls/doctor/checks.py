@@ -292,7 +292,8 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
     refs, images = split_images(splits)
     records = scan_files(files, splits) if files else None
     features = load_features(options.features)
-    duplicates, near, scale, threshold, failed = find_duplicates(refs, images, records, options, features)
+    duplicates, near, scale, threshold, failed, vectors = find_duplicates(refs, images, records, options, features,
+                                                                          keep_vectors=options.label_errors)
     splits.skipped += [SkippedFile(refs[row].name, reason) for row, reason in failed]
     report = DoctorReport(
         name=splits.name, source=splits.source or str(source), options=options, data_options=data_options,
@@ -303,23 +304,23 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
     if records is not None:
         report.unreadable, report.mismatched = file_issues(records, splits)
     if options.label_errors:
-        look_for_label_errors(report, refs, splits.train.class_names, features, {row for row, _ in failed},
-                              data_options.seed)
+        look_for_label_errors(report, refs, splits.train.class_names, *vectors, data_options.seed)
     return report
 
 
-def look_for_label_errors(report: DoctorReport, refs: list[ImageRef], class_names: list[str], features,
-                          skip: set[int], seed: int) -> None:
-    """Fill report.label_errors, or report.label_problem where a class has too few images for the folds."""
+def look_for_label_errors(report: DoctorReport, refs: list[ImageRef], class_names: list[str], X: torch.Tensor,
+                          rows: np.ndarray, seed: int) -> None:
+    """Fill report.label_errors from each decoded row's vector (X, for the rows listed), or
+    report.label_problem where a class has too few images for the folds."""
     o = report.options
-    counts = Counter(ref.label for ref in refs if ref.row not in skip)
+    counts = Counter(refs[row].label for row in rows.tolist())
     smallest = min(counts, key=counts.get)
     if counts[smallest] < o.folds:
         report.label_problem = (f"not looked for: {o.folds}-fold predictions need {o.folds} images of every class; "
                                 f"{smallest} has {counts[smallest]}")
         return
-    report.label_errors = find_label_errors(refs, report.images, class_names, features, model=o.label_model,
-                                            folds=o.folds, seed=seed, skip=skip)
+    report.label_errors = find_label_errors(refs, X, rows, class_names, model=o.label_model, folds=o.folds,
+                                            seed=seed)
 
 
 def split_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor | ImageFiles]:
@@ -437,16 +438,21 @@ def near_pairs(vectors: torch.Tensor | Rows, max_l2: float, k: int) -> list[tupl
 
 
 def find_duplicates(refs: list[ImageRef], images: torch.Tensor | ImageFiles, records: list[FileRecord] | None,
-                    options: DoctorOptions, features) -> tuple[list[DuplicateGroup], list[NearPair], str, float, list]:
+                    options: DoctorOptions, features, keep_vectors: bool = False
+                    ) -> tuple[list[DuplicateGroup], list[NearPair], str, float, list, tuple | None]:
     """Identical images, then near-duplicates among the distinct ones (so nothing counts twice),
     and (row, reason) for images that no longer decode. A streamed dataset's feature vectors wait
-    in a temporary file, searched a block at a time, so memory holds neither them nor the images."""
+    in a temporary file, searched a block at a time, so memory holds neither them nor the images.
+
+    keep_vectors: also (X, rows), every decoded row's vector for the label-error check (which
+    needs them all in memory), so a network embeds each image once for both checks."""
     with tempfile.TemporaryDirectory(prefix="imgcls-doctor-") as spill:
         vectors = Rows(None if isinstance(images, torch.Tensor) else Path(spill))
         digests, distinct, failed = read_images(images, features, vectors)
         threshold = options.near if options.near is not None else NEAR_DEFAULTS[features.metric]
         dim = int(np.prod(images.shape[1:]))
         found = near_pairs(vectors, _l2_limit(threshold, features.metric, dim), options.neighbours)
+        kept = every_rows_vector(images, features, vectors, digests, distinct) if keep_vectors else None
     groups = identical_groups(digests)
     sha = {r.name: r.sha256 for r in records} if records is not None else None
     duplicates = [DuplicateGroup([refs[i] for i in g], len({sha[refs[i].name] for i in g}) == 1 if sha else None)
@@ -458,7 +464,20 @@ def find_duplicates(refs: list[ImageRef], images: torch.Tensor | ImageFiles, rec
         for x, y in _one_pair_per_split_pair(members.get(a, [a]), members.get(b, [b]), refs):
             pairs.append(NearPair(refs[x], refs[y], _scaled(l2, features.metric, dim)))
     pairs.sort(key=lambda p: (p.distance, p.a.row, p.b.row))
-    return duplicates, pairs, _SCALES[features.metric], threshold, failed
+    return duplicates, pairs, _SCALES[features.metric], threshold, failed, kept
+
+
+def every_rows_vector(images: torch.Tensor | ImageFiles, features, vectors: Rows, digests: list[bytes | None],
+                      distinct: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """(X, rows): the vector of every row that decodes, from the distinct rows' vectors (identical
+    pixels have identical vectors). Pixels come back as uint8 images (N, C, H, W), so that
+    imgcls's kNN compares them exactly in integers."""
+    rows = np.asarray([row for row, d in enumerate(digests) if d is not None], dtype=np.int64)
+    if features.metric == "l2" and isinstance(images, torch.Tensor) and len(rows) == len(images):
+        return images, rows
+    position = {digests[row]: k for k, row in enumerate(distinct)}
+    X = vectors.block(0, len(vectors))[[position[digests[row]] for row in rows.tolist()]]
+    return (X.reshape(len(X), *images.shape[1:]) if features.metric == "l2" else X.float()), rows
 
 
 _SCALES = {"l2": "RMS pixel difference on 0..1", "cosine": "cosine distance of the embeddings"}

@@ -24,12 +24,10 @@ import numpy as np
 import torch
 
 from imgcls.data.splits import stratified_kfold
-from imgcls.data.stream import ImageFiles, image_batches
 from imgcls.errors import ImgclsError
 
 LABEL_MODELS = ("knn", "logistic")
 KNN_K = 10          # on sklearn digits with 5% of labels flipped, k=10 found 84% of them at precision 0.90
-READ_BATCH = 512
 
 
 @dataclass
@@ -47,25 +45,6 @@ class LabelError:
         return {"path": self.image.name, "split": self.image.split, "given": self.given,
                 "suggested": self.suggested, "score": round(self.score, 6),
                 "suggested_probability": round(self.probability, 6)}
-
-
-def label_vectors(images: torch.Tensor | ImageFiles, features, skip: set[int] = frozenset()
-                  ) -> tuple[torch.Tensor, np.ndarray]:
-    """(X, rows): what the quick model learns from, for every row that decodes (rows lists them).
-    Pixels stay uint8 images (N, C, H, W), so imgcls's kNN compares them exactly in integers; a
-    network's features are its unit-length embeddings (N, D)."""
-    pixels = features.metric == "l2"
-    if pixels and isinstance(images, torch.Tensor) and not skip:
-        return images, np.arange(len(images))
-    parts, rows = [], []
-    for positions, batch, _ in image_batches(images, READ_BATCH, "label errors: reading images"):
-        keep = [j for j, row in enumerate(positions.tolist()) if row not in skip]
-        if keep:
-            rows += positions[keep].tolist()
-            parts.append(batch[keep] if pixels else features.vectors(batch[keep]).float())
-    if not parts:
-        return torch.empty(0), np.zeros(0, dtype=np.int64)
-    return torch.cat(parts), np.asarray(rows)
 
 
 def out_of_fold_probabilities(X: torch.Tensor, labels: np.ndarray, n_classes: int, model: str = "knn",
@@ -111,12 +90,11 @@ def rank_label_issues(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
                                  return_indices_ranked_by="self_confidence")
 
 
-def find_label_errors(refs: list, images: torch.Tensor | ImageFiles, class_names: list[str], features, *,
-                      model: str = "knn", folds: int = 5, seed: int = 0, skip: set[int] = frozenset()
-                      ) -> list[LabelError]:
-    """The likely label errors among every image that decodes, most likely first."""
+def find_label_errors(refs: list, X: torch.Tensor, rows: np.ndarray, class_names: list[str], *,
+                      model: str = "knn", folds: int = 5, seed: int = 0) -> list[LabelError]:
+    """The likely label errors, most likely first, among the images refs[rows], whose vectors
+    (uint8 images (N, C, H, W), or feature vectors (N, D)) are X."""
     index = {name: i for i, name in enumerate(class_names)}
-    X, rows = label_vectors(images, features, skip)
     labels = np.asarray([index[refs[r].label] for r in rows], dtype=np.int64)
     proba = out_of_fold_probabilities(X, labels, len(class_names), model, folds, seed)
     found = []
