@@ -78,9 +78,11 @@ def handle(args) -> int:
                             folds=args.folds)
     if args.quarantine:
         check_quarantine(args.data, args.quarantine)
+    if args.relabel_csv:
+        from imgcls.data.load import dataset_files
+        if dataset_files(args.data, flat_ok=True, missing_ok=True) is None:
+            raise ImgclsError(f"--relabel-csv writes a manifest of files; {args.data} is not a dataset of image files")
     report = diagnose(args.data, data_options(args), options)
-    if args.relabel_csv and report.files is None:
-        raise ImgclsError(f"--relabel-csv writes a manifest of files; {args.data} is not a dataset of image files")
     paths = write_report(report, _doctor_out(args.out, args.data, report.name))
     print_report(report)
     print(f"report: {paths['html']}  {paths['json']}")
