@@ -20,6 +20,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
+from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
 from imgcls.evaluation.weights import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
@@ -94,12 +95,16 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     model.metrics_ = {**evaluation.headline(), **extra, "evaluated_on": f"{splits.name} test"}
     model_path = save_model(model, out)
     timings = {**(timings or {}), "predict_seconds": predict_seconds}
+    warnings, lr_advice = run_warnings(model, name, evaluation, splits.name, out)
     info = RunInfo(title=title or f"{name} on {splits.name}", model=name, params=model.get_params(),
                    dataset=splits.name, sizes=sizes or splits.summary(), timings=timings,
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
-                   config={**(config or {}), "test_evaluations": count})
+                   config={**(config or {}), "test_evaluations": count}, warnings=warnings)
     if print_table:
         print_report(evaluation, info, stdout)
+    else:                                   # the table is left out (compare prints its own); the warnings are not
+        for warning in warnings:
+            console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
     if count > 1:
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
                       f"(see {out / LOG_FILE})")
@@ -107,7 +112,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
                          heatmaps=mistake_heatmaps(model, evaluation, splits.test.images))
     data = json.loads(paths["json"].read_text())
-    data.update({**(report or {}), "test_evaluations": count})
+    data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     paths["json"].write_text(json.dumps(data, indent=2))
     if tracker is not None:
         history = [out / "history.json", out / "history.csv"]
@@ -116,6 +121,22 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
     return RunResult(out, model_path, paths, metrics, count)
+
+
+def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple[list[str], dict | None]:
+    """What the run's report should warn about (imgcls.evaluation.sanity): a useless or collapsed
+    single-label model, overfitting in its history, and a learning rate far from the finder's
+    advice (found beside the run; see find_lr_advice), with that advice to record."""
+    found = []
+    if evaluation.task == "single-label" and evaluation.y_pred is not None:
+        found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names)
+    found += overfitting_warning(getattr(model, "history_", None) or [])
+    lr, advice = model.get_params().get("lr"), find_lr_advice(out, name, dataset)
+    if lr is None or advice is None:
+        return found, None
+    (result, path) = advice
+    found += lr_advice_warning(lr, result["suggested_lr"], f"imgcls lr-find ({path})")
+    return found, {"suggested_lr": result["suggested_lr"], "lr": lr, "file": str(path)}
 
 
 def mistake_heatmaps(model, evaluation, images) -> dict[int, np.ndarray] | None:

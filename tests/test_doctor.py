@@ -91,7 +91,8 @@ def test_every_finding(sick):
     assert stats["width"] == {"min": SIDE, "median": SIDE, "max": SIDE}
     found = {c.name: c.findings for c in report.checks()}
     assert found == {"corrupt": 2, "mismatch": 2, "duplicates": 1, "near-duplicates": 1, "leakage": 2,
-                     "imbalance": 1, "tiny": 1}
+                     "imbalance": 1, "tiny": 1, "label-errors": 0}
+    assert not {c.name: c for c in report.checks()}["label-errors"].applies     # only with label_errors=True
 
 
 def test_unsplit_folders_report_the_split_each_file_lands_in(tmp_path, write_image):

@@ -38,6 +38,9 @@ def handle(args) -> int:
     splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
     model.check_can_learn(splits.train.task)
     out = Path(args.out or f"runs/lr-find-{args.model.replace(':', '-')}")
-    result = lr_find(model, splits.train, out, steps=args.steps, min_lr=args.min_lr, max_lr=args.max_lr)
+    result = lr_find(model, splits.train, out, steps=args.steps, min_lr=args.min_lr, max_lr=args.max_lr,
+                     about={"model": args.model, "dataset": splits.name})
     print(f"suggested learning rate: {result['suggested_lr']:.3g}  (plot: {out / 'lr_find.png'})")
+    where = (f"in {out.parent}/" if out.name == f"lr-find-{args.model.replace(':', '-')}" else f"with --out {out}")
+    print(f"runs of {args.model} on {splits.name} {where} warn when their learning rate is over 10x from it")
     return 0

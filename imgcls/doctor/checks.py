@@ -4,7 +4,8 @@ File checks (datasets made of image files): unreadable files, content that does 
 extension, byte-identical copies (SHA-256), and the spread of stored sizes and colour modes.
 Image checks (every dataset, on the decoded uint8 images exactly as training sees them):
 identical images, near-duplicates, and both of those across train/val/test (leakage); class
-counts, imbalance and tiny classes.
+counts, imbalance and tiny classes; on request (label_errors), likely label errors by confident
+learning (imgcls.doctor.labels).
 
 Splits are the ones `imgcls train` draws with the same data flags. A source without a split
 (class folders, a manifest without a split column) is split by the seeded stratified policy,
@@ -33,12 +34,13 @@ from imgcls.data.dataset import DatasetSplits, SkippedFile, relative_name, requi
 from imgcls.data.files import SPLIT_NAMES
 from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_dataset
 from imgcls.data.stream import ImageFiles, image_batches
+from imgcls.doctor.labels import LabelError, find_label_errors
 from imgcls.doctor.nearest import Rows, nearest_among
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 from imgcls.similarity.features import load_features
 
-CHECKS = ("corrupt", "mismatch", "duplicates", "near-duplicates", "leakage", "imbalance", "tiny")
+CHECKS = ("corrupt", "mismatch", "duplicates", "near-duplicates", "leakage", "imbalance", "tiny", "label-errors")
 FILE_CHECKS = ("corrupt", "mismatch")
 # --near defaults, chosen on Fashion-MNIST. Pixels: up to an RMS difference of about 0.03 every
 # pair is the same photo re-processed; by 0.04 distinct items of plain garments (trousers,
@@ -59,6 +61,9 @@ class DoctorOptions:
     imbalance: float = 3.0          # warn when the largest class of train is this many times the smallest
     tiny: int = 10                  # warn about classes with fewer training images
     fail_on: tuple[str, ...] = ()
+    label_errors: bool = False      # look for likely label errors (out-of-fold predictions + cleanlab)
+    label_model: str = "knn"        # the quick model of those predictions: knn or logistic
+    folds: int = 5
 
 
 @dataclass
@@ -90,6 +95,7 @@ class FileRecord:
     width: int = 0
     height: int = 0
     content: str = ""               # what a file PIL cannot open holds: text, empty, missing, binary data
+    given_split: str = "all"        # the split the source names ("all": it names none)
 
 
 @dataclass
@@ -183,6 +189,8 @@ class DoctorReport:
     source_splits: tuple[str, ...] = ()         # the splits a file source names itself
     images: torch.Tensor | ImageFiles | None = field(default=None, repr=False)   # all splits, rows as ImageRef.row
     split_problem: str = ""                     # why the splits training would draw could not be drawn
+    label_errors: list[LabelError] | None = None   # None: not looked for
+    label_problem: str = ""                     # why label errors could not be looked for
 
     @property
     def leakage(self) -> list[DuplicateGroup | NearPair]:
@@ -210,7 +218,7 @@ class DoctorReport:
     def checks(self) -> list[CheckResult]:
         """One result per check, in CHECKS order."""
         return [_corrupt_result(self), _mismatch_result(self), _duplicates_result(self), _near_result(self),
-                _leakage_result(self), _imbalance_result(self), _tiny_result(self)]
+                _leakage_result(self), _imbalance_result(self), _tiny_result(self), _label_result(self)]
 
     def failed(self) -> list[str]:
         return [c.name for c in self.checks() if c.status(self.options.fail_on) == "FAIL"]
@@ -241,7 +249,8 @@ class DoctorReport:
                 "duplicates": [g.to_dict() for g in self.duplicates],
                 "near_duplicates": [p.to_dict() for p in self.near_duplicates],
                 "class_counts": self.class_counts, "imbalance": {k: round(v, 3) for k, v in self.imbalance.items()},
-                "tiny_classes": self.tiny_classes, "file_stats": self.file_stats()}
+                "tiny_classes": self.tiny_classes, "file_stats": self.file_stats(),
+                "label_errors": None if self.label_errors is None else [e.to_dict() for e in self.label_errors]}
 
 
 def split_key(splits) -> str:
@@ -282,7 +291,9 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
             splits = load_dataset(source, replace(data_options, val_fraction=0, test_fraction=0))
     refs, images = split_images(splits)
     records = scan_files(files, splits) if files else None
-    duplicates, near, scale, threshold, failed = find_duplicates(refs, images, records, options)
+    features = load_features(options.features)
+    duplicates, near, scale, threshold, failed, vectors = find_duplicates(refs, images, records, options, features,
+                                                                          keep_vectors=options.label_errors)
     splits.skipped += [SkippedFile(refs[row].name, reason) for row, reason in failed]
     report = DoctorReport(
         name=splits.name, source=splits.source or str(source), options=options, data_options=data_options,
@@ -292,7 +303,24 @@ def diagnose(source: str | Path | DatasetSplits, data_options: DataOptions | Non
         source_splits=tuple(s for s in SPLIT_NAMES if files and s in files.lists), split_problem=split_problem)
     if records is not None:
         report.unreadable, report.mismatched = file_issues(records, splits)
+    if options.label_errors:
+        look_for_label_errors(report, refs, splits.train.class_names, *vectors, data_options.seed)
     return report
+
+
+def look_for_label_errors(report: DoctorReport, refs: list[ImageRef], class_names: list[str], X: torch.Tensor,
+                          rows: np.ndarray, seed: int) -> None:
+    """Fill report.label_errors from each decoded row's vector (X, for the rows listed), or
+    report.label_problem where a class has too few images for the folds."""
+    o = report.options
+    counts = Counter(refs[row].label for row in rows.tolist())
+    smallest = min(counts, key=counts.get)
+    if counts[smallest] < o.folds:
+        report.label_problem = (f"not looked for: {o.folds}-fold predictions need {o.folds} images of every class; "
+                                f"{smallest} has {counts[smallest]}")
+        return
+    report.label_errors = find_label_errors(refs, X, rows, class_names, model=o.label_model, folds=o.folds,
+                                            seed=seed)
 
 
 def split_images(splits: DatasetSplits) -> tuple[list[ImageRef], torch.Tensor | ImageFiles]:
@@ -317,7 +345,8 @@ def scan_files(files: DatasetFiles, splits: DatasetSplits) -> list[FileRecord]:
     file the loader skipped, the split the source names (None where the source names none)."""
     landed = {name: split for split in splits.summary() for name in getattr(splits, split).paths or []}
     records = [FileRecord(path, name := relative_name(path, files.root),
-                          landed.get(name, None if given == "all" else given), files.classes[label])
+                          landed.get(name, None if given == "all" else given), files.classes[label],
+                          given_split=given)
                for given, fl in files.lists.items() for path, label in zip(fl.paths, fl.labels)]
     with progress_bar(len(records), "checking files") as advance, ThreadPoolExecutor(max_workers=4) as pool:
         for _ in pool.map(_inspect_file, records, chunksize=32):
@@ -409,17 +438,21 @@ def near_pairs(vectors: torch.Tensor | Rows, max_l2: float, k: int) -> list[tupl
 
 
 def find_duplicates(refs: list[ImageRef], images: torch.Tensor | ImageFiles, records: list[FileRecord] | None,
-                    options: DoctorOptions) -> tuple[list[DuplicateGroup], list[NearPair], str, float, list]:
+                    options: DoctorOptions, features, keep_vectors: bool = False
+                    ) -> tuple[list[DuplicateGroup], list[NearPair], str, float, list, tuple | None]:
     """Identical images, then near-duplicates among the distinct ones (so nothing counts twice),
     and (row, reason) for images that no longer decode. A streamed dataset's feature vectors wait
-    in a temporary file, searched a block at a time, so memory holds neither them nor the images."""
-    features = load_features(options.features)
+    in a temporary file, searched a block at a time, so memory holds neither them nor the images.
+
+    keep_vectors: also (X, rows), every decoded row's vector for the label-error check (which
+    needs them all in memory), so a network embeds each image once for both checks."""
     with tempfile.TemporaryDirectory(prefix="imgcls-doctor-") as spill:
         vectors = Rows(None if isinstance(images, torch.Tensor) else Path(spill))
         digests, distinct, failed = read_images(images, features, vectors)
         threshold = options.near if options.near is not None else NEAR_DEFAULTS[features.metric]
         dim = int(np.prod(images.shape[1:]))
         found = near_pairs(vectors, _l2_limit(threshold, features.metric, dim), options.neighbours)
+        kept = every_rows_vector(images, features, vectors, digests, distinct) if keep_vectors else None
     groups = identical_groups(digests)
     sha = {r.name: r.sha256 for r in records} if records is not None else None
     duplicates = [DuplicateGroup([refs[i] for i in g], len({sha[refs[i].name] for i in g}) == 1 if sha else None)
@@ -431,7 +464,20 @@ def find_duplicates(refs: list[ImageRef], images: torch.Tensor | ImageFiles, rec
         for x, y in _one_pair_per_split_pair(members.get(a, [a]), members.get(b, [b]), refs):
             pairs.append(NearPair(refs[x], refs[y], _scaled(l2, features.metric, dim)))
     pairs.sort(key=lambda p: (p.distance, p.a.row, p.b.row))
-    return duplicates, pairs, _SCALES[features.metric], threshold, failed
+    return duplicates, pairs, _SCALES[features.metric], threshold, failed, kept
+
+
+def every_rows_vector(images: torch.Tensor | ImageFiles, features, vectors: Rows, digests: list[bytes | None],
+                      distinct: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """(X, rows): the vector of every row that decodes, from the distinct rows' vectors (identical
+    pixels have identical vectors). Pixels come back as uint8 images (N, C, H, W), so that
+    imgcls's kNN compares them exactly in integers."""
+    rows = np.asarray([row for row, d in enumerate(digests) if d is not None], dtype=np.int64)
+    if features.metric == "l2" and isinstance(images, torch.Tensor) and len(rows) == len(images):
+        return images, rows
+    position = {digests[row]: k for k, row in enumerate(distinct)}
+    X = vectors.block(0, len(vectors))[[position[digests[row]] for row in rows.tolist()]]
+    return (X.reshape(len(X), *images.shape[1:]) if features.metric == "l2" else X.float()), rows
 
 
 _SCALES = {"l2": "RMS pixel difference on 0..1", "cosine": "cosine distance of the embeddings"}
@@ -511,6 +557,15 @@ def _imbalance_result(r: DoctorReport) -> CheckResult:
               if ratio > 1 else f"every class {counts[largest]:,}")
     return CheckResult("imbalance", int(ratio > r.options.imbalance),
                        f"train: {spread} (warns over {r.options.imbalance:g}x)")
+
+
+def _label_result(r: DoctorReport) -> CheckResult:
+    if r.label_errors is None:
+        return CheckResult("label-errors", 0, r.label_problem or "not looked for (--label-errors)", applies=False)
+    images = sum(r.sizes.values())
+    return CheckResult("label-errors", len(r.label_errors),
+                       f"{_n(len(r.label_errors), 'likely label error')} among {images:,} images (out-of-fold "
+                       f"{r.options.label_model} on {r.options.features}, {r.options.folds} folds, cleanlab)")
 
 
 def _tiny_result(r: DoctorReport) -> CheckResult:

@@ -50,6 +50,8 @@ def top_findings(report: DoctorReport, n: int = TOP) -> list[str]:
     lines += [f"identical   {_group_text(g)}" for g in leaked_first[:n]]
     near = sorted(report.near_duplicates, key=lambda p: not p.leaked)
     lines += [f"near {p.distance:.4f} {_ref(p.a)}  ~  {_ref(p.b)}" for p in near[:n]]
+    lines += [f"label? {e.score:.3f} {e.image.name} ({e.image.split}): given {e.given}, suggested {e.suggested}"
+              for e in (report.label_errors or [])[:n]]
     return lines
 
 
@@ -92,11 +94,13 @@ def render_html(report: DoctorReport, data: dict) -> str:
     """One HTML file with every thumbnail embedded as a base64 PNG: nothing is fetched from the network."""
     groups = sorted(report.duplicates, key=lambda g: not g.leaked)[:SHOWN]
     pairs = sorted(report.near_duplicates, key=lambda p: not p.leaked)[:SHOWN]
-    rows = {r.row for g in groups for r in g.images} | {r.row for p in pairs for r in (p.a, p.b)}
+    errors = (report.label_errors or [])[:SHOWN]
+    rows = ({r.row for g in groups for r in g.images} | {r.row for p in pairs for r in (p.a, p.b)}
+            | {e.image.row for e in errors})
     thumbs = {row: thumbnail(report.images[row]) for row in rows}
     return _ENV.get_template("doctor.html").render(
         report=report, data=data, checks=report.checks(), fail_on=report.options.fail_on, groups=groups,
-        pairs=pairs, thumbs=thumbs, shown=SHOWN, stats=report.file_stats(), version=__version__)
+        pairs=pairs, errors=errors, thumbs=thumbs, shown=SHOWN, stats=report.file_stats(), version=__version__)
 
 
 def thumbnail(image: torch.Tensor) -> str:

@@ -41,6 +41,7 @@ class RunInfo:
     skipped_files: list = field(default_factory=list)
     extra_metrics: dict = field(default_factory=dict)   # e.g. {"val_accuracy": 0.9}
     config: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # about the model itself (imgcls.evaluation.sanity)
 
 
 def print_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, console: Console | None = None) -> None:
@@ -65,6 +66,12 @@ def print_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, console: 
         line += f"   {key.replace('_', ' ')} {_figure(key, value)}"
     console.print(line)
     _print_skipped(info, console)
+    _print_warnings(info, console)
+
+
+def _print_warnings(info: RunInfo, console: Console) -> None:
+    for warning in info.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def _print_multilabel(ev: MultiLabelEvaluation, info: RunInfo, console: Console) -> None:
@@ -89,6 +96,7 @@ def _print_multilabel(ev: MultiLabelEvaluation, info: RunInfo, console: Console)
     for warning in ev.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     _print_skipped(info, console)
+    _print_warnings(info, console)
 
 
 def _figure(key: str, value: float) -> str:
@@ -123,6 +131,7 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
             "model": info.model, "params": info.params, "dataset": info.dataset, "split": info.split,
             "sizes": info.sizes, "timings": info.timings, "imgcls_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    data["warnings"] = [*data.get("warnings", []), *info.warnings]   # a multi-label evaluation has its own too
     if ev.task == MultiLabelEvaluation.task:
         return _write_multilabel(ev, info, out_dir, data, images, figures)
     paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",

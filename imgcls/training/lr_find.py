@@ -19,8 +19,11 @@ from imgcls.training.trainer import Trainer
 
 
 def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min_lr: float = 1e-6,
-            max_lr: float = 10.0) -> dict:
-    """Run the test for a neural classifier on data; write lr_find.png and lr_find.json into out."""
+            max_lr: float = 10.0, about: dict | None = None) -> dict:
+    """Run the test for a neural classifier on data; write lr_find.png and lr_find.json into out.
+
+    about (the model's and the dataset's names) joins lr_find.json, so that a run of the same model
+    on the same dataset can compare its learning rate with the advice (imgcls.evaluation.sanity)."""
     if not 0 < min_lr < max_lr or steps < 10:
         raise ImgclsError("lr-find needs 0 < min-lr < max-lr and at least 10 steps")
     cfg = model.training_config()
@@ -43,7 +46,7 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
             advance()
             if not math.isfinite(value) or value > 4 * best:
                 break                                    # diverged: the rest says nothing
-    result = {"lrs": lrs, "losses": losses, "suggested_lr": suggest(lrs, losses)}
+    result = {**(about or {}), "lrs": lrs, "losses": losses, "suggested_lr": suggest(lrs, losses)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "lr_find.json").write_text(json.dumps(result, indent=2))
