@@ -96,11 +96,11 @@ def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
 
 
 def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,
-                   split: str = "test") -> RunResult:
+                   split: str = "test", runtime: str | None = None) -> RunResult:
     """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
-    preprocessing)."""
+    preprocessing), predicting in `runtime` (see imgcls.inference.resolve_model)."""
     from imgcls.inference.resolve import resolve_model
-    model = resolve_model(str(model_path))
+    model = resolve_model(str(model_path), runtime)
     if options.size is not None or options.channels is not None:
         raise ImgclsError("eval decodes images exactly as the model expects "
                           f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")
@@ -114,8 +114,12 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    timings={"predict_seconds": predict_seconds},
                    skipped_files=[s.to_dict() for s in splits.skipped])
     print_report(evaluation, info, stdout)
-    heatmaps = mistake_heatmaps(model, evaluation, part.images) if out else None
-    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out),
+    # The report's filters and Grad-CAM maps come from the network, whichever runtime predicted
+    # (an ONNX export chosen by --runtime has no gradients: explained_by None).
+    exported_file = Path(model_path).suffix.lower() in (".onnx", ".xml")
+    original = resolve_model(str(model_path)) if out and model.explained_by is None and not exported_file else model
+    heatmaps = mistake_heatmaps(original, evaluation, part.images) if out else None
+    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(original, out),
                          heatmaps=heatmaps) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
 

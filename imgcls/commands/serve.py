@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import add_command
+from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
 
 NAME = "serve"
 HELP = "serve a model over HTTP: JSON API and a drag-and-drop web page"
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None,
                         help="labels ranked per image unless a request asks (default: 5; every label for a "
                              "multi-label model)")
+    add_runtime_flag(parser)
     parser.set_defaults(handler=handle)
     return parser
 
@@ -36,10 +37,11 @@ def handle(args) -> int:
     import uvicorn
 
     from imgcls.inference import resolve_model
+    from imgcls.inference.fast import runtime_name
     from imgcls.serving.app import create_app
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, runtime_choice(args))
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k)
-    print(f"serving {getattr(model, 'model_name', args.model)} on http://{args.host}:{args.port}/  (API docs: /docs)")
+    print(f"serving {getattr(model, 'model_name', args.model)} ({runtime_name(model)}) on http://{args.host}:{args.port}/  (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
