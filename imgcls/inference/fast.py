@@ -134,8 +134,10 @@ def _settled(entry: CacheEntry, record: dict, runtime: str, machine: str, label:
         if runtime == "onnx":
             raise _cannot_export(label, record)
         return "torch"
-    if runtime == "auto" and not _agrees(record):
-        return "torch"
+    if not _agrees(record):
+        if runtime == "auto":
+            return "torch"
+        _say(f"warning: {label}'s ONNX export's top-1 differs from PyTorch's ({record['parity_summary']})")
     if runtime == "auto" and machine not in record["decisions"]:
         return None
     if runtime == "auto" and record["decisions"][machine]["runtime"] == "torch":
