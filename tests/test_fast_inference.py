@@ -179,11 +179,15 @@ def test_knn_runs_as_it_is_and_explicit_onnx_is_a_one_line_error(digits, digit_p
     assert "no network to export" in capsys.readouterr().err
 
 
-def test_an_exported_file_refuses_another_runtime(run, capsys):
+def test_an_exported_file_runs_in_its_own_runtime(run, digit_pngs, monkeypatch, capsys):
     path = resolve_model(str(run), "onnx").path
     assert isinstance(resolve_model(str(path), "auto"), OnnxClassifier)
     with pytest.raises(ImgclsError, match="--runtime torch: .* exported model, which runs in ONNX Runtime only"):
         resolve_model(str(path), "torch")
+    monkeypatch.setenv("IMGCLS_RUNTIME", "torch")      # a default for networks, not an order for exports
+    assert main(["predict", str(path), str(digit_pngs)]) == 0
+    assert main(["predict", str(path), str(digit_pngs), "--runtime", "torch"]) == 2
+    assert "exported model, which runs in ONNX Runtime only" in capsys.readouterr().err
 
 
 def test_imgcls_runtime_sets_the_default_and_is_checked(run, digit_pngs, monkeypatch, capsys):

@@ -149,7 +149,12 @@ def add_runtime_flag(parser: argparse.ArgumentParser) -> argparse.Action:
              "else auto)")
 
 
-def runtime_choice(args) -> str:
-    """--runtime if given, else $IMGCLS_RUNTIME, else auto."""
+def runtime_choice(args, spec: str | None) -> str | None:
+    """--runtime if given; else $IMGCLS_RUNTIME, else auto, except for an exported .onnx or .xml
+    file (spec), which runs in its own runtime (None) whatever the environment's default."""
+    from pathlib import Path
+
     from imgcls.inference.fast import default_runtime
-    return args.runtime or default_runtime()
+    if args.runtime:
+        return args.runtime
+    return None if spec and Path(spec).suffix.lower() in (".onnx", ".xml") else default_runtime()

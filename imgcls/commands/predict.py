@@ -58,7 +58,7 @@ def handle(args) -> int:
     exported = inputs[0].lower().endswith((".onnx", ".xml")) if inputs else False
     if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or exported):
         spec, inputs = inputs[0], inputs[1:]
-    model = resolve_model(spec, runtime_choice(args))
+    model = resolve_model(spec, runtime_choice(args, spec))
     predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
     if args.csv:
         _write_predictions_csv(predictions, Path(args.csv), multi_label=model.task_.multi_label)

@@ -39,7 +39,7 @@ def handle(args) -> int:
     from imgcls.inference import resolve_model
     from imgcls.inference.fast import runtime_name
     from imgcls.serving.app import create_app
-    model = resolve_model(args.model, runtime_choice(args))
+    model = resolve_model(args.model, runtime_choice(args, args.model))
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k)
     print(f"serving {getattr(model, 'model_name', args.model)} ({runtime_name(model)}) on http://{args.host}:{args.port}/  (API docs: /docs)")
