@@ -114,12 +114,8 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    timings={"predict_seconds": predict_seconds},
                    skipped_files=[s.to_dict() for s in splits.skipped])
     print_report(evaluation, info, stdout)
-    # The report's filters and Grad-CAM maps come from the network, whichever runtime predicted
-    # (an ONNX export chosen by --runtime has no gradients: explained_by None).
-    exported_file = Path(model_path).suffix.lower() in (".onnx", ".xml")
-    original = resolve_model(str(model_path)) if out and model.explained_by is None and not exported_file else model
-    heatmaps = mistake_heatmaps(original, evaluation, part.images) if out else None
-    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(original, out),
+    heatmaps = mistake_heatmaps(model, evaluation, part.images) if out else None
+    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out),
                          heatmaps=heatmaps) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
 

@@ -227,3 +227,41 @@ def test_concurrent_exports_wait_for_one_and_share_the_entry(run, tmp_path, caps
     assert capsys.readouterr().err.count("exporting") == 1
     [entry] = entries(tmp_path)
     assert not list(entry.parent.glob("*.tmp"))
+
+
+def test_a_network_run_by_onnx_runtime_still_explains_through_its_original(run, digits):
+    import copy
+
+    import numpy as np
+
+    from imgcls.explain import explain
+    onnx, pytorch = resolve_model(str(run), "onnx"), resolve_model(str(run), "torch")
+    assert isinstance(onnx, OnnxClassifier) and onnx.explained_by == "network"
+    images = digits.test.images[:4]
+    for method in ("gradcam", "saliency"):
+        got, expected = explain(onnx, images, method=method), explain(pytorch, images, method=method)
+        assert [e.target for e in got] == [e.target for e in expected]
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a.map, b.map, atol=1e-5)
+    np.testing.assert_array_equal(onnx.first_layer_filters(), pytorch.first_layer_filters())
+    twin = copy.deepcopy(onnx)        # the server explains through its own copy
+    assert twin.session_ is onnx.session_ and (twin.predict(images) == pytorch.predict(images)).all()
+
+
+def test_the_default_server_explains_its_predictions(run, digits):
+    import io
+
+    import httpx
+    from test_serving import LiveServer
+
+    from imgcls.serving.app import create_app
+    model = resolve_model(str(run), "onnx")
+    buffer = io.BytesIO()
+    Image.fromarray(digits.test.images[0, 0].numpy()).save(buffer, format="PNG")
+    with LiveServer(create_app(model)) as live:
+        assert httpx.get(live.url + "/v1/model").json()["explains"] == "network"
+        answer = httpx.post(live.url + "/v1/classify?explain=true", timeout=120,
+                            files=[("file", ("d.png", buffer.getvalue(), "image/png"))])
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["results"][0]
+        assert result["explanations"][0]["label"] == result["predictions"][0]["label"]

@@ -28,6 +28,7 @@ as they are.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -99,7 +100,7 @@ def accelerated(load: Callable[[], object], file: Path, runtime: str, label: str
     machine = machine_key()
     record = entry.read()
     if record is not None:
-        settled = _settled(entry, record, runtime, machine, label)
+        settled = _settled(entry, record, runtime, machine, label, load)
         if settled is not None:
             return settled if settled != "torch" else model or load()
     with entry.locked():
@@ -120,14 +121,15 @@ def accelerated(load: Callable[[], object], file: Path, runtime: str, label: str
                  f"differs from PyTorch's ({record['parity_summary']})")
         if runtime == "auto" and not agrees:
             return model
-        onnx = entry.load()
+        original = model
+        onnx = entry.load(lambda: original)
         if runtime == "onnx":
             return onnx
         choice = record["decisions"].get(machine, {}).get("runtime") or entry.measure(model, onnx, machine, label)
     return onnx if choice == "onnx" else model
 
 
-def _settled(entry: CacheEntry, record: dict, runtime: str, machine: str, label: str):
+def _settled(entry: CacheEntry, record: dict, runtime: str, machine: str, label: str, load: Callable[[], object]):
     """What a complete record already decides, without building or measuring: an OnnxClassifier,
     "torch", or None (measure first, or the cached export does not load and is rebuilt)."""
     if "error" in record:
@@ -143,7 +145,7 @@ def _settled(entry: CacheEntry, record: dict, runtime: str, machine: str, label:
     if runtime == "auto" and record["decisions"][machine]["runtime"] == "torch":
         return "torch"
     try:
-        return entry.load()
+        return entry.load(load)
     except ImgclsError:
         return None
 
@@ -160,6 +162,42 @@ def _cannot_export(label: str, record: dict) -> ImgclsError:
 
 def _say(message: str) -> None:
     console.print(f"imgcls: {message}", highlight=False, soft_wrap=True)
+
+
+class ExportedNetwork(OnnxClassifier):
+    """A pretrained model or saved network running through its cached ONNX export: predictions
+    come from ONNX Runtime; explanations (Grad-CAM and the other attribution maps) and the first
+    layer's filters from the original PyTorch network, loaded the first time one is asked for, so
+    `serve`'s explain=true and `eval`'s report figures work whichever runtime predicts."""
+
+    explained_by = "network"
+    description = "a network run by ONNX Runtime through its cached export"
+
+    def with_original(self, load: Callable[[], object]) -> ExportedNetwork:
+        self._load_original, self._original = load, None
+        return self
+
+    def original(self):
+        """The PyTorch model this was exported from."""
+        if self._original is None:
+            self._original = self._load_original()
+        return self._original
+
+    @property
+    def device(self) -> str:
+        return self.original().device
+
+    def attribution_network(self):
+        return self.original().attribution_network()
+
+    def first_layer_filters(self):
+        return self.original().first_layer_filters()
+
+    def __deepcopy__(self, memo: dict) -> ExportedNetwork:
+        # The ONNX Runtime session is shared (it may be run from several threads); the network is copied.
+        twin = copy.copy(self)
+        twin._original = copy.deepcopy(self._original, memo)
+        return twin
 
 
 class CacheEntry:
@@ -187,8 +225,9 @@ class CacheEntry:
             return None
         return record if isinstance(record.get("decisions"), dict) else None
 
-    def load(self) -> OnnxClassifier:
-        return OnnxClassifier.load(self.export_path)
+    def load(self, original: Callable[[], object]) -> ExportedNetwork:
+        """The cached export, explaining through `original` (a loader of the PyTorch model)."""
+        return ExportedNetwork.load(self.export_path).with_original(original)
 
     @contextlib.contextmanager
     def locked(self):
