@@ -103,7 +103,7 @@ def test_a_changed_model_file_is_exported_again(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage", ["truncated export", "no entry.json", "garbage entry.json", "export gone",
-                                    "export replaced"])
+                                    "export replaced", "export that no longer opens"])
 def test_a_corrupt_or_partial_entry_is_rebuilt(run, digits, damage, capsys):
     reference = resolve_model(str(run), "torch").predict(digits.test.images[:50])
     exported = resolve_model(str(run), "onnx").path
@@ -116,10 +116,15 @@ def test_a_corrupt_or_partial_entry_is_rebuilt(run, digits, damage, capsys):
         entry.write_text('{"entry_version": 1, "export_b')
     elif damage == "export gone":
         exported.unlink()
-    else:                                   # same size, other bytes
+    elif damage == "export replaced":       # same size, other bytes
         data = bytearray(exported.read_bytes())
         data[len(data) // 2] ^= 0xFF
         exported.write_bytes(bytes(data))
+    else:                                   # as recorded, but ONNX Runtime refuses it (another version, say)
+        exported.write_bytes(b"not an onnx graph")
+        record = json.loads(entry.read_text())
+        record.update(export_bytes=17, export_sha256=hashlib.sha256(b"not an onnx graph").hexdigest())
+        entry.write_text(json.dumps(record))
     capsys.readouterr()
     rebuilt = resolve_model(str(run), "onnx")
     assert "exporting" in capsys.readouterr().err

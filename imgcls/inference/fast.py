@@ -106,9 +106,12 @@ def accelerated(load: Callable[[], object], file: Path, runtime: str, label: str
     with entry.locked():
         record = entry.read()           # another process may have built it while we waited
         model = model or load()
-        fresh = record is None
+        original = model
+        onnx = entry.try_load(lambda: original) if record is not None and "error" not in record else None
+        fresh = record is None or ("error" not in record and onnx is None)    # absent, or no longer opens
         if fresh:
             record = entry.build(model, file, label)
+            onnx = entry.try_load(lambda: original) if "error" not in record else None
         if "error" in record:
             if runtime == "onnx":
                 raise _cannot_export(label, record)
@@ -121,8 +124,8 @@ def accelerated(load: Callable[[], object], file: Path, runtime: str, label: str
                  f"differs from PyTorch's ({record['parity_summary']})")
         if runtime == "auto" and not agrees:
             return model
-        original = model
-        onnx = entry.load(lambda: original)
+        if onnx is None:                # build opened it a moment ago; something removed it since
+            raise ImgclsError(f"{entry.export_path}: the cached ONNX export does not open; delete {entry.folder}")
         if runtime == "onnx":
             return onnx
         choice = record["decisions"].get(machine, {}).get("runtime") or entry.measure(model, onnx, machine, label)
@@ -144,10 +147,7 @@ def _settled(entry: CacheEntry, record: dict, runtime: str, machine: str, label:
         return None
     if runtime == "auto" and record["decisions"][machine]["runtime"] == "torch":
         return "torch"
-    try:
-        return entry.load(load)
-    except ImgclsError:
-        return None
+    return entry.try_load(load)
 
 
 def _agrees(record: dict) -> bool:
@@ -228,6 +228,13 @@ class CacheEntry:
     def load(self, original: Callable[[], object]) -> ExportedNetwork:
         """The cached export, explaining through `original` (a loader of the PyTorch model)."""
         return ExportedNetwork.load(self.export_path).with_original(original)
+
+    def try_load(self, original: Callable[[], object]) -> ExportedNetwork | None:
+        """load(original), or None where ONNX Runtime does not open the file."""
+        try:
+            return self.load(original)
+        except ImgclsError:
+            return None
 
     @contextlib.contextmanager
     def locked(self):
