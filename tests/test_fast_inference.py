@@ -270,3 +270,42 @@ def test_the_default_server_explains_its_predictions(run, digits):
         assert answer.status_code == 200, answer.text
         result = answer.json()["results"][0]
         assert result["explanations"][0]["label"] == result["predictions"][0]["label"]
+
+
+def test_a_pretrained_model_is_keyed_by_its_name_and_weights_and_predicts_like_pytorch(tmp_path, monkeypatch,
+                                                                                      capsys):
+    import skimage.data
+
+    from imgcls.models.pretrained import model_cache
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("IMGCLS_RUNTIME")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()).save(photos / f"{name}.jpg", quality=95)
+
+    def top5(*argv):
+        assert main(["predict", str(photos), "--json", *argv]) == 0
+        said = capsys.readouterr()
+        return [[p["label"] for p in r["predictions"]] for r in json.loads(said.out)], said.err
+
+    labels, said = top5()
+    assert "exporting efficientnet_lite0" in said
+    assert top5("--runtime", "torch")[0] == labels and labels[1][0] == "espresso"
+    weights = model_cache() / "efficientnet_lite0" / "model.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    [entry] = entries(tmp_path)
+    assert entry.parent == fast.entry_dir(sha, "efficientnet_lite0")
+    assert json.loads(entry.read_text())["source_sha256"] == sha
+    assert top5() == (labels, "")                   # cached: no export, no measurement, nothing said
+
+
+def test_decoding_files_in_process_leaves_torch_threads_alone(cnn, digit_pngs):
+    # A few files are decoded in this process, not by DataLoader workers; the network that runs
+    # next (and the measurement that compares runtimes) must keep every thread.
+    import torch
+
+    from imgcls.inference import find_images, predict_files
+    threads = torch.get_num_threads()
+    predict_files(cnn, find_images([digit_pngs])[:2])
+    assert torch.get_num_threads() == threads
