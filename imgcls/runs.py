@@ -101,11 +101,11 @@ def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
 
 
 def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,
-                   split: str = "test") -> RunResult:
+                   split: str = "test", runtime: str | None = None) -> RunResult:
     """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
-    preprocessing)."""
+    preprocessing), predicting in `runtime` (see imgcls.inference.resolve_model)."""
     from imgcls.inference.resolve import resolve_model
-    model = resolve_model(str(model_path))
+    model = resolve_model(str(model_path), runtime)
     if options.size is not None or options.channels is not None:
         raise ImgclsError("eval decodes images exactly as the model expects "
                           f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")

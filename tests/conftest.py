@@ -18,8 +18,12 @@ def fast_path_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def quiet_and_isolated(monkeypatch, tmp_path, fast_path_cache):
-    """No progress bars, and named datasets never come from (or go to) the user's own cache."""
+    """No progress bars, and named datasets never come from (or go to) the user's own cache.
+    Networks predict in PyTorch (IMGCLS_RUNTIME=torch) unless a test asks for auto or onnx: the
+    default would export each test's network to ONNX first (seconds for EfficientNet-Lite0), which
+    tests/test_fast_inference.py tests on its own."""
     monkeypatch.setenv("IMGCLS_PROGRESS", "0")
+    monkeypatch.setenv("IMGCLS_RUNTIME", "torch")
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("IMGCLS_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("IMGCLS_CACHE", str(fast_path_cache))

@@ -162,3 +162,23 @@ def add_log_flag(parser: argparse.ArgumentParser) -> argparse.Action:
         help="also log the config, every epoch and the final report to TensorBoard (<out>/tensorboard) or "
              "MLflow (MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db); "
              "pip install 'imgcls[tensorboard]' or 'imgcls[mlflow]'")
+
+
+def add_runtime_flag(parser: argparse.ArgumentParser) -> argparse.Action:
+    """--runtime auto|torch|onnx: which runtime runs a pretrained model or saved network."""
+    return parser.add_argument(
+        "--runtime", choices=["auto", "torch", "onnx"], default=None,
+        help="auto: a pretrained model or saved network runs through its ONNX export (made once, cached) where "
+             "that predicts alike and is measured faster here; torch or onnx choose (default: $IMGCLS_RUNTIME, "
+             "else auto)")
+
+
+def runtime_choice(args, spec: str | None) -> str | None:
+    """--runtime if given; else $IMGCLS_RUNTIME, else auto, except for an exported .onnx or .xml
+    file (spec), which runs in its own runtime (None) whatever the environment's default."""
+    from pathlib import Path
+
+    from imgcls.inference.fast import default_runtime
+    if args.runtime:
+        return args.runtime
+    return None if spec and Path(spec).suffix.lower() in (".onnx", ".xml") else default_runtime()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_flags, add_runtime_flag, data_options, runtime_choice
 
 NAME = "eval"
 HELP = "evaluate a saved model on a dataset's test split"
@@ -20,13 +20,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=["test", "val", "train"])
     parser.add_argument("--out", default=None, help="folder for report.json/html (default: print only)")
     add_data_flags(parser)
+    add_runtime_flag(parser)
     parser.set_defaults(handler=handle)
     return parser
 
 
 def handle(args) -> int:
     from imgcls.runs import evaluate_saved
-    result = evaluate_saved(args.model, args.data, data_options(args), args.out, split=args.split)
+    result = evaluate_saved(args.model, args.data, data_options(args), args.out, split=args.split,
+                           runtime=runtime_choice(args, args.model))
     if result.report_paths:
         print(f"report: {result.report_paths['html']}")
     return 0

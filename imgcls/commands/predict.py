@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from imgcls.commands.common import add_command
+from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
 from imgcls.errors import ImgclsError
 
 NAME = "predict"
@@ -18,6 +18,11 @@ EXAMPLES = """examples:
   imgcls predict runs/knn shoe.png              # a saved model (run folder or .safetensors file)
   imgcls predict runs/knn photos/ --top-k 3 --json
   imgcls predict --model runs/cnn/model.int8.onnx photos/ --csv predictions.csv   # an exported model
+  imgcls predict --runtime torch photo.jpg      # PyTorch, not the cached ONNX export
+
+networks (pretrained or saved) run through ONNX Runtime where that is measured faster: the first
+run exports the network once (it says so) into the cache ($IMGCLS_CACHE, else
+$XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls).
 
 multi-label models: the text shows each image's labels at or above their thresholds (what the
 model predicts), or "(none above threshold; best: ...)"; --json ranks every label (the top k with
@@ -43,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="also write rows path,label1,score1,label2,score2,... to FILE "
                              "(path,labels,label1,score1,... for a multi-label model; path,label,label1,... "
                              "for a model that abstains)")
+    add_runtime_flag(parser)
     parser.set_defaults(handler=handle)
     return parser
 
@@ -57,7 +63,7 @@ def handle(args) -> int:
     exported = inputs[0].lower().endswith((".onnx", ".xml")) if inputs else False
     if spec is None and len(inputs) > 1 and (is_saved_model(inputs[0]) or exported):
         spec, inputs = inputs[0], inputs[1:]
-    model = resolve_model(spec)
+    model = resolve_model(spec, runtime_choice(args, spec))
     predictions, failures = predict_files(model, find_images(inputs), k=args.top_k)
     if args.csv:
         _write_predictions_csv(predictions, Path(args.csv), multi_label=model.task_.multi_label)

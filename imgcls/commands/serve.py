@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgcls.commands.common import add_command
+from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
 from imgcls.errors import ImgclsError
 
 NAME = "serve"
@@ -48,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     security.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                           help="let pages from ORIGIN (e.g. https://app.example.com, or *) call the API from a "
                                "browser; repeatable (default: none, CORS off)")
+    add_runtime_flag(parser)
     parser.set_defaults(handler=handle)
     return parser
 
@@ -56,6 +57,7 @@ def handle(args) -> int:
     import uvicorn
 
     from imgcls.inference import resolve_model
+    from imgcls.inference.fast import runtime_name
     from imgcls.serving.app import create_app
     from imgcls.serving.security import check_api_key, check_origins
     # Every flag is checked before the model loads, which can take a while.
@@ -64,7 +66,7 @@ def handle(args) -> int:
         check_api_key(api_key)
     check_origins(args.cors_origin)
     tls = tls_files(args.ssl_certfile, args.ssl_keyfile)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, runtime_choice(args, args.model))
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k, api_key=api_key,
                      cors_origins=args.cors_origin)
@@ -72,11 +74,10 @@ def handle(args) -> int:
     if warning:
         print(f"imgcls: warning: {warning}", file=sys.stderr)
     scheme = "https" if tls else "http"
-    print(f"serving {getattr(model, 'model_name', args.model)} on {scheme}://{args.host}:{args.port}/  "
-          f"(API docs: /docs{'; API key required' if api_key is not None else ''})")
+    print(f"serving {getattr(model, 'model_name', args.model)} ({runtime_name(model)}) "
+          f"on {scheme}://{args.host}:{args.port}/  (API docs: /docs{'; API key required' if api_key is not None else ''})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **tls)
     return 0
-
 
 
 def tls_files(certfile: Path | None, keyfile: Path | None) -> dict:

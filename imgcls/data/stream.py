@@ -256,7 +256,10 @@ class _BatchDecoder(torch.utils.data.Dataset):
 
     def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
         positions = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
-        torch.set_num_threads(1)
+        if torch.utils.data.get_worker_info() is not None:
+            # One thread per worker process; without workers this runs in the caller's process,
+            # whose thread count (the network's, next) must stay as it was.
+            torch.set_num_threads(1)
         return self.files.decode_reporting(positions)
 
     def __len__(self) -> int:

@@ -123,10 +123,10 @@ def _explain_network(model, images: torch.Tensor, picks: list[tuple[int, int, bo
 
 
 def _explained_by(model) -> str:
-    if isinstance(model, OnnxClassifier):
-        raise ImgclsError(f"{model.path} is an exported model, and ONNX Runtime gives no gradients to explain it "
-                          "with; explain the saved model it was exported from")
     if model.explained_by is None:
+        if isinstance(model, OnnxClassifier):
+            raise ImgclsError(f"{model.path} is an exported model, and ONNX Runtime gives no gradients to explain "
+                              "it with; explain the saved model it was exported from")
         raise ImgclsError(f"{model.model_name} models cannot explain themselves")
     return model.explained_by
 
