@@ -266,7 +266,7 @@ def test_new_files_record_classes_and_inputs_and_older_readers_refuse_them(tmp_p
     model = create_model("linear", epochs=1).fit(np.zeros((4, 3)) + np.arange(4)[:, None], ["a", "b", "a", "b"])
     path = model.save(tmp_path / "m.safetensors")
     metadata = read_metadata(path)
-    assert metadata["format_version"] == artifact.FORMAT_VERSION == 3
+    assert metadata["format_version"] == artifact.UNCALIBRATED_FORMAT_VERSION == 3
     assert metadata["classes"] == {"values": ["a", "b"], "dtype": "<U1"} and metadata["preprocessing"] is None
     assert metadata["inputs"] == {"kind": "features", "n_features": 3, "feature_names": None}
     monkeypatch.setattr(artifact, "FORMAT_VERSION", 2)      # what imgcls 4218ca4 reads: it would misread these

@@ -2,7 +2,8 @@
 
 The metadata holds everything needed to rebuild the model without training code: the registry
 name and hyperparameters, class names and labels (classes_), what it takes (images and their
-preprocessing, or feature vectors), metrics and the imgcls version.
+preprocessing, or feature vectors), the task, a calibration where one was fitted, metrics and
+the imgcls version.
 Loading reads tensors and JSON only; nothing is ever unpickled. Files of every earlier format
 version load (tests/fixtures holds some).
 """
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from imgcls import __version__
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.models.calibration import calibration_from_dict
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.task import task_from_dict
@@ -34,7 +36,11 @@ FORMAT = "imgcls-model"
 #    null preprocessing for feature models, and the linear model's standardisation; an older
 #    imgcls would misread these, so it refuses them. Files without them predict class indices
 #    of images, as they always did.
-FORMAT_VERSION = 3
+# 4: a calibration (imgcls.models.calibration) under "calibration"; an older imgcls would ignore it and
+#    predict uncalibrated probabilities, so only calibrated models are written as version 4 and
+#    every other model stays version 3. Files without it have no calibration.
+FORMAT_VERSION = 4
+UNCALIBRATED_FORMAT_VERSION = 3
 
 
 def save_model(model, path: str | Path) -> Path:
@@ -43,13 +49,16 @@ def save_model(model, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         path = path / MODEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    calibration = getattr(model, "calibration_", None)
     metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "imgcls_version": __version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION if calibration else UNCALIBRATED_FORMAT_VERSION,
+        "imgcls_version": __version__,
         "model": model.model_name, "params": model.get_params(),
         "class_names": model.class_names_, "classes": classes_to_json(model.classes_),
         "inputs": _inputs_to_json(model),
         "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
+        "calibration": calibration.to_dict() if calibration else None,
         "metrics": getattr(model, "metrics_", {}),
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -127,6 +136,7 @@ def load_model(path: str | Path):
         model.n_features_in_ = model.preprocessing_.channels * math.prod(model.preprocessing_.size)
     model.metrics_ = metadata.get("metrics", {})
     model.task_ = task_from_dict(metadata.get("task"))     # absent before tasks existed: single-label
+    model.calibration_ = calibration_from_dict(metadata.get("calibration"))   # absent before version 4: none
     model.load_state_tensors(load_file(str(path)))
     return model
 
