@@ -3,10 +3,10 @@
 A command module imports nothing heavy at module level; its handler imports the library it calls.
 """
 
-from imgcls.commands import (compare, data, doctor, evaluate, explain, export, index, lr_find, models, predict, search,
-                             serve, shards, show, train, tune)
+from imgcls.commands import (calibrate, compare, data, doctor, evaluate, explain, export, index, lr_find, models,
+                             predict, search, serve, shards, show, train, tune)
 
 # In the order `imgcls --help` lists them.
-COMMANDS = (train, tune, lr_find, evaluate, predict, explain, export, data, shards, show, serve, compare, index, search,
-            doctor, models)
+COMMANDS = (train, tune, lr_find, evaluate, calibrate, predict, explain, export, data, shards, show, serve, compare,
+            index, search, doctor, models)
 

@@ -55,6 +55,8 @@ def calibration_metrics(y_true, proba) -> dict[str, float]:
     """ece, nll and brier of probabilities (N, C) for class indices y_true (N,)."""
     from sklearn.metrics import brier_score_loss, log_loss
     y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    # float32 probabilities sum to 1 within float32 rounding, more than scikit-learn allows in float64
+    proba = proba / proba.sum(1, keepdims=True)
     labels = np.arange(proba.shape[1])
     return {"ece": expected_calibration_error(y_true, proba),
             "nll": float(log_loss(y_true, proba, labels=labels)),
