@@ -166,6 +166,9 @@ def test_onnx_export_holds_the_calibration(noisy, overfit_mlp, tmp_path):
         assert exported.metadata_["format_version"] == (1 if method == "temperature" else 3)
         np.testing.assert_allclose(exported.predict_proba(images), model.predict_proba(images), atol=2e-5)
         assert np.abs(exported.predict_proba(images) - overfit_mlp.predict_proba(images)).max() > 0.05
+        # What eval's "before" column reads from an export: the uncalibrated probabilities.
+        np.testing.assert_allclose(uncalibrated(exported).predict_proba(images), overfit_mlp.predict_proba(images),
+                                   atol=2e-5)
     # Temperature scaling is in the graph: its logits are the calibrated ones.
     torch.testing.assert_close(OnnxClassifier.load(tmp_path / "temperature.onnx").calibrated_logits(images),
                                calibrate(overfit_mlp, val).calibrated_logits(images), atol=1e-4, rtol=1e-4)
@@ -210,6 +213,8 @@ def test_training_calibrates_networks_and_reports_before_and_after(tmp_path, cap
     assert "<h2>Calibration</h2>" in html and "Reliability diagram" in html and (out / "reliability.png").is_file()
     model = load_model(out)
     assert isinstance(model.calibration_, Temperature) and model.calibration_.temperature == report["temperature"]
+    assert main(["eval", str(out), "digits", "--out", str(tmp_path / "eval")]) == 0      # eval shows it as well
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["calibration"] == report
 
     # kNN is left uncalibrated by default; `imgcls calibrate` calibrates the saved model on the same val split.
     knn = tmp_path / "knn"

@@ -102,13 +102,21 @@ class OnnxClassifier(Classifier):
 
     def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The graph's logits: calibrated already where the model had temperature scaling (the
-        division by T is in the graph)."""
-        return torch.from_numpy(self.logits(images))
+        division by T is in the graph); the uncalibrated ones for without_calibration's copy."""
+        return torch.from_numpy(self.logits(images)) * getattr(self, "_logit_scale", 1.0)
+
+    def without_calibration(self) -> OnnxClassifier:
+        """A copy predicting uncalibrated probabilities: the graph's logits times the temperature it
+        divides them by, where it holds one (a sigmoid or isotonic calibration is simply not applied)."""
+        raw = super().without_calibration()
+        if self.calibration_ is not None and self.calibration_.in_logits:
+            raw._logit_scale = self.calibration_.temperature
+        return raw
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         # The original NeuralClassifier's tta travels in the exported params, so both predict alike.
         tta = self.get_params().get("tta", "none")
-        return with_tta(lambda x: torch.from_numpy(self.logits(x)), images, tta, self.task_.activation)
+        return with_tta(self.calibrated_logits, images, tta, self.task_.activation)
 
 
 def _cpu_count() -> int:

@@ -22,6 +22,7 @@ probabilities.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -109,6 +110,12 @@ class Classifier(ClassifierMixin, BaseEstimator):
     @calibration_.setter
     def calibration_(self, calibration) -> None:
         self.__dict__["_calibration"] = calibration
+
+    def without_calibration(self) -> Classifier:
+        """A shallow copy (the learned state shared) that predicts the uncalibrated probabilities."""
+        raw = copy.copy(self)
+        raw.calibration_ = None
+        return raw
 
     @property
     def has_logits(self) -> bool:

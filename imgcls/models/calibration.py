@@ -144,11 +144,7 @@ def calibrate(model, X, y=None, method: str = "temperature"):
 
 def uncalibrated(model):
     """A copy of model without its calibration (the model itself where it has none)."""
-    if getattr(model, "calibration_", None) is None:
-        return model
-    raw = copy.copy(model)
-    raw.calibration_ = None
-    return raw
+    return model if getattr(model, "calibration_", None) is None else model.without_calibration()
 
 
 def fit_calibration(model, X, y=None, method: str = "temperature") -> Calibration:
