@@ -169,6 +169,11 @@ def test_onnx_export_holds_the_calibration(noisy, overfit_mlp, tmp_path):
         # What eval's "before" column reads from an export: the uncalibrated probabilities.
         np.testing.assert_allclose(uncalibrated(exported).predict_proba(images), overfit_mlp.predict_proba(images),
                                    atol=2e-5)
+    pytest.importorskip("openvino")
+    from imgcls.inference.openvino_model import OpenVinoClassifier
+    model = calibrate(overfit_mlp, val)
+    ir = OpenVinoClassifier.load(export_model(model, tmp_path / "temperature.xml", "openvino"))
+    np.testing.assert_allclose(ir.predict_proba(images), model.predict_proba(images), atol=2e-5)
     # Temperature scaling is in the graph: its logits are the calibrated ones.
     torch.testing.assert_close(OnnxClassifier.load(tmp_path / "temperature.onnx").calibrated_logits(images),
                                calibrate(overfit_mlp, val).calibrated_logits(images), atol=1e-4, rtol=1e-4)
