@@ -1,5 +1,7 @@
 """The end of every run, written once: evaluate on the test split once, record that look, save
-the model with its test metrics, and write the reports, all in the run folder.
+the model with its test metrics, and write the reports, all in the run folder. A run that fits
+(fit_and_report) calibrates the model on the validation split first (temperature scaling by
+default for networks), and the report shows its calibration before and after on test.
 
 `imgcls train` and `imgcls compare` (through fit_and_report) and both tuners (kNN
 cross-validation, network search) end here, so what a run folder holds and how often its test
@@ -18,12 +20,14 @@ import numpy as np
 from imgcls.data.dataset import DatasetSplits, SkippedFile
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
+from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_reliability
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
 from imgcls.evaluation.weights import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
+from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
 from imgcls.progress import console, stdout
 from imgcls.task import TASKS
 from imgcls.training.hooks import HistoryHook, ProgressHook, TrackingHook, write_history
@@ -41,13 +45,15 @@ class RunResult:
 
 def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
                    rank: int = 0, print_table: bool = True, tracker: Tracker | None = None,
-                   abstain: dict | None = None) -> RunResult | None:
-    """Fit on train (validating on val), then finish_run: evaluate once on test, save the model and
-    the reports in out. Returns None on the ranks other than 0 of a distributed run.
+                   abstain: dict | None = None, calibration: str = "auto") -> RunResult | None:
+    """Fit on train (validating on val), calibrate on val, then finish_run: evaluate once on test,
+    save the model and the reports in out. Returns None on the ranks other than 0 of a distributed run.
 
-    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report.
-    abstain ({"accept", "score"}): after fitting, the model learns to answer "unknown", its
-    threshold chosen on val (imgcls.models.abstention.fit_abstention)."""
+    calibration: "auto" (temperature scaling for models with logits, see
+    imgcls.models.calibration.default_method), "none", or a method of imgcls.models.calibration.METHODS.
+    abstain ({"accept", "score"}): after calibrating, the model learns to answer "unknown", its
+    threshold chosen on val (imgcls.models.abstention.fit_abstention).
+    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report."""
     hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
     tracking = TrackingHook(tracker) if tracker is not None else None
     hooks += [tracking] if tracking else []
@@ -58,6 +64,7 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
         return None
     state = getattr(model, "train_state_", None)       # streamed files that stopped decoding mid-training
     splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
+    calibrate_on_validation(model, splits, calibration)
     extra = {}
     if abstain:
         model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
@@ -75,6 +82,57 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
         figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
     return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
                       config=config, figures=figures, print_table=print_table, tracker=tracker)
+
+
+def calibrate_on_validation(model, splits: DatasetSplits, calibration: str = "auto") -> None:
+    """Fit the model's calibration on splits.val, in place: the method asked for, or with "auto"
+    the model's default (none for kNN, linear and multi-label models). Without validation images
+    there is nothing to fit on: "auto" says so and goes on, a method asked for is an error."""
+    check_method(model, calibration)
+    method = default_method(model) if calibration == "auto" else None if calibration == "none" else calibration
+    if method is None:
+        return
+    if splits.val is None or not len(splits.val):
+        if calibration != "auto":
+            raise ImgclsError(f"{method} calibration is fitted on the validation split, and {splits.name} has none "
+                              "(use a --val-fraction above 0)")
+        console.print("[yellow]note:[/] no validation images: the model is left uncalibrated")
+        return
+    model.calibration_ = fit_calibration(model, splits.val, method)
+
+
+def calibration_report(model, evaluation, data, out: Path | None, split: str = "test"
+                       ) -> tuple[dict | None, dict[str, Path]]:
+    """(report.json's "calibration": the method, its parameters and ECE, NLL and Brier before and
+    after it on data, the split the evaluation measured; the reliability diagram as a figure) for a
+    calibrated single-label model; (None, {}) for the others. The uncalibrated probabilities come
+    from predicting data again without the calibration."""
+    calibration = getattr(model, "calibration_", None)
+    if calibration is None or evaluation.task != "single-label":
+        return None, {}
+    before, _ = evaluate_model(uncalibrated(model), data)
+    if len(before.y_true) != len(evaluation.y_true):      # a streamed file stopped decoding in between
+        return None, {}
+    summary = calibration_summary(evaluation.y_true, before.proba, evaluation.proba, calibration.to_dict(), split)
+    figures = {}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        path = plot_reliability(evaluation.y_true, before.proba, evaluation.proba, Path(out) / "reliability.png", split)
+        figures[f"Reliability diagram before and after {summary['method']} calibration ({BINS_TEXT}, "
+                f"{split} split)"] = path
+    return summary, figures
+
+
+def print_calibration(summary: dict | None) -> None:
+    """One line: the calibration and its ECE, NLL and Brier score before -> after."""
+    if summary is None:
+        return
+    what = (f"temperature scaling (T = {summary['temperature']:.3f})" if summary["method"] == "temperature"
+            else f"{summary['method']} calibration")
+    changes = "   ".join(f"{name} {summary['before'][key]:.4f} → {summary['after'][key]:.4f}"
+                         for key, name in (("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier")))
+    stdout.print(f"{what}, fitted on validation; {summary['measured_on']} split: {changes}   "
+                 f"(ECE: {BINS_TEXT})", highlight=False)
 
 
 def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, title: str | None = None,
@@ -100,17 +158,20 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
                    dataset=splits.name, sizes=sizes or splits.summary(), timings=timings,
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
                    config={**(config or {}), "test_evaluations": count}, warnings=warnings)
+    calibration, calibration_figures = calibration_report(model, evaluation, splits.test, out)
     if print_table:
         print_report(evaluation, info, stdout)
+        print_calibration(calibration)
     else:                                   # the table is left out (compare prints its own); the warnings are not
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
     if count > 1:
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
                       f"(see {out / LOG_FILE})")
-    figures = {**(figures or {}), **model_figures(model, out)}       # filters or templates, where it has them
+    # filters or templates, where it has them; the reliability diagram of a calibrated model
+    figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
-                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images))
+                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     paths["json"].write_text(json.dumps(data, indent=2))

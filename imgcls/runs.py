@@ -23,9 +23,10 @@ from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.weights import model_figures
-from imgcls.finish import RunResult, fit_and_report, mistake_heatmaps
+from imgcls.finish import RunResult, calibration_report, fit_and_report, mistake_heatmaps, print_calibration
 from imgcls.models.abstention import Abstention, check_accept, check_score, fit_abstention
 from imgcls.models.artifact import save_model
+from imgcls.models.calibration import check_method
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.training import distributed
@@ -41,11 +42,12 @@ class TrainConfig:
     data_options: DataOptions = field(default_factory=DataOptions)
     log: str | None = None          # an experiment tracker as well: "tensorboard" or "mlflow"
     abstain: dict | None = None     # {"accept", "score"}: fit an abstention on val after training
+    calibration: str = "auto"       # fitted on val after training: auto | none | temperature | sigmoid | isotonic
 
     def to_dict(self) -> dict:
         return {"data": self.data, "model": self.model, "params": self.params, "out": self.out,
                 "data_options": dataclasses.asdict(self.data_options), "log": self.log,
-                "abstain": self.abstain, "imgcls_version": __version__}
+                "abstain": self.abstain, "calibration": self.calibration, "imgcls_version": __version__}
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult | None:
@@ -70,6 +72,7 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     model.check_can_learn(splits.train.task)              # before anything is written
     if config.abstain:
         check_can_abstain(splits, config.abstain)
+    check_method(model, config.calibration, splits.train.task)
     if not len(splits.test):
         raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
@@ -81,7 +84,7 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
     with tracking(config.log if rank == 0 else None, out, config=config.to_dict(), experiment=splits.name,
                   run_name=out.name, resume=resume) as tracker:
         return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank,
-                              tracker=tracker, abstain=config.abstain)
+                              tracker=tracker, abstain=config.abstain, calibration=config.calibration)
 
 
 def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
@@ -118,10 +121,12 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
                    dataset=splits.name, split=split, sizes=splits.summary(),
                    timings={"predict_seconds": predict_seconds},
                    skipped_files=[s.to_dict() for s in splits.skipped])
+    calibration, calibration_figures = calibration_report(model, evaluation, part, out, split)
     print_report(evaluation, info, stdout)
+    print_calibration(calibration)
     heatmaps = mistake_heatmaps(model, evaluation, part.images) if out else None
-    paths = write_report(evaluation, info, out, images=part.images, figures=model_figures(model, out),
-                         heatmaps=heatmaps) if out else {}
+    paths = write_report(evaluation, info, out, images=part.images, figures={**model_figures(model, out),
+                         **calibration_figures}, heatmaps=heatmaps, calibration=calibration) if out else {}
     return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
 
 

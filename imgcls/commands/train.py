@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   imgcls train fashion-mnist --config recipe.yaml --out runs/recipe
   imgcls train fashion-mnist --model cnn --nproc 2 --out runs/ddp           # 2 processes (torchrun)
   imgcls train fashion-mnist --model linear --loss svm --epochs 20 --out runs/svm
+  imgcls train fashion-mnist --model knn --calibration isotonic --out runs/knn-iso   # calibrated on val
   imgcls train fashion-mnist --model cnn --log tensorboard --out runs/cnn   # then: tensorboard --logdir runs
   imgcls train photos/ --model knn --image-size 32 --strict --out runs/photos
   imgcls train labels.csv --model linear --out runs/csv
@@ -40,6 +41,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in --out from its last checkpoint"),
         parser.add_argument("--nproc", type=int, default=1, help="train with N processes on this machine (torchrun)"),
+        parser.add_argument("--calibration", choices=["auto", "none", "temperature", "sigmoid", "isotonic"],
+                            default="auto",
+                            help="calibrate the probabilities on the validation split after training; auto: "
+                                 "temperature scaling for networks, none for knn, linear and multi-label models "
+                                 "(default: auto)"),
         add_log_flag(parser),
     ]
     settable += add_data_flags(parser)
@@ -85,7 +91,7 @@ def handle(args) -> int:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=model_params(args),
                          out=args.out or f"runs/{args.model}", data_options=data_options(args), log=args.log,
-                         abstain=abstention_request(args))
+                         abstain=abstention_request(args), calibration=args.calibration)
     result = train(config, resume=args.resume)
     if result is not None:
         print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")

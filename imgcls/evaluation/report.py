@@ -115,14 +115,15 @@ def _print_skipped(info: RunInfo, console: Console) -> None:
 
 def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: str | Path, *, images=None,
                  figures: dict[str, Path] | None = None, heatmaps: dict[int, np.ndarray] | None = None,
-                 heatmap_method: str = "Grad-CAM") -> dict[str, Path]:
+                 heatmap_method: str = "Grad-CAM", calibration: dict | None = None) -> dict[str, Path]:
     """Write report.json, confusion_matrix.png, mistakes.png (given the evaluated images) and
     report.html into out_dir; return their paths. A multi-label evaluation gets pr_curves.png
     in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes.
 
     heatmaps (image index -> map at the images' size, for the indices confident_mistakes gives)
     are laid over the mistakes they belong to; the caller makes them (imgcls.explain sits above
-    evaluation), and heatmap_method names the method in the caption."""
+    evaluation), and heatmap_method names the method in the caption. calibration (from
+    imgcls.evaluation.calibration.calibration_summary) joins report.json and gets a table in the HTML."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if images is not None and ev.rows is not None:   # streamed files that stopped decoding were left out
@@ -132,6 +133,8 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
             "sizes": info.sizes, "timings": info.timings, "imgcls_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     data["warnings"] = [*data.get("warnings", []), *info.warnings]   # a multi-label evaluation has its own too
+    if calibration is not None:
+        data["calibration"] = calibration
     if ev.task == MultiLabelEvaluation.task:
         return _write_multilabel(ev, info, out_dir, data, images, figures)
     paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",

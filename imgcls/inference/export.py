@@ -3,9 +3,12 @@
 The whole ImageNetwork is exported, normalisation included, so an exported file takes the same
 input as the PyTorch model: float32 images N x C x H x W with pixels in 0..255. It is
 self-describing: class names, preprocessing, model name, task (with a multi-label model's
-thresholds), abstention (with a knn score's reference vectors inline) and provenance travel inside it as JSON (ONNX: metadata_props["imgcls"]; OpenVINO:
-the model's rt_info["imgcls"]), so prediction from an exported file never re-declares them. The
-network outputs logits; the task says which activation turns them into probabilities.
+thresholds), abstention (with a knn score's reference vectors inline) and provenance travel
+inside it as JSON (ONNX: metadata_props["imgcls"]; OpenVINO: the model's rt_info["imgcls"]), so
+prediction from an exported file never re-declares them. The
+network outputs logits; the task says which activation turns them into probabilities. A model's
+temperature scaling is part of the graph (its logits come out divided by T); a sigmoid or
+isotonic calibration is in the metadata, for the reader to apply (imgcls.inference.onnx_model).
 
 Provenance is what the weights really are: ImageNet-pretrained weights that imgcls converted and
 never trained carry no training settings (a pretrained model's hyperparameters are only the
@@ -43,9 +46,9 @@ from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
-from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, INPUT_NAME, METADATA_KEY,
-                                         MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME, SINGLE_LABEL_FORMAT_VERSION,
-                                         OnnxClassifier)
+from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
+                                         METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
+                                         SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -63,8 +66,11 @@ def export_metadata(model, source: str | Path | None = None) -> dict:
     """What an exported file carries about its model: enough to predict from it alone, and where
     its weights came from (source: the model file or pretrained name it was loaded from)."""
     task, abstention = model.task_, model.abstention_
+    calibration = getattr(model, "calibration_", None)
+    outside_graph = calibration is not None and not calibration.in_logits
     version = (MULTI_LABEL_FORMAT_VERSION if task.multi_label else
-               ABSTAINING_FORMAT_VERSION if abstention is not None else SINGLE_LABEL_FORMAT_VERSION)
+               ABSTAINING_FORMAT_VERSION if abstention is not None else
+               CALIBRATED_FORMAT_VERSION if outside_graph else SINGLE_LABEL_FORMAT_VERSION)
     origin = provenance(model, source)
     params = model.get_params() if origin["weights"] == "trained" else prediction_params(model)
     return {"format": "imgcls-export", "format_version": version, "imgcls_version": __version__,
@@ -72,6 +78,8 @@ def export_metadata(model, source: str | Path | None = None) -> dict:
             "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
             "task": task.to_dict(), "provenance": origin,
             **({"abstention": abstention.to_json()} if abstention is not None else {}),
+            "calibration": ({**calibration.to_dict(), "in_graph": calibration.in_logits}
+                            if calibration is not None else None),
             "input": f"{INPUT_NAME}: float32 N x C x H x W, pixels 0..255", "output": OUTPUT_NAME}
 
 
@@ -229,7 +237,21 @@ def check_exportable(model) -> None:
 def _network(model) -> torch.nn.Module:
     check_exportable(model)
     # A copy, in fp32 and the default memory format, whatever prediction did to the original.
-    return copy.deepcopy(model.net_).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    net = copy.deepcopy(model.net_).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    calibration = getattr(model, "calibration_", None)
+    return TemperatureScaled(net, calibration.temperature) if calibration is not None and calibration.in_logits \
+        else net
+
+
+class TemperatureScaled(torch.nn.Module):
+    """A network whose logits are divided by a fitted temperature: temperature scaling in the graph."""
+
+    def __init__(self, net: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.net, self.temperature = net, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) / self.temperature
 
 
 def _export_onnx(net: torch.nn.Module, example: torch.Tensor, metadata: dict, path: Path, opset: int) -> Path:

@@ -4,6 +4,10 @@ An exported file carries its class names, preprocessing, model name and task (si
 multi-label with its thresholds), so `imgcls predict`, `imgcls eval` and serving take a .onnx file
 wherever they take a saved model. The graph ends in logits; the task's activation (softmax or one
 sigmoid per label) is applied here, as the PyTorch model applies it.
+
+Calibration travels too: temperature scaling is inside the graph (its "logits" output is the
+calibrated logits / T), and a sigmoid or isotonic calibration, which the graph does not hold, is
+recorded in the metadata and applied here to the graph's probabilities, as the saved model applies it.
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.abstention import Abstention
 from imgcls.models.base import Classifier
+from imgcls.models.calibration import calibration_from_dict
 from imgcls.runtime import with_tta
 from imgcls.task import task_from_dict
 
 # The file format, written by imgcls.inference.export and read here: the graph's input and output
 # names, and the metadata_props key that holds the JSON metadata. Version 2 marks multi-label
 # exports, whose logits need a sigmoid: an imgcls that reads only version 1 (and would apply a
-# softmax) refuses them. Single-label exports stay version 1; files without a task are single-label.
-# Version 3 marks a model that abstains (metadata "abstention"), so an older imgcls refuses it
-# rather than answer every image.
+# softmax) refuses them. Version 3 marks what an older reader would silently ignore: a model
+# that abstains (metadata "abstention"), which it would let answer every image, or a sigmoid or
+# isotonic calibration that the graph cannot hold and the reader must apply. Other single-label
+# exports stay version 1 (temperature scaling is inside their graph); files without a task are
+# single-label.
 FORMAT_VERSION = 3
-MULTI_LABEL_FORMAT_VERSION, ABSTAINING_FORMAT_VERSION = 2, 3
+CALIBRATED_FORMAT_VERSION = ABSTAINING_FORMAT_VERSION = 3
+MULTI_LABEL_FORMAT_VERSION = 2
 SINGLE_LABEL_FORMAT_VERSION = 1
 METADATA_KEY = "imgcls"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -48,6 +56,7 @@ class OnnxClassifier(Classifier):
         self.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
         self.metrics_ = metadata.get("metrics", {})
         self.task_ = task_from_dict(metadata.get("task"))
+        self.calibration_ = calibration_from_dict(metadata.get("calibration"))
         self.quantization = metadata.get("quantization")
         self.abstention_ = Abstention.from_dict(metadata.get("abstention"))    # inline reference (to_json)
 
@@ -91,13 +100,30 @@ class OnnxClassifier(Classifier):
                    for i in range(0, len(images), self.batch_size)]
         return np.concatenate(outputs) if outputs else np.empty((0, len(self.class_names_)), np.float32)
 
+    @property
+    def has_logits(self) -> bool:
+        return True
+
+    def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The graph's logits: calibrated already where the model had temperature scaling (the
+        division by T is in the graph); the uncalibrated ones for without_calibration's copy."""
+        return torch.from_numpy(self.logits(images)) * getattr(self, "_logit_scale", 1.0)
+
+    def without_calibration(self) -> OnnxClassifier:
+        """A copy predicting uncalibrated probabilities: the graph's logits times the temperature it
+        divides them by, where it holds one (a sigmoid or isotonic calibration is simply not applied)."""
+        raw = super().without_calibration()
+        if self.calibration_ is not None and self.calibration_.in_logits:
+            raw._logit_scale = self.calibration_.temperature
+        return raw
+
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.logits(images))
+        return self.calibrated_logits(images)
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         # The original NeuralClassifier's tta travels in the exported params, so both predict alike.
         tta = self.get_params().get("tta", "none")
-        return with_tta(lambda x: torch.from_numpy(self.logits(x)), images, tta, self.task_.activation)
+        return with_tta(self.calibrated_logits, images, tta, self.task_.activation)
 
 
 def _cpu_count() -> int:

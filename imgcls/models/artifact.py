@@ -2,8 +2,8 @@
 
 The metadata holds everything needed to rebuild the model without training code: the registry
 name and hyperparameters, class names and labels (classes_), what it takes (images and their
-preprocessing, or feature vectors), metrics, the imgcls version and, for a model that abstains,
-its abstention (imgcls.models.abstention).
+preprocessing, or feature vectors), the task, a calibration where one was fitted, metrics,
+the imgcls version and, for a model that abstains, its abstention (imgcls.models.abstention).
 Loading reads tensors and JSON only; nothing is ever unpickled. Files of every earlier format
 version load (tests/fixtures holds some).
 """
@@ -25,6 +25,7 @@ from imgcls import __version__
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.abstention import Abstention
+from imgcls.models.calibration import calibration_from_dict
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.task import task_from_dict
@@ -38,10 +39,12 @@ FORMAT = "imgcls-model"
 #    imgcls would misread these, so it refuses them. Files without them predict class indices
 #    of images, as they always did.
 # 4: an abstention ("I don't know": a rejection score and threshold, and for knn its reference
-#    vectors as the tensor abstention.reference); written only by models that abstain, so an older
-#    imgcls refuses those instead of answering every image. Files without one never abstain.
+#    vectors as the tensor abstention.reference) and/or a calibration (imgcls.models.calibration)
+#    under "calibration". An older imgcls would answer every image, or give uncalibrated
+#    probabilities, so models with either are written as version 4 and refused by it; every other
+#    model stays version 3. Files without them never abstain and have no calibration.
+UNCALIBRATED_FORMAT_VERSION = PLAIN_FORMAT_VERSION = 3
 FORMAT_VERSION = 4
-PLAIN_FORMAT_VERSION = 3
 
 
 def save_model(model, path: str | Path) -> Path:
@@ -50,14 +53,16 @@ def save_model(model, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         path = path / MODEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    abstention = model.abstention_
+    abstention, calibration = model.abstention_, getattr(model, "calibration_", None)
     metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION if abstention is not None else PLAIN_FORMAT_VERSION, "imgcls_version": __version__,
+        "format": FORMAT, "imgcls_version": __version__,
+        "format_version": FORMAT_VERSION if abstention is not None or calibration else PLAIN_FORMAT_VERSION,
         "model": model.model_name, "params": model.get_params(),
         "class_names": model.class_names_, "classes": classes_to_json(model.classes_),
         "inputs": _inputs_to_json(model),
         "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
+        "calibration": calibration.to_dict() if calibration else None,
         "metrics": getattr(model, "metrics_", {}),
         "abstention": abstention.to_dict() if abstention is not None else None,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -138,6 +143,7 @@ def load_model(path: str | Path):
         model.n_features_in_ = model.preprocessing_.channels * math.prod(model.preprocessing_.size)
     model.metrics_ = metadata.get("metrics", {})
     model.task_ = task_from_dict(metadata.get("task"))     # absent before tasks existed: single-label
+    model.calibration_ = calibration_from_dict(metadata.get("calibration"))   # absent before version 4: none
     tensors = load_file(str(path))
     own = {name: tensors.pop(name) for name in list(tensors) if name.startswith(ABSTENTION_PREFIX)}
     model.abstention_ = Abstention.from_dict(metadata.get("abstention"), own)   # absent before version 4: none

@@ -14,13 +14,20 @@ read. For multi-label data, `threshold` 0 (the default) chooses each label's thr
 validation data to maximise its F1 (0.5 without validation data); a value in (0, 1) is used for
 every label. The thresholds are saved with the model.
 
+A single-label model may carry a calibration (imgcls.models.calibration: temperature scaling, or
+scikit-learn's sigmoid or isotonic calibration), fitted on validation data and saved with it;
+predict_proba and predict apply it, so every caller (predict, eval, serving) gets calibrated
+probabilities.
+
 A single-label model may abstain (imgcls.models.abstention): `predict_with_rejection` gives each
-input's rejection score beside its probabilities, read from `predict_proba` and `predict_logits`,
-the one logits method every classifier has (kNN's are its log-votes).
+input's rejection score beside its probabilities, read from the calibrated probabilities and
+`predict_logits`, the one logits method every classifier has (kNN's are its log-votes; a
+network's are divided by its temperature).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -110,6 +117,27 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.__dict__["_abstention"] = abstention
 
     @property
+    def calibration_(self):
+        """The fitted calibration (imgcls.models.calibration), or None: probabilities as the model makes them."""
+        return self.__dict__.get("_calibration")
+
+    @calibration_.setter
+    def calibration_(self, calibration) -> None:
+        self.__dict__["_calibration"] = calibration
+
+    def without_calibration(self) -> Classifier:
+        """A shallow copy (the learned state shared) that predicts the uncalibrated probabilities."""
+        raw = copy.copy(self)
+        raw.calibration_ = None
+        return raw
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether predict_proba is the task's activation of logits (`logits(images)`), which
+        temperature scaling rescales; False for models whose probabilities are votes or scores."""
+        return False
+
+    @property
     def takes_images(self) -> bool:
         """Whether this fitted model classifies images (False: it was fitted on feature vectors)."""
         return self.preprocessing_ is not None
@@ -150,8 +178,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (N, number of classes), columns in the order of classes_: a softmax
-        over classes, or for multi-label models each label's own probability."""
-        return self._predict_proba(self._inputs(X)).numpy()
+        over classes, or for multi-label models each label's own probability. Calibrated where
+        the model has a calibration."""
+        return self._calibrated_decide(self._inputs(X))[1]
 
     def predict(self, X) -> np.ndarray:
         """Labels (N,), values of classes_; for multi-label models a multi-hot matrix (N, labels) of
@@ -160,7 +189,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def predict_with_proba(self, X) -> tuple[np.ndarray, np.ndarray]:
         """predict and predict_proba in one pass (what evaluation needs)."""
-        decided, proba = self._decide(self._inputs(X))
+        decided, proba = self._calibrated_decide(self._inputs(X))
         return self._labels(decided), proba
 
     def predict_logits(self, X) -> np.ndarray:
@@ -175,7 +204,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         None for a model that does not abstain."""
         abstention = abstention if abstention is not None else self.abstention_
         inputs = self._inputs(X)
-        proba = self._predict_proba(inputs).numpy()
+        proba = self._calibrated_decide(inputs)[1]
         if abstention is None:
             return proba, None
         logits = self._logits(inputs).numpy() if abstention.needs_logits else None
@@ -278,6 +307,21 @@ class Classifier(ClassifierMixin, BaseEstimator):
         """(class indices, or a multi-hot matrix; probabilities) for checked inputs."""
         proba = self._predict_proba(inputs).numpy()
         return self.task_.decide(proba), proba
+
+    def _calibrated_decide(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """_decide with the calibration applied: temperature scaling is inside the logits already
+        (calibrated_logits); a one-vs-rest calibration maps the raw response, and the prediction is
+        its argmax, as scikit-learn's CalibratedClassifierCV predicts."""
+        calibration = self.calibration_
+        if calibration is None or calibration.in_logits:
+            return self._decide(inputs)
+        proba = calibration.proba(self._response(inputs))
+        return self.task_.decide(proba), proba
+
+    def _response(self, inputs: torch.Tensor) -> np.ndarray:
+        """What a one-vs-rest calibrator reads, as CalibratedClassifierCV reads it: decision_function
+        where the model has one (linear), else the uncalibrated predict_proba."""
+        return self._predict_proba(inputs).numpy()
 
     def _labels(self, decided: np.ndarray) -> np.ndarray:
         """Class indices as the labels fit was given (classes_); a multi-hot matrix in the dtype of

@@ -129,7 +129,11 @@ class LinearClassifier(Classifier):
     def decision_function(self, X) -> np.ndarray:
         """Class scores Wx + b (N, classes); for two classes, as scikit-learn's, the second class's
         score minus the first's (N,): positive where classes_[1] is predicted."""
-        scores = self._scores(self._inputs(X))
+        return self._response(self._inputs(X))
+
+    def _response(self, inputs: torch.Tensor) -> np.ndarray:
+        # decision_function, read by a one-vs-rest calibration as CalibratedClassifierCV reads it.
+        scores = self._scores(inputs)
         if scores.shape[1] == 2 and not self.task_.multi_label:
             scores = scores[:, 1] - scores[:, 0]
         return scores.numpy()

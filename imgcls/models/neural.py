@@ -158,13 +158,25 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return Trainer(nn.Identity(), self.training_config()).preview_batch(data, epoch, index)
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return with_tta(lambda x: self.task_.activation(self.logits(x)), images, self.tta)
+        return with_tta(lambda x: self.task_.activation(self.calibrated_logits(x)), images, self.tta)
+
+    @property
+    def has_logits(self) -> bool:
+        return True
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's float32 logits for uint8 images (N, C, H, W), as trained (uncalibrated)."""
         return self.run_network(images)
 
+    def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits divided by the fitted temperature (imgcls.models.calibration), the one place
+        it is applied; the plain logits where the model has no temperature scaling."""
+        logits = self.logits(images)
+        calibration = self.calibration_
+        return calibration.scale(logits) if calibration is not None and calibration.in_logits else logits
+
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.logits(inputs)
+        return self.calibrated_logits(inputs)       # what abstention's scores read: as predicted
 
     def run_network(self, images: torch.Tensor, forward=None, progress=None) -> torch.Tensor:
         """Float32 outputs of forward (default: the network, giving logits) on uint8 images, in batches

@@ -212,6 +212,10 @@ class TransferClassifier(NeuralClassifier):
             return predict_logits(net, images, device=device, bf16=bf16, channels_last=bf16, batch_size=128,
                                   forward=net.embed, progress=advance)
 
+    @property
+    def has_logits(self) -> bool:
+        return self.mode != "knn"      # knn mode's probabilities are votes; its head is never trained
+
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         if self.mode != "knn":
             return super()._predict_proba(images)
