@@ -248,3 +248,24 @@ def test_calibrate_command_errors_are_one_line(tmp_path, capsys, class_tree):
     assert err[-1].startswith("imgcls: error: ") and "differ from the model's" in err[-1]
     assert main(["calibrate", str(path), str(root), "--method", "temperature", "--out", str(tmp_path / "o")]) == 2
     assert "temperature scaling needs" in capsys.readouterr().err
+
+
+def test_calibrate_accept_fits_an_abstention_on_the_calibrated_scores(tmp_path, capsys):
+    """--accept on calibrate: the threshold is chosen on val after calibrating, so it accepts the
+    share asked of the calibrated model's scores; a model that already abstains is refitted alike."""
+    from imgcls.models.abstention import fit_abstention
+    knn = tmp_path / "knn.safetensors"
+    splits = load_dataset("digits")
+    create_model("knn").fit(splits.train).save(knn)
+    out = tmp_path / "sure.safetensors"
+    assert main(["calibrate", str(knn), "digits", "--method", "sigmoid", "--accept", "0.9", "--out", str(out)]) == 0
+    model = load_model(out)
+    expected = fit_abstention(calibrate(load_model(knn), splits.val, method="sigmoid"), splits.val, 0.9, "msp",
+                              reference=splits.train)
+    assert model.abstention_.threshold == pytest.approx(expected.threshold)
+    assert model.calibration_ is not None and model.abstention_.accept == 0.9
+    again = tmp_path / "again.safetensors"          # calibrating the abstaining model again keeps its 0.9
+    assert main(["calibrate", str(out), "digits", "--method", "isotonic", "--out", str(again)]) == 0
+    assert load_model(again).abstention_.accept == 0.9
+    assert main(["calibrate", str(knn), "digits", "--accept", "1.5", "--out", str(out)]) == 2
+    assert "imgcls: error:" in capsys.readouterr().err

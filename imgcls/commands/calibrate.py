@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import abstention_request, add_abstention_flags, add_command, add_data_flags, data_options
 from imgcls.errors import ImgclsError
 
 NAME = "calibrate"
@@ -14,11 +14,14 @@ EXAMPLES = """examples:
   imgcls calibrate runs/cnn fashion-mnist --out runs/cnn-calibrated     # temperature scaling (networks)
   imgcls calibrate runs/knn fashion-mnist --method isotonic --out runs/knn-iso
   imgcls calibrate runs/linear photos/ --method sigmoid --seed 1 --out linear-platt.safetensors
+  imgcls calibrate runs/cnn fashion-mnist --accept 0.95 --out runs/cnn-sure   # and answer "unknown"
 
 The validation split is the one `imgcls train` carves with the same --seed and --val-fraction.
 --out a folder: the calibrated model, evaluated once on the test split, with report.html showing
 ECE, NLL and Brier score before and after, and the reliability diagram; --out a .safetensors file:
-the model alone, the figures printed."""
+the model alone, the figures printed. --accept also fits an abstention on the calibrated model
+(as `imgcls abstain` does); a model that already abstains has its threshold chosen again, for the
+same acceptance, since calibration moves the scores it reads."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "scikit-learn's sigmoid (Platt) or isotonic calibration per class (any single-label "
                              "model; may change predictions); default: temperature where the model has logits, "
                              "else sigmoid")
+    add_abstention_flags(parser)
     add_data_flags(parser)
     parser.set_defaults(handler=handle)
     return parser
@@ -46,6 +50,7 @@ def handle(args) -> int:
     from imgcls.inference import resolve_model
     from imgcls.inference.onnx_model import OnnxClassifier
     from imgcls.models.calibration import check_method
+    abstain = abstention_request(args)                     # checked before the model loads
     model = resolve_model(args.model)
     if isinstance(model, OnnxClassifier):
         raise ImgclsError(f"{args.model} is an exported model; calibrate the saved model, then export it again")
@@ -54,7 +59,7 @@ def handle(args) -> int:
     if args.image_size is not None or args.channels is not None:
         raise ImgclsError("calibrate decodes images exactly as the model expects; drop --image-size and --channels")
     splits = load_dataset(args.data, dataclasses.replace(data_options(args), preprocessing=model.preprocessing_))
-    calibrated = calibrated_model(model, splits, method)
+    calibrated = calibrated_model(model, splits, method, abstain)
     out = Path(args.out)
     if out.suffix == ".safetensors":
         calibrated.save(out)
@@ -72,11 +77,25 @@ def handle(args) -> int:
     return 0
 
 
-def calibrated_model(model, splits, method: str):
+def calibrated_model(model, splits, method: str, abstain: dict | None = None):
     """The model calibrated with `method` on splits.val (the train command's validation split);
-    the model itself is left as it is."""
+    the model itself is left as it is. abstain ({"accept", "score"}), or the model's own abstention
+    where it has one: fitted again on splits.val after calibrating, since it reads the calibrated
+    scores."""
+    from imgcls.models.abstention import fit_abstention
     from imgcls.models.calibration import calibrate
+    from imgcls.runs import check_can_abstain
     if splits.val is None or not len(splits.val):
         raise ImgclsError(f"{splits.name}: no validation images to calibrate on (use a --val-fraction above 0)")
-    return calibrate(model, splits.val, method=method)
+    calibrated = calibrate(model, splits.val, method=method)
+    own = model.abstention_
+    if abstain is None and own is not None and own.accept is not None:
+        abstain = {"accept": own.accept, "score": own.score}
+    if abstain is not None:
+        check_can_abstain(splits, abstain)
+        calibrated.abstention_ = fit_abstention(calibrated, splits.val, abstain["accept"], abstain["score"],
+                                                reference=splits.train)
+        print(f"abstention: {abstain['score']} above {calibrated.abstention_.threshold:.4g} answers unknown "
+              f"(accepts {calibrated.abstention_.fitted_on['accepted']:.1%} of val)")
+    return calibrated
 
