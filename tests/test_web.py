@@ -282,3 +282,35 @@ def test_a_key_protected_server_asks_once_per_tab(tmp_path):
 
         # Kept for the tab alone: nothing in localStorage or cookies, which would outlive it.
         assert page.evaluate("localStorage.length + document.cookie.length") == 0
+
+
+def test_a_model_that_abstains_shows_not_sure_with_its_guesses(tmp_path):
+    """An image unlike the training data gets "not sure: ..." naming the top guesses, not an answer;
+    a clear one gets its label as usual."""
+    from sklearn.datasets import load_digits
+
+    from imgcls.models import create_model
+    from imgcls.models.abstention import Abstention
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    model = create_model("knn", k=7).fit(images[:, None], digits.target,
+                                         class_names=[str(d) for d in range(10)])
+    model.abstention_ = Abstention(score="msp", threshold=0.0)     # unanimous neighbours only, by hand
+    clear = images[0]
+    blend = np.round((images[0].astype(float) + images[1]) / 2).astype(np.uint8)
+    for name, image in (("clear", clear), ("blend", blend)):
+        Image.fromarray(np.kron(image, np.ones((4, 4), np.uint8))).save(tmp_path / f"{name}.png")
+    proba = model.predict_proba(np.stack([clear, blend])[:, None])
+    assert proba[0].max() == 1 and proba[1].max() < 1               # what the page must show
+
+    with _serving(model) as url, _browser(url) as page:
+        page.set_input_files("input[type=file]", tmp_path / "clear.png")
+        sync_api.expect(_newest(page).locator(".top-label")).to_have_text("0")
+        assert _newest(page).locator(".unknown").count() == 0
+        page.set_input_files("input[type=file]", tmp_path / "blend.png")
+        sync_api.expect(page.locator(".result")).to_have_count(2)
+        unsure = _newest(page).locator(".chosen.unknown")
+        sync_api.expect(unsure).to_contain_text("not sure: ")
+        best = model.class_names_[int(proba[1].argmax())]
+        assert best in unsure.inner_text()
+        sync_api.expect(_newest(page).locator(".predictions li").first.locator(".label")).to_have_text(best)
