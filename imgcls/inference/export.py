@@ -105,7 +105,7 @@ def provenance(model, source: str | Path | None = None) -> dict:
         path = path / "model.safetensors" if path.is_dir() else path
         origin["source"] = str(source)
         if path.is_file():
-            origin["source_sha256"] = _sha256(path)
+            origin["source_sha256"] = sha256_file(path)
     origin["exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return origin
 
@@ -118,7 +118,8 @@ def prediction_params(model) -> dict:
     return {k: v for k, v in model.get_params().items() if k not in training}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read a megabyte at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

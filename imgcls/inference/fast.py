@@ -41,6 +41,7 @@ import torch
 from imgcls import __version__
 from imgcls.errors import ImgclsError
 from imgcls.fastpath import cache_dir, cpu_model, race
+from imgcls.inference.export import sha256_file
 from imgcls.inference.onnx_model import OnnxClassifier, _cpu_count
 from imgcls.progress import console
 
@@ -61,14 +62,6 @@ def check_runtime(runtime: str, source: str = "--runtime") -> str:
     if runtime not in RUNTIMES:
         raise ImgclsError(f"{source} {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     return runtime
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def entry_dir(source_sha256: str, name: str | None = None) -> Path:
