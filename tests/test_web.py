@@ -270,7 +270,9 @@ def test_a_key_protected_server_asks_once_per_tab(tmp_path):
         sync_api.expect(form).to_be_hidden()
         sync_api.expect(page.locator("#model")).to_contain_text("knn")
         sync_api.expect(_newest(page).locator(".top-label")).to_have_text(label)
-        assert statuses == [401, 200, 200] and page.evaluate("sessionStorage.getItem('imgcls.apiKey')") == key
+        # The first refusal (the page's own /v1/model on load) may come before the listener is on.
+        assert statuses[-3:] == [401, 200, 200] and statuses[:-3] in ([], [401]), statuses
+        assert page.evaluate("sessionStorage.getItem('imgcls.apiKey')") == key
 
         # A reload in the same tab keeps the key: nothing is asked, every call gets in.
         statuses.clear()
