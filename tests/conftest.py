@@ -107,3 +107,19 @@ def quadrant_model(quadrants):
     x, y = quadrants(600)
     splits = from_arrays(x, y, class_names=["a", "b", "c"], options=DataOptions(val_fraction=0.15, test_fraction=0.2))
     return create_model("linear", epochs=20).fit(splits.train, validation=splits.val)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's 8x8 digits, split as imgcls splits them."""
+    from imgcls.data import load_dataset
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def digit_pngs(tmp_path_factory, digits):
+    """The first 20 test digits as PNG files in one folder."""
+    folder = tmp_path_factory.mktemp("pngs")
+    for i in range(20):
+        Image.fromarray(digits.test.images[i, 0].numpy()).save(folder / f"digit{i:02d}.png")
+    return folder

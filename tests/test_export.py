@@ -25,11 +25,6 @@ from imgcls.models.pretrained import pretrained_model
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
 def trained(digits):
     """Tiny networks, one epoch each, predicting in fp32 (bf16 off) so PyTorch is the exact reference."""
     return {"mlp": create_model("mlp", epochs=1, hidden="32", bf16="off").fit(digits.train),
@@ -162,14 +157,6 @@ def test_export_refuses_what_it_cannot_export(digits, trained, tmp_path, exporte
     (tmp_path / "broken.onnx").write_text("not a model")
     with pytest.raises(ImgclsError, match="not a readable ONNX model"):
         OnnxClassifier.load(tmp_path / "broken.onnx")
-
-
-@pytest.fixture(scope="module")
-def digit_pngs(tmp_path_factory, digits):
-    folder = tmp_path_factory.mktemp("pngs")
-    for i in range(20):
-        Image.fromarray(digits.test.images[i, 0].numpy()).save(folder / f"digit{i:02d}.png")
-    return folder
 
 
 def test_export_command_and_predict_from_the_export(trained, digits, digit_pngs, tmp_path, capsys):

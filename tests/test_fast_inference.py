@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from imgcls.cli import main
-from imgcls.data import load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.inference import OnnxClassifier, resolve_model
 from imgcls.inference import fast
@@ -21,22 +20,9 @@ from imgcls.models.artifact import update_metrics
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
 def cnn(digits):
     """A tiny CNN, one epoch on digits, predicting in fp32."""
     return create_model("cnn", epochs=1, bf16="off").fit(digits.train)
-
-
-@pytest.fixture(scope="module")
-def digit_pngs(tmp_path_factory, digits):
-    folder = tmp_path_factory.mktemp("pngs")
-    for i in range(20):
-        Image.fromarray(digits.test.images[i, 0].numpy()).save(folder / f"digit{i:02d}.png")
-    return folder
 
 
 @pytest.fixture
