@@ -84,7 +84,7 @@ def _row(name: str, model, result, n_test: int, task: Task) -> dict:
             **{figure: metrics.get(figure) for figure in _FIGURES[task.kind]},
             f"val_{headline}": metrics.get(f"val_{headline}"), "fit_seconds": metrics["fit_seconds"],
             "predict_ms_per_image": 1000 * metrics["predict_seconds"] / max(n_test, 1),
-            "model_bytes": result.model_path.stat().st_size, "parameters": _parameters(model),
+            "model_bytes": result.model_path.stat().st_size, "parameters": model.parameter_count,
             "folder": result.out.name}
 
 
@@ -98,14 +98,6 @@ def _figure(value: float | None, percent: bool) -> str:
     if value is None:
         return "-"
     return f"{value:.2%}" if percent else f"{value:.3f}"
-
-
-def _parameters(model) -> int:
-    net = getattr(model, "net_", None)
-    if net is not None:
-        return sum(p.numel() for p in net.parameters())
-    weight = getattr(model, "weight_", None)
-    return weight.numel() + model.bias_.numel() if weight is not None else 0
 
 
 def print_leaderboard(rows: list[dict], dataset: str, task: Task | None = None) -> None:

@@ -62,8 +62,8 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     fit_seconds = time.perf_counter() - start
     if rank != 0:
         return None
-    state = getattr(model, "train_state_", None)       # streamed files that stopped decoding mid-training
-    splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
+    # streamed files that stopped decoding mid-training
+    splits.skipped += [SkippedFile(name, reason) for name, reason in model.unreadable_files_]
     calibrate_on_validation(model, splits, calibration)
     extra = {}
     if abstain:
@@ -77,8 +77,8 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
             extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     figures = {}
     if tracking:
-        tracking.catch_up(getattr(model, "history_", None) or [])
-    if getattr(model, "history_", None):
+        tracking.catch_up(model.history_)
+    if model.history_:
         figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
     return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
                       config=config, figures=figures, print_table=print_table, tracker=tracker)
@@ -107,7 +107,7 @@ def calibration_report(model, evaluation, data, out: Path | None, split: str = "
     after it on data, the split the evaluation measured; the reliability diagram as a figure) for a
     calibrated single-label model; (None, {}) for the others. The uncalibrated probabilities come
     from predicting data again without the calibration."""
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     if calibration is None or evaluation.task != "single-label":
         return None, {}
     before, _ = evaluate_model(uncalibrated(model), data)
@@ -178,7 +178,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     if tracker is not None:
         history = [out / "history.json", out / "history.csv"]
         files = [*paths.values(), *(figures or {}).values(), *(p for p in history if p.is_file())]
-        epochs = getattr(model, "history_", None) or [{"epoch": 0}]
+        epochs = model.history_ or [{"epoch": 0}]
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
     return RunResult(out, model_path, paths, metrics, count)
@@ -191,7 +191,7 @@ def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple
     found = []
     if evaluation.task == "single-label" and evaluation.y_pred is not None:
         found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names)
-    found += overfitting_warning(getattr(model, "history_", None) or [])
+    found += overfitting_warning(model.history_)
     lr, advice = model.get_params().get("lr"), find_lr_advice(out, name, dataset)
     if lr is None or advice is None:
         return found, None
@@ -204,7 +204,7 @@ def mistake_heatmaps(model, evaluation, images) -> dict[int, np.ndarray] | None:
     """Grad-CAM maps of the predicted class for the most confident mistakes the report shows (image
     index -> map), for a single-label convolutional network; None for other models (kNN, linear, an
     MLP, exported files) and for multi-label reports, whose mistakes are single labels."""
-    if model.explained_by != "network" or evaluation.task != "single-label" or evaluation.y_pred is None:
+    if model.capabilities.explained_by != "network" or evaluation.task != "single-label" or evaluation.y_pred is None:
         return None
     from imgcls.explain import explain
     chosen = confident_mistakes(evaluation)

@@ -48,11 +48,10 @@ def handle(args) -> int:
     from imgcls.evaluation import evaluate_model
     from imgcls.finish import calibration_report, finish_run, print_calibration
     from imgcls.inference import resolve_model
-    from imgcls.inference.onnx_model import OnnxClassifier
     from imgcls.models.calibration import check_method
     abstain = abstention_request(args)                     # checked before the model loads
     model = resolve_model(args.model)
-    if isinstance(model, OnnxClassifier):
+    if model.capabilities.exported:
         raise ImgclsError(f"{args.model} is an exported model; calibrate the saved model, then export it again")
     method = args.method or ("temperature" if model.has_logits else "sigmoid")
     check_method(model, method)

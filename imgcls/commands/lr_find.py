@@ -33,7 +33,7 @@ def handle(args) -> int:
     from imgcls.models.registry import create_model
     from imgcls.training.lr_find import lr_find
     model = create_model(args.model, **model_params(args))
-    if not hasattr(model, "training_config"):
+    if not model.capabilities.network:
         raise ImgclsError(f"lr-find needs a neural network; {args.model!r} is not trained by gradient descent")
     splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
     model.check_can_learn(splits.train.task)

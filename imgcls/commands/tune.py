@@ -54,7 +54,7 @@ def _tune_network(args) -> int:
     from imgcls.models.registry import create_model
     from imgcls.tuning.search import parse_model_grid, search
     model = create_model(args.model)
-    if not hasattr(model, "training_config"):
+    if not model.capabilities.network:
         raise ImgclsError(f"tune supports knn and neural networks; {args.model!r} is neither")
     grid = parse_model_grid(args.grid, args.model)
     splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from imgcls.data.dataset import ImageDataset
+from imgcls.data.stream import ImageFiles
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
 
@@ -180,7 +182,8 @@ def fit_abstention(model, validation, accept: float = DEFAULT_ACCEPT, score: str
             raise ImgclsError("the knn rejection score needs the training images as reference")
         if len(reference) > REFERENCE_MAX:
             chosen = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))[:REFERENCE_MAX]
-            reference = reference.subset(chosen.sort().values) if hasattr(reference, "subset") else reference[chosen]
+            reference = (reference.subset(chosen.sort().values) if isinstance(reference, (ImageDataset, ImageFiles))
+                         else reference[chosen])
         vectors = unit_rows(model.predict_logits(reference))
     draft = Abstention(score, math.inf, accept, k, vectors)
     _, scores = model.predict_with_rejection(validation, draft)

@@ -53,7 +53,7 @@ def save_model(model, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         path = path / MODEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    abstention, calibration = model.abstention_, getattr(model, "calibration_", None)
+    abstention, calibration = model.abstention_, model.calibration_
     metadata = {
         "format": FORMAT, "imgcls_version": __version__,
         "format_version": FORMAT_VERSION if abstention is not None or calibration else PLAIN_FORMAT_VERSION,
@@ -63,7 +63,7 @@ def save_model(model, path: str | Path) -> Path:
         "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
         "calibration": calibration.to_dict() if calibration else None,
-        "metrics": getattr(model, "metrics_", {}),
+        "metrics": model.metrics_,
         "abstention": abstention.to_dict() if abstention is not None else None,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
