@@ -21,7 +21,7 @@ from imgcls.data.dataset import DatasetSplits, SkippedFile
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_reliability
-from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
+from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
 from imgcls.evaluation.weights import model_figures
@@ -29,6 +29,7 @@ from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
 from imgcls.progress import console, stdout
+from imgcls.run_folder import RunFolder
 from imgcls.task import TASKS
 from imgcls.training.hooks import HistoryHook, ProgressHook, TrackingHook, write_history
 from imgcls.training.tracking import Tracker
@@ -116,8 +117,8 @@ def calibration_report(model, evaluation, data, out: Path | None, split: str = "
     summary = calibration_summary(evaluation.y_true, before.proba, evaluation.proba, calibration.to_dict(), split)
     figures = {}
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        path = plot_reliability(evaluation.y_true, before.proba, evaluation.proba, Path(out) / "reliability.png", split)
+        path = plot_reliability(evaluation.y_true, before.proba, evaluation.proba, RunFolder(out).make().reliability,
+                                split)
         figures[f"Reliability diagram before and after {summary['method']} calibration ({BINS_TEXT}, "
                 f"{split} split)"] = path
     return summary, figures
@@ -147,6 +148,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     A tracker gets report.json's figures and the report's files.
     """
     out = Path(out)
+    run = RunFolder(out)
     evaluation, predict_seconds = evaluate_model(model, splits.test, splits.skipped)   # the one look at test
     count = record_test_evaluation(out, name, command)
     extra = dict(extra_metrics or {})
@@ -167,7 +169,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
             console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
     if count > 1:
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
-                      f"(see {out / LOG_FILE})")
+                      f"(see {run.test_evaluations})")
     # filters or templates, where it has them; the reliability diagram of a calibrated model
     figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
@@ -176,7 +178,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     paths["json"].write_text(json.dumps(data, indent=2))
     if tracker is not None:
-        history = [out / "history.json", out / "history.csv"]
+        history = [run.history_json, run.history_csv]
         files = [*paths.values(), *(figures or {}).values(), *(p for p in history if p.is_file())]
         epochs = model.history_ or [{"epoch": 0}]
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])

@@ -1,9 +1,6 @@
 """Runs: train a model on a dataset, evaluate it, and write everything into one run folder.
 
-A run folder holds model.safetensors (the self-describing model), config.json and config.yaml
-(the resolved settings), report.json / report.html / confusion_matrix.png / mistakes.png, and for
-models trained by gradient descent history.json / history.csv / curves.png and checkpoints/;
-with --log, tensorboard/ or the MLflow store (imgcls.training.tracking).
+What a run folder holds is listed, and its paths named, by imgcls.run_folder.
 The test split is evaluated once, at the end (imgcls.finish). Under torchrun every process trains; rank 0 alone
 evaluates and writes.
 """
@@ -11,9 +8,6 @@ evaluates and writes.
 from __future__ import annotations
 
 import dataclasses
-import json
-
-import yaml
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +23,7 @@ from imgcls.models.artifact import save_model
 from imgcls.models.calibration import check_method
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
+from imgcls.run_folder import RunFolder, write_config
 from imgcls.training import distributed
 from imgcls.training.tracking import check_available, tracking
 
@@ -77,30 +72,14 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
         raise ImgclsError(f"{splits.name}: no test images to evaluate on (use a --test-fraction above 0)")
     out = Path(config.out)
     if rank == 0:
-        _write_config(config, out, resume)
+        write_config(out, config.to_dict(), resume=resume)
         console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
-        if resume and not (out / "checkpoints" / "last.safetensors").is_file():
+        if resume and not RunFolder(out).checkpoint("last").is_file():
             console.print(f"[yellow]note:[/] no checkpoint in {out}/checkpoints to resume from; starting afresh")
     with tracking(config.log if rank == 0 else None, out, config=config.to_dict(), experiment=splits.name,
                   run_name=out.name, resume=resume) as tracker:
         return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank,
                               tracker=tracker, abstain=config.abstain, calibration=config.calibration)
-
-
-def _write_config(config: TrainConfig, out: Path, resume: bool) -> None:
-    """config.json / config.yaml: the resolved settings. Resuming requires the same ones."""
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = config.to_dict()
-    previous = out / "config.json"
-    if resume and previous.is_file():
-        before = json.loads(previous.read_text())
-        keys = ("data", "model", "data_options")
-        changed = [k for k in keys if before.get(k) != resolved.get(k)]
-        if changed:
-            raise ImgclsError(f"{out}: cannot resume with different {', '.join(changed)}; "
-                              "use the same command, or a new --out")
-    previous.write_text(json.dumps(resolved, indent=2))
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
 def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,

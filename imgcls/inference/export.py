@@ -46,6 +46,7 @@ from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
+from imgcls.run_folder import RunFolder
 from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
                                          METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION)
@@ -102,7 +103,7 @@ def provenance(model, source: str | Path | None = None) -> dict:
                   "evaluated_on": metrics.get("evaluated_on")}
     if source is not None:
         path = Path(source).expanduser()
-        path = path / "model.safetensors" if path.is_dir() else path
+        path = RunFolder(path).model if path.is_dir() else path
         origin["source"] = str(source)
         if path.is_file():
             origin["source_sha256"] = sha256_file(path)

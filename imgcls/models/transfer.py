@@ -34,6 +34,7 @@ from imgcls.models.networks import count_parameters
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar
+from imgcls.run_folder import RunFolder
 from imgcls.runtime import predict_logits, resolve_device, use_bf16
 
 MODES = ("probe", "knn", "finetune")
@@ -187,8 +188,6 @@ class TransferClassifier(NeuralClassifier):
         self.history_ = [{"epoch": 1, "train_loss": float(closure().detach())}]
 
     def _finetune(self, data, validation, run_dir, resume, hooks) -> None:
-        from pathlib import Path
-
         from imgcls.training.trainer import Trainer
         body = {n: p for n, p in self.net_.named_parameters() if not _is_head(n)}
         stages = [("head", self.head_epochs, 0.0), ("all", self.epochs, self.body_lr)]
@@ -200,7 +199,7 @@ class TransferClassifier(NeuralClassifier):
                 p.requires_grad_(body_scale > 0)
             cfg = self.training_config()
             cfg.epochs = epochs
-            stage_dir = Path(run_dir) / f"stage-{stage}" if run_dir else None
+            stage_dir = RunFolder(run_dir).stage(stage).path if run_dir else None
             trainer = Trainer(self.net_, cfg, run_dir=stage_dir, hooks=hooks,
                               lr_scales=dict.fromkeys(body, body_scale))
             state = trainer.fit(data, validation, resume=resume)

@@ -29,6 +29,7 @@ from imgcls.data.stream import readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
+from imgcls.run_folder import RunFolder
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
@@ -369,7 +370,7 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_path(self, which: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{which}.safetensors"
+        return RunFolder(self.run_dir).checkpoint(which)
 
     def _save_progress(self) -> None:
         """A mid-epoch checkpoint: `last`, with the epoch's position (resume continues from there).
