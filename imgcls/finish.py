@@ -1,18 +1,23 @@
-"""The end of every run, written once: evaluate on the test split once, record that look, save
-the model with its test metrics, and write the reports, all in the run folder. A run that fits
-(fit_and_report) calibrates the model on the validation split first (temperature scaling by
-default for networks), and the report shows its calibration before and after on test.
+"""Every run's two steps, written once.
 
-`imgcls train` and `imgcls compare` (through fit_and_report) and both tuners (kNN
-cross-validation, network search) end here, so what a run folder holds and how often its test
-split was looked at read the same for all of them.
+1. fit_and_validate: fit on the train split (validating on val epoch by epoch), calibrate on val
+   (temperature scaling by default for networks), fit an abstention there if asked, and measure
+   the validation headline; the test split is not touched. A run that chooses among candidate
+   models or settings ranks them by this step's FittedModel.validation_score.
+2. finish_run: evaluate on the test split once, record that look, save the model with its test
+   metrics, and write the reports, all in the run folder (imgcls.run_folder). The report shows
+   a calibrated model's calibration before and after, on test.
+
+`imgcls train` and `imgcls compare` (through fit_and_report, which is 1 then 2), both tuners (kNN
+cross-validation, network search) and `imgcls calibrate --out DIR` end in finish_run, so what a
+run folder holds and how often its test split was looked at read the same for all of them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,8 @@ from imgcls.task import TASKS
 from imgcls.training.hooks import HistoryHook, ProgressHook, TrackingHook, write_history
 from imgcls.training.tracking import Tracker
 
+CURVES_TITLE = "Training curves: loss and accuracy per epoch"
+
 
 @dataclass
 class RunResult:
@@ -42,20 +49,54 @@ class RunResult:
     report_paths: dict[str, Path]
     metrics: dict
     test_evaluations: int = 0      # looks at the test split recorded in out, this one included
+    calibration: dict | None = None   # report.json's "calibration" (see calibration_report), if calibrated
+
+
+@dataclass
+class FittedModel:
+    """A model fitted on train and made ready on val (calibrated, abstaining if asked), with what
+    fitting showed; the test split is untouched."""
+
+    model: object
+    name: str
+    fit_seconds: float
+    validation: dict = field(default_factory=dict)   # {"val_accuracy": ...} or {"val_mAP": ...}; {} without val
+    figures: dict[str, Path] = field(default_factory=dict)   # the training curves, where it has a history
+
+    @property
+    def validation_score(self) -> float | None:
+        """The validation headline (accuracy, or mAP for multi-label data): what candidates are ranked by."""
+        return next(iter(self.validation.values()), None)
 
 
 def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
                    rank: int = 0, print_table: bool = True, tracker: Tracker | None = None,
                    abstain: dict | None = None, calibration: str = "auto") -> RunResult | None:
-    """Fit on train (validating on val), calibrate on val, then finish_run: evaluate once on test,
-    save the model and the reports in out. Returns None on the ranks other than 0 of a distributed run.
+    """fit_and_validate, then finish_run: evaluate once on test, save the model and the reports in
+    out. Returns None on the ranks other than 0 of a distributed run. A tracker (rank 0's) gets
+    every epoch's record and, from finish_run, the final report."""
+    fitted = fit_and_validate(model, name, splits, out, resume=resume, rank=rank, tracker=tracker, abstain=abstain,
+                              calibration=calibration)
+    if fitted is None:
+        return None
+    return finish_run(model, name, splits, out, extra_metrics=fitted.validation,
+                      timings={"fit_seconds": fitted.fit_seconds}, config=config, figures=fitted.figures,
+                      print_table=print_table, tracker=tracker)
+
+
+def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | None = None, *,
+                     resume: bool = False, rank: int = 0, tracker: Tracker | None = None,
+                     abstain: dict | None = None, calibration: str = "auto") -> FittedModel | None:
+    """Fit on train (validating on val), calibrate on val, fit an abstention on val if asked, and
+    measure the validation headline. With out, the run folder gets the training's checkpoints,
+    history files and curves (none without). Returns None on the ranks other than 0 of a
+    distributed run.
 
     calibration: "auto" (temperature scaling for models with logits, see
     imgcls.models.calibration.default_method), "none", or a method of imgcls.models.calibration.METHODS.
     abstain ({"accept", "score"}): after calibrating, the model learns to answer "unknown", its
-    threshold chosen on val (imgcls.models.abstention.fit_abstention).
-    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report."""
-    hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
+    threshold chosen on val (imgcls.models.abstention.fit_abstention)."""
+    hooks = ([ProgressHook()] + ([HistoryHook(out)] if out is not None else [])) if rank == 0 else []
     tracking = TrackingHook(tracker) if tracker is not None else None
     hooks += [tracking] if tracking else []
     start = time.perf_counter()
@@ -64,9 +105,9 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     if rank != 0:
         return None
     # streamed files that stopped decoding mid-training
-    splits.skipped += [SkippedFile(name, reason) for name, reason in model.unreadable_files_]
+    splits.skipped += [SkippedFile(file, reason) for file, reason in model.unreadable_files_]
     calibrate_on_validation(model, splits, calibration)
-    extra = {}
+    fitted = FittedModel(model, name, fit_seconds)
     if abstain:
         model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
                                            reference=splits.train)
@@ -75,14 +116,12 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
-            extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
-    figures = {}
+            fitted.validation[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     if tracking:
         tracking.catch_up(model.history_)
-    if model.history_:
-        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
-    return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
-                      config=config, figures=figures, print_table=print_table, tracker=tracker)
+    if model.history_ and out is not None:
+        fitted.figures[CURVES_TITLE] = write_history(model.history_, Path(out), model.task_.multi_label)["curves"]
+    return fitted
 
 
 def calibrate_on_validation(model, splits: DatasetSplits, calibration: str = "auto") -> None:
@@ -183,7 +222,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
         epochs = model.history_ or [{"epoch": 0}]
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
-    return RunResult(out, model_path, paths, metrics, count)
+    return RunResult(out, model_path, paths, metrics, count, calibration)
 
 
 def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple[list[str], dict | None]:

@@ -1,8 +1,6 @@
-"""Runs: train a model on a dataset, evaluate it, and write everything into one run folder.
-
-What a run folder holds is listed, and its paths named, by imgcls.run_folder.
-The test split is evaluated once, at the end (imgcls.finish). Under torchrun every process trains; rank 0 alone
-evaluates and writes.
+"""Train: a model fitted on a dataset, evaluated once on its test split, and everything written
+into one run folder (imgcls.run_folder lists what it holds; imgcls.finish does the fitting and
+the finishing). Under torchrun every process trains; rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -15,14 +13,11 @@ from imgcls import __version__
 from imgcls.data.dataset import DatasetSplits
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
-from imgcls.evaluation.weights import model_figures
-from imgcls.finish import RunResult, calibration_report, fit_and_report, mistake_heatmaps, print_calibration
-from imgcls.models.abstention import Abstention, check_accept, check_score, fit_abstention
-from imgcls.models.artifact import save_model
+from imgcls.finish import RunResult, fit_and_report
+from imgcls.models.abstention import check_can_abstain
 from imgcls.models.calibration import check_method
 from imgcls.models.registry import create_model
-from imgcls.progress import console, stdout
+from imgcls.progress import console
 from imgcls.run_folder import RunFolder, write_config
 from imgcls.training import distributed
 from imgcls.training.tracking import check_available, tracking
@@ -80,72 +75,6 @@ def _train(config: TrainConfig, model, resume: bool, rank: int) -> RunResult | N
                   run_name=out.name, resume=resume) as tracker:
         return fit_and_report(model, config.model, splits, out, config.to_dict(), resume=resume, rank=rank,
                               tracker=tracker, abstain=config.abstain, calibration=config.calibration)
-
-
-def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out: str | Path | None,
-                   split: str = "test", runtime: str | None = None) -> RunResult:
-    """Evaluate a saved or pretrained model on a dataset's split (files are decoded with the model's
-    preprocessing), predicting in `runtime` (see imgcls.inference.resolve_model)."""
-    from imgcls.inference.resolve import resolve_model
-    model = resolve_model(str(model_path), runtime)
-    if options.size is not None or options.channels is not None:
-        raise ImgclsError("eval decodes images exactly as the model expects "
-                          f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")
-    splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
-    part = getattr(splits, split)
-    if part is None:
-        raise ImgclsError(f"{data} has no {split} split")
-    evaluation, predict_seconds = evaluate_model(model, part, splits.skipped)
-    info = RunInfo(title=f"{model.model_name} on {splits.name}", model=model.model_name, params=model.get_params(),
-                   dataset=splits.name, split=split, sizes=splits.summary(),
-                   timings={"predict_seconds": predict_seconds},
-                   skipped_files=[s.to_dict() for s in splits.skipped])
-    calibration, calibration_figures = calibration_report(model, evaluation, part, out, split)
-    print_report(evaluation, info, stdout)
-    print_calibration(calibration)
-    heatmaps = mistake_heatmaps(model, evaluation, part.images) if out else None
-    paths = write_report(evaluation, info, out, images=part.images, figures={**model_figures(model, out),
-                         **calibration_figures}, heatmaps=heatmaps, calibration=calibration) if out else {}
-    return RunResult(Path(out) if out else Path("."), Path(model_path), paths, evaluation.headline())
-
-
-def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
-    """Refuse, before any training, an abstention the data cannot give: it needs single-label
-    data with a validation split to choose the threshold on."""
-    check_accept(abstain["accept"])
-    check_score(abstain["score"])
-    if splits.train.multi_label:
-        raise ImgclsError("--accept is for single-label data; a multi-label model already answers no label "
-                          "when none is above its threshold")
-    if splits.val is None or not len(splits.val):
-        raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
-
-
-def abstain_saved(model_path: str | Path, data: str, options: DataOptions, abstain: dict,
-                  out: str | Path | None = None) -> tuple[Path, Abstention]:
-    """Fit an abstention for a saved model on data's validation split (knn: its training split as
-    reference; use the data flags the model was trained with, so val is the same held-out part),
-    and save the model with it to out (default: in place)."""
-    from imgcls.models.artifact import load_model, resolve_model_path
-    path = resolve_model_path(model_path)
-    model = load_model(path)
-    if not model.takes_images:
-        raise ImgclsError(f"{model_path}: a model fitted on feature vectors; fit its abstention from Python "
-                          "(imgcls.models.abstention.fit_abstention)")
-    if options.size is not None or options.channels is not None:
-        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size and --channels")
-    splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
-    check_can_abstain(splits, abstain)
-    if splits.val.class_names != model.class_names_:
-        raise ImgclsError(f"{data} has classes {', '.join(splits.val.class_names)}; the model was trained on "
-                          f"{', '.join(model.class_names_)}")
-    model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"], reference=splits.train)
-    return save_model(model, Path(out) if out else path), model.abstention_
-
-
-def _decode_text(prep) -> str:
-    return (f"{prep.channels} channel(s), {prep.size[0]}x{prep.size[1]}, {prep.resize}, crop {prep.crop_pct:g}, "
-            f"{prep.interpolation}")
 
 
 def _sizes_text(splits: DatasetSplits) -> str:

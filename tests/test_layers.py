@@ -28,7 +28,7 @@ LAYERS = [
     ("imgcls.doctor",),
     ("imgcls.finish",),
     ("imgcls.tuning", "imgcls.compare"),
-    ("imgcls.runs",),
+    ("imgcls.runs", "imgcls.saved_models"),
     ("imgcls.cli", "imgcls.commands"),
 ]
 RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}

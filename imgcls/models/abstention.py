@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from imgcls.data.dataset import ImageDataset
+from imgcls.data.dataset import DatasetSplits, ImageDataset
 from imgcls.data.stream import ImageFiles
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
@@ -132,6 +132,19 @@ def check_accept(accept: float) -> None:
     """The acceptance rate must lie strictly between 0 and 1 (1 would accept everything)."""
     if not (isinstance(accept, (int, float)) and math.isfinite(accept) and 0 < accept < 1):
         raise ImgclsError(f"--accept must be between 0 and 1 (exclusive), e.g. 0.95; got {accept}")
+
+
+
+def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
+    """Refuse, before any training, an abstention the data cannot give ({"accept", "score"}): it
+    needs single-label data with a validation split to choose the threshold on."""
+    check_accept(abstain["accept"])
+    check_score(abstain["score"])
+    if splits.train.multi_label:
+        raise ImgclsError("--accept is for single-label data; a multi-label model already answers no label "
+                          "when none is above its threshold")
+    if splits.val is None or not len(splits.val):
+        raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
 
 
 def msp_score(proba: np.ndarray) -> np.ndarray:
