@@ -23,7 +23,7 @@ from rich.table import Table
 
 from imgcls import __version__
 from imgcls.data.load import DataOptions, load_dataset
-from imgcls.finish import fit_and_report
+from imgcls.fit_and_evaluate import fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
 from imgcls.run_folder import RunFolder, write_config

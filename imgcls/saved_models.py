@@ -16,8 +16,8 @@ from pathlib import Path
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
-from imgcls.evaluation.weights import model_figures
-from imgcls.finish import RunResult, calibration_report, finish_run, mistake_heatmaps, print_calibration
+from imgcls.evaluation.weight_images import model_figures
+from imgcls.fit_and_evaluate import RunResult, calibration_report, finish_run, mistake_heatmaps, print_calibration
 from imgcls.models.abstention import Abstention, check_can_abstain, fit_abstention
 from imgcls.models.artifact import load_model, resolve_model_path, save_model
 from imgcls.models.calibration import calibrate, check_method

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    from imgcls.finish import print_calibration
+    from imgcls.fit_and_evaluate import print_calibration
     from imgcls.saved_models import calibrate_saved
     abstain = abstention_request(args)                     # checked before the model loads
     result = calibrate_saved(args.model, args.data, data_options(args), args.out, method=args.method, abstain=abstain)

@@ -88,7 +88,7 @@ class ConfigFile:
 
 def handle(args) -> int:
     from imgcls.run_folder import default_folder
-    from imgcls.runs import TrainConfig, train
+    from imgcls.training_run import TrainConfig, train
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=model_params(args),

@@ -15,7 +15,7 @@ import numpy as np
 from imgcls.data.dataset import DatasetSplits, ImageDataset
 from imgcls.data.splits import stratified_kfold
 from imgcls.errors import ImgclsError
-from imgcls.finish import finish_run
+from imgcls.fit_and_evaluate import finish_run
 from imgcls.models.distance import METRICS, ExactSearch
 from imgcls.models.knn import WEIGHTS, decide, vote
 from imgcls.models.registry import create_model

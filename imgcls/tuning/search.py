@@ -18,7 +18,7 @@ from rich.table import Table
 
 from imgcls.data.dataset import DatasetSplits
 from imgcls.errors import ImgclsError
-from imgcls.finish import finish_run
+from imgcls.fit_and_evaluate import finish_run
 from imgcls.models.artifact import load_model, save_model
 from imgcls.models.registry import create_model, model_class
 from imgcls.progress import console, stdout

@@ -29,7 +29,7 @@ from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_r
 from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
-from imgcls.evaluation.weights import model_figures
+from imgcls.evaluation.weight_images import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated

@@ -1,6 +1,6 @@
-"""Train: a model fitted on a dataset, evaluated once on its test split, and everything written
-into one run folder (imgcls.run_folder lists what it holds; imgcls.finish does the fitting and
-the finishing). Under torchrun every process trains; rank 0 alone evaluates and writes.
+"""`imgcls train` as a function: a model fitted on a dataset, evaluated once on its test split, and
+everything written into one run folder (imgcls.run_folder lists what it holds; imgcls.fit_and_evaluate
+fits, evaluates and reports). Under torchrun every process trains; rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from imgcls import __version__
 from imgcls.data.dataset import DatasetSplits
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.finish import RunResult, fit_and_report
+from imgcls.fit_and_evaluate import RunResult, fit_and_report
 from imgcls.models.abstention import check_can_abstain
 from imgcls.models.calibration import check_method
 from imgcls.models.registry import create_model

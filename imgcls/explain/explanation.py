@@ -87,10 +87,10 @@ def explain(model, images, method: str | None = None, target: str | None = None,
     proba = np.asarray(model.predict_proba(images))
     picks = _targets(model, proba, target)
     if kind == "neighbours":
-        from imgcls.explain.own import explain_knn
+        from imgcls.explain.intrinsic import explain_knn
         return explain_knn(model, images, picks, proba)
     if kind == "template":
-        from imgcls.explain.own import explain_linear
+        from imgcls.explain.intrinsic import explain_linear
         return explain_linear(model, images, picks, proba)
     return _explain_network(model, images, picks, proba, method, layer)
 
