@@ -2,8 +2,9 @@
 
 1. fit_and_validate: fit on the train split (validating on val epoch by epoch), calibrate on val
    (temperature scaling by default for networks), fit an abstention there if asked, and measure
-   the validation headline; the test split is not touched. A run that chooses among candidate
-   models or settings ranks them by this step's FittedModel.validation_score.
+   the validation headline; the test split is not touched. Its FittedModel.validation_score is
+   what a run that races candidate models on validation ranks them by, before finishing the
+   winner alone.
 2. finish_run: evaluate on the test split once, record that look, save the model with its test
    metrics, and write the reports, all in the run folder (imgcls.run_folder). The report shows
    a calibrated model's calibration before and after, on test.
@@ -32,6 +33,7 @@ from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitt
 from imgcls.evaluation.weight_images import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
+from imgcls.models.base import Classifier
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
 from imgcls.progress import console, stdout
 from imgcls.run_folder import RunFolder
@@ -57,7 +59,7 @@ class FittedModel:
     """A model fitted on train and made ready on val (calibrated, abstaining if asked), with what
     fitting showed; the test split is untouched."""
 
-    model: object
+    model: Classifier
     name: str
     fit_seconds: float
     validation: dict = field(default_factory=dict)   # {"val_accuracy": ...} or {"val_mAP": ...}; {} without val
