@@ -1,9 +1,10 @@
 """Compare several models on identical splits: the course's ladder from kNN to transfer learning.
 
 Every model is trained on the same train split (validated on the same val split) and evaluated
-once on the same test split; each gets its own run folder under DIR, and DIR/leaderboard.json
-and DIR/compare.html put them side by side (test accuracy, macro F1, training time, prediction
-time per image, model size, parameters), with each model's confusion matrix and curves.
+once on the same test split; each gets its own run folder under DIR (config.json included, as
+any run's; imgcls.run_folder), and DIR/leaderboard.json and DIR/compare.html put them side by
+side (test accuracy, macro F1, training time, prediction time per image, model size,
+parameters), with each model's confusion matrix and curves.
 
 Models are ranked by their task's headline figure (imgcls.task: accuracy, or mAP for multi-label
 data), so a multi-label leaderboard has test_mAP, macro_f1 and subset_accuracy columns where a
@@ -14,7 +15,6 @@ All models see the same dataset, so one comparison has one task and one table sh
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,9 +23,10 @@ from rich.table import Table
 
 from imgcls import __version__
 from imgcls.data.load import DataOptions, load_dataset
-from imgcls.finish import fit_and_report
+from imgcls.fit_and_evaluate import fit_and_report
 from imgcls.models.registry import create_model
 from imgcls.progress import console, stdout
+from imgcls.run_folder import RunFolder, write_config
 from imgcls.task import SingleLabel, Task
 from imgcls.training.tracking import check_available, tracking
 
@@ -49,21 +50,23 @@ def compare(data: str, models: list[str], out: str | Path, options: DataOptions,
     built = {name: create_model(name, **params.get(name, {})) for name in models}   # bad names fail first
     # One decoding for all (identical splits): files are decoded by the flags, not by any one model.
     splits = load_dataset(data, options)
-    out = Path(out)
+    run = RunFolder(out)
     task = splits.train.task
     for model in built.values():       # every model must take the data before the first is trained
         model.check_can_learn(task)
     rows = []
     for name, model in built.items():
         console.print(f"[bold]{name}[/] ({len(rows) + 1}/{len(built)})")
-        folder = out / name.replace(":", "-")
-        config = {"data": data, "model": name, "params": model.get_params(), "data_options": asdict(options)}
-        with tracking(log, folder, config=config, experiment=splits.name, run_name=name, store=out) as tracker:
+        folder = run.member(name).path
+        config = {"data": data, "model": name, "params": model.get_params(), "out": str(folder),
+                  "data_options": asdict(options), "log": log, "imgcls_version": __version__}
+        write_config(folder, config)
+        with tracking(log, folder, config=config, experiment=splits.name, run_name=name, store=run.path) as tracker:
             result = fit_and_report(model, name, splits, folder, config, print_table=False, tracker=tracker)
         rows.append(_row(name, model, result, len(splits.test), task))
     rank_rows(rows, task)
-    (out / "leaderboard.json").write_text(json.dumps(rows, indent=2))
-    (out / "compare.html").write_text(_render(rows, splits, out, task))
+    run.write_json(run.leaderboard, rows)
+    run.compare_html.write_text(_render(rows, splits, run, task))
     print_leaderboard(rows, splits.name, task)
     return rows
 
@@ -84,7 +87,7 @@ def _row(name: str, model, result, n_test: int, task: Task) -> dict:
             **{figure: metrics.get(figure) for figure in _FIGURES[task.kind]},
             f"val_{headline}": metrics.get(f"val_{headline}"), "fit_seconds": metrics["fit_seconds"],
             "predict_ms_per_image": 1000 * metrics["predict_seconds"] / max(n_test, 1),
-            "model_bytes": result.model_path.stat().st_size, "parameters": _parameters(model),
+            "model_bytes": result.model_path.stat().st_size, "parameters": model.parameter_count,
             "folder": result.out.name}
 
 
@@ -100,14 +103,6 @@ def _figure(value: float | None, percent: bool) -> str:
     return f"{value:.2%}" if percent else f"{value:.3f}"
 
 
-def _parameters(model) -> int:
-    net = getattr(model, "net_", None)
-    if net is not None:
-        return sum(p.numel() for p in net.parameters())
-    weight = getattr(model, "weight_", None)
-    return weight.numel() + model.bias_.numel() if weight is not None else 0
-
-
 def print_leaderboard(rows: list[dict], dataset: str, task: Task | None = None) -> None:
     """The leaderboard as a terminal table; task (default: single-label) decides its figures."""
     figures = _columns(task or SingleLabel())
@@ -120,15 +115,17 @@ def print_leaderboard(rows: list[dict], dataset: str, task: Task | None = None) 
     stdout.print(table)
 
 
-def _render(rows: list[dict], splits, out: Path, task: Task) -> str:
+def _render(rows: list[dict], splits, run: RunFolder, task: Task) -> str:
     def embed(path: Path) -> str | None:
         return base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
-    # A multi-label run has PR curves where a single-label one has its confusion matrix.
-    first = ("pr_curves.png", "Precision-recall curves", "precision-recall curves") if task.multi_label \
-        else ("confusion_matrix.png", "Confusion matrix", "confusion matrix")
-    figures = {r["model"]: [(caption, alt, embed(out / r["folder"] / file))
-                            for file, caption, alt in (first, ("curves.png", "Training curves", "training curves"))]
-               for r in rows}
+
+    def figures_of(member: RunFolder) -> list[tuple[str, str, str | None]]:
+        # A multi-label run has PR curves where a single-label one has its confusion matrix.
+        first = ((member.pr_curves, "Precision-recall curves", "precision-recall curves") if task.multi_label
+                 else (member.confusion_matrix, "Confusion matrix", "confusion matrix"))
+        return [(caption, alt, embed(path))
+                for path, caption, alt in (first, (member.curves, "Training curves", "training curves"))]
+    figures = {r["model"]: figures_of(RunFolder(run.path / r["folder"])) for r in rows}
     columns = [(key, _SHOWN[key][1], _SHOWN[key][2]) for key in _columns(task, html=True)]
     return _ENV.get_template("compare.html").render(rows=rows, figures=figures, columns=columns, dataset=splits.name,
                                                     sizes=splits.summary(), size=_size, figure=_figure,

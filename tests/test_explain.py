@@ -395,7 +395,7 @@ def test_the_report_lays_gradcam_over_its_most_confident_mistakes(canvas_model, 
 
     from imgcls.evaluation import RunInfo, evaluate, write_report
     from imgcls.evaluation.report import MISTAKES, confident_mistakes
-    from imgcls.finish import mistake_heatmaps
+    from imgcls.fit_and_evaluate import mistake_heatmaps
     x, y, _ = canvas_test
     ev = evaluate(y.numpy(), canvas_model.predict_proba(x), DIGITS)
     heatmaps = mistake_heatmaps(canvas_model, ev, x)

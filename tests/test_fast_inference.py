@@ -227,7 +227,7 @@ def test_a_network_run_by_onnx_runtime_still_explains_through_its_original(run, 
 
     from imgcls.explain import explain
     onnx, pytorch = resolve_model(str(run), "onnx"), resolve_model(str(run), "torch")
-    assert isinstance(onnx, OnnxClassifier) and onnx.explained_by == "network"
+    assert isinstance(onnx, OnnxClassifier) and onnx.capabilities.explained_by == "network"
     images = digits.test.images[:4]
     for method in ("gradcam", "saliency"):
         got, expected = explain(onnx, images, method=method), explain(pytorch, images, method=method)

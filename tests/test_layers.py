@@ -16,7 +16,7 @@ import imgcls
 
 ROOT = Path(imgcls.__file__).parent
 LAYERS = [
-    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task"),     # foundations
+    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task", "imgcls.run_folder"),     # foundations
     ("imgcls.data",),
     ("imgcls.fastpath", "imgcls.runtime", "imgcls.kernels"),
     ("imgcls.training",),
@@ -26,9 +26,9 @@ LAYERS = [
     ("imgcls.explain", "imgcls.visuals"),
     ("imgcls.serving", "imgcls.similarity"),
     ("imgcls.doctor",),
-    ("imgcls.finish",),
+    ("imgcls.fit_and_evaluate",),
     ("imgcls.tuning", "imgcls.compare"),
-    ("imgcls.runs",),
+    ("imgcls.training_run", "imgcls.saved_models"),
     ("imgcls.cli", "imgcls.commands"),
 ]
 RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}
@@ -100,14 +100,15 @@ def test_the_check_sees_upward_imports_at_any_depth():
               "from . import networks\n"
               "def to_onnx():\n"
               "    from imgcls.inference.onnx_model import OnnxClassifier\n"
-              "    from ..runs import train\n"
+              "    from ..training_run import train\n"
               "    import imgcls.serving.app\n"
               "    from imgcls import doctor\n")
     problems = upward_imports(source, "imgcls.models.pretrained")
     assert [p.split(": ", 1)[1] for p in problems] == [
         "imgcls.models.pretrained imports imgcls.inference.onnx_model, but imgcls.inference comes after "
         "imgcls.models in the layer order",
-        "imgcls.models.pretrained imports imgcls.runs, but imgcls.runs comes after imgcls.models in the layer order",
+        "imgcls.models.pretrained imports imgcls.training_run, but imgcls.training_run comes after imgcls.models "
+        "in the layer order",
         "imgcls.models.pretrained imports imgcls.serving.app, but imgcls.serving comes after imgcls.models "
         "in the layer order",
         "imgcls.models.pretrained imports imgcls.doctor, but imgcls.doctor comes after imgcls.models "

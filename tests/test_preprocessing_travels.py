@@ -15,7 +15,7 @@ from imgcls.data.load import DataOptions
 from imgcls.inference import predict_files
 from imgcls.models import create_model, load_model, read_metadata
 from imgcls.models.pretrained import pretrained_model
-from imgcls.runs import evaluate_saved
+from imgcls.saved_models import evaluate_saved
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def spy_load_dataset(monkeypatch):
         seen.append(options)
         return real(source, options)
     monkeypatch.setattr(data_load, "load_dataset", spy)
-    monkeypatch.setattr("imgcls.runs.load_dataset", spy)
+    monkeypatch.setattr("imgcls.saved_models.load_dataset", spy)
     return seen
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgcls.data import load_dataset
-from imgcls.models import create_model
+from imgcls.models import Classifier, create_model
 from imgcls.serving.app import create_app
 
 
@@ -237,7 +237,7 @@ def test_64_concurrent_clients_are_all_served_in_batches(digits_model):
 
 
 def test_full_queue_answers_503_with_retry_after(digits_model):
-    class Slow:
+    class Slow(Classifier):
         model_name, class_names_, preprocessing_ = "slow", digits_model.class_names_, digits_model.preprocessing_
         task_ = digits_model.task_
 

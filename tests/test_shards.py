@@ -17,7 +17,7 @@ from imgcls.cli import main
 from imgcls.data import DataOptions, load_dataset
 from imgcls.data.formats import read_idx
 from imgcls.errors import ImgclsError
-from imgcls.finish import fit_and_report
+from imgcls.fit_and_evaluate import fit_and_report
 from imgcls.models import create_model
 
 NET = dict(model="cnn", epochs=1, batch_size=8, bf16="off", augment="crop=2,flip", lr=0.05)

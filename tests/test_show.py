@@ -18,7 +18,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from imgcls.cli import main
 from imgcls.data.load import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.evaluation.weights import FILTERS_TITLE, TEMPLATES_TITLE
+from imgcls.evaluation.weight_images import FILTERS_TITLE, TEMPLATES_TITLE
 from imgcls.models import create_model
 from imgcls.models.pretrained import pretrained_model
 from imgcls.visuals import (apply_kernel, parse_kernel, show_activations, show_batch, show_boundaries, show_distances,

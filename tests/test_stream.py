@@ -13,7 +13,7 @@ import torch
 
 from imgcls.data import DataOptions, load_dataset
 from imgcls.errors import ImgclsError
-from imgcls.finish import fit_and_report
+from imgcls.fit_and_evaluate import fit_and_report
 from imgcls.models import create_model
 
 NET = dict(model="cnn", epochs=2, batch_size=16, bf16="off", augment="crop=2,flip", lr=0.05, tta="flip")

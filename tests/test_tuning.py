@@ -10,7 +10,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-import imgcls.finish as finish
+import imgcls.fit_and_evaluate as finish
 import imgcls.tuning.knn_cv as knn_cv
 from imgcls.cli import main
 from imgcls.data import DataOptions, load_dataset

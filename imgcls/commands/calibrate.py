@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imgcls.commands.common import abstention_request, add_abstention_flags, add_command, add_data_flags, data_options
-from imgcls.errors import ImgclsError
 
 NAME = "calibrate"
 HELP = "calibrate a saved model's probabilities on a dataset's validation split"
@@ -42,60 +40,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    import dataclasses
-
-    from imgcls.data.load import load_dataset
-    from imgcls.evaluation import evaluate_model
-    from imgcls.finish import calibration_report, finish_run, print_calibration
-    from imgcls.inference import resolve_model
-    from imgcls.inference.onnx_model import OnnxClassifier
-    from imgcls.models.calibration import check_method
+    from imgcls.fit_and_evaluate import print_calibration
+    from imgcls.saved_models import calibrate_saved
     abstain = abstention_request(args)                     # checked before the model loads
-    model = resolve_model(args.model)
-    if isinstance(model, OnnxClassifier):
-        raise ImgclsError(f"{args.model} is an exported model; calibrate the saved model, then export it again")
-    method = args.method or ("temperature" if model.has_logits else "sigmoid")
-    check_method(model, method)
-    if args.image_size is not None or args.channels is not None:
-        raise ImgclsError("calibrate decodes images exactly as the model expects; drop --image-size and --channels")
-    splits = load_dataset(args.data, dataclasses.replace(data_options(args), preprocessing=model.preprocessing_))
-    calibrated = calibrated_model(model, splits, method, abstain)
-    out = Path(args.out)
-    if out.suffix == ".safetensors":
-        calibrated.save(out)
-        print(f"model:  {out}")
-        if splits.test is not None and len(splits.test):
-            evaluation, _ = evaluate_model(calibrated, splits.test, splits.skipped)
-            print_calibration(calibration_report(calibrated, evaluation, splits.test, None)[0])
-        return 0
-    if splits.test is None or not len(splits.test):
-        raise ImgclsError(f"{splits.name}: no test images to report on (use a --test-fraction above 0, or "
-                          "--out FILE.safetensors to write the model alone)")
-    result = finish_run(calibrated, model.model_name, splits, out,
-                        title=f"{model.model_name} calibrated ({method}) on {splits.name}")
-    print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")
+    result = calibrate_saved(args.model, args.data, data_options(args), args.out, method=args.method, abstain=abstain)
+    print(f"model:  {result.model_path}")
+    if result.report_paths:
+        print(f"report: {result.report_paths['html']}")
+    else:                                       # the model file alone: its calibration on test, printed
+        print_calibration(result.calibration)
     return 0
-
-
-def calibrated_model(model, splits, method: str, abstain: dict | None = None):
-    """The model calibrated with `method` on splits.val (the train command's validation split);
-    the model itself is left as it is. abstain ({"accept", "score"}), or the model's own abstention
-    where it has one: fitted again on splits.val after calibrating, since it reads the calibrated
-    scores."""
-    from imgcls.models.abstention import fit_abstention
-    from imgcls.models.calibration import calibrate
-    from imgcls.runs import check_can_abstain
-    if splits.val is None or not len(splits.val):
-        raise ImgclsError(f"{splits.name}: no validation images to calibrate on (use a --val-fraction above 0)")
-    calibrated = calibrate(model, splits.val, method=method)
-    own = model.abstention_
-    if abstain is None and own is not None and own.accept is not None:
-        abstain = {"accept": own.accept, "score": own.score}
-    if abstain is not None:
-        check_can_abstain(splits, abstain)
-        calibrated.abstention_ = fit_abstention(calibrated, splits.val, abstain["accept"], abstain["score"],
-                                                reference=splits.train)
-        print(f"abstention: {abstain['score']} above {calibrated.abstention_.threshold:.4g} answers unknown "
-              f"(accepts {calibrated.abstention_.fitted_on['accepted']:.1%} of val)")
-    return calibrated
 

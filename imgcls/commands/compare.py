@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
     parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
     parser.add_argument("--models", required=True, help="comma-separated model names, e.g. knn,linear,mlp,cnn")
-    parser.add_argument("--out", default="runs/compare", help="folder for the runs and compare.html")
+    parser.add_argument("--out", default=None, help="folder for the runs and compare.html (default: runs/compare)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for every model trained by gradient descent")
     parser.add_argument("--settings", default=None, metavar="FILE",
@@ -38,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from imgcls.compare import compare
     from imgcls.models.registry import model_class
+    from imgcls.run_folder import RunFolder, default_folder
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
         raise ImgclsError("--models needs at least one model name")
@@ -47,8 +48,9 @@ def handle(args) -> int:
         own = {f.name for f in dataclasses.fields(model_class(name)) if f.init}
         shared = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if k in own and v is not None}
         params[name] = {**shared, **settings.get(name, {})}
-    compare(args.data, names, args.out, data_options(args), params, log=args.log)
-    print(f"leaderboard: {Path(args.out) / 'compare.html'}")
+    out = RunFolder(args.out or default_folder("compare"))
+    compare(args.data, names, out.path, data_options(args), params, log=args.log)
+    print(f"leaderboard: {out.compare_html}")
     return 0
 
 

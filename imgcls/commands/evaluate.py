@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    from imgcls.runs import evaluate_saved
+    from imgcls.saved_models import evaluate_saved
     result = evaluate_saved(args.model, args.data, data_options(args), args.out, split=args.split,
                            runtime=runtime_choice(args, args.model))
     if result.report_paths:

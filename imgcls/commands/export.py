@@ -87,10 +87,11 @@ def _export_path(spec: str, format: str, int8: bool) -> Path:
     """Beside the model: <run>/model.onnx, <dir>/<stem>.int8.onnx, <run>/model.xml; ./<name>.onnx for a
     pretrained name."""
     from imgcls.inference.export import SUFFIXES
+    from imgcls.run_folder import RunFolder
     suffix = ".int8.onnx" if int8 else SUFFIXES[format]
     path = Path(spec).expanduser()
     if path.is_dir():
-        return path / f"model{suffix}"
+        return RunFolder(path).exported(suffix)
     if path.suffix == ".safetensors":
         return path.with_name(path.stem + suffix)
     return Path(spec + suffix)

@@ -31,16 +31,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from imgcls.data.load import load_dataset
     from imgcls.models.registry import create_model
+    from imgcls.run_folder import RunFolder, default_folder
     from imgcls.training.lr_find import lr_find
     model = create_model(args.model, **model_params(args))
-    if not hasattr(model, "training_config"):
+    if not model.capabilities.network:
         raise ImgclsError(f"lr-find needs a neural network; {args.model!r} is not trained by gradient descent")
     splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
     model.check_can_learn(splits.train.task)
-    out = Path(args.out or f"runs/lr-find-{args.model.replace(':', '-')}")
+    default = default_folder("lr-find", args.model)
+    out = Path(args.out or default)
     result = lr_find(model, splits.train, out, steps=args.steps, min_lr=args.min_lr, max_lr=args.max_lr,
                      about={"model": args.model, "dataset": splits.name})
-    print(f"suggested learning rate: {result['suggested_lr']:.3g}  (plot: {out / 'lr_find.png'})")
-    where = (f"in {out.parent}/" if out.name == f"lr-find-{args.model.replace(':', '-')}" else f"with --out {out}")
+    print(f"suggested learning rate: {result['suggested_lr']:.3g}  (plot: {RunFolder(out).lr_find_plot})")
+    where = f"in {out.parent}/" if out.name == default.name else f"with --out {out}"
     print(f"runs of {args.model} on {splits.name} {where} warn when their learning rate is over 10x from it")
     return 0

@@ -32,7 +32,7 @@ def handle(args) -> int:
     for name, cls in list_models().items():
         options = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)
                             if f.init and f.name != "threshold"
-                            and (f.name not in shared or not hasattr(cls, "training_config")))
+                            and (f.name not in shared or not cls.capabilities.network))
         table.add_row(name, cls.description, f"{parameter_count(name, (1, 28, 28), 10):,}", options)
     console = Console()
     console.print(table)

@@ -74,7 +74,7 @@ def handle(args) -> int:
     if warning:
         print(f"imgcls: warning: {warning}", file=sys.stderr)
     scheme = "https" if tls else "http"
-    print(f"serving {getattr(model, 'model_name', args.model)} ({runtime_name(model)}) "
+    print(f"serving {model.model_name or args.model} ({runtime_name(model)}) "
           f"on {scheme}://{args.host}:{args.port}/  (API docs: /docs{'; API key required' if api_key is not None else ''})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **tls)
     return 0

@@ -161,7 +161,7 @@ def handle_kernel(args) -> int:
 
 def handle_filters(args) -> int:
     from imgcls.inference.resolve import resolve_model
-    from imgcls.visuals.weights import show_filters
+    from imgcls.visuals.filters_and_templates import show_filters
     _positive(args, "max_filters")
     numbers = show_filters(resolve_model(args.model), args.out, args.max_filters)
     print(f"{numbers['model']}: first layer {' x '.join(map(str, numbers['shape']))}")
@@ -208,7 +208,7 @@ def _split_of(splits, split: str):
 
 def handle_templates(args) -> int:
     from imgcls.inference.resolve import resolve_model
-    from imgcls.visuals.weights import show_templates
+    from imgcls.visuals.filters_and_templates import show_templates
     numbers = show_templates(resolve_model(args.model), args.out)
     print(f"{numbers['model']}: {numbers['shape'][0]} templates of {' x '.join(map(str, numbers['shape'][1:]))}")
     return _done(numbers)

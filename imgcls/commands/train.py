@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
     settable = [
         parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)"),
-        parser.add_argument("--out", default=None, help="run folder for model and reports (default: runs/<model>)"),
+        parser.add_argument("--out", default=None,
+                            help="run folder for model and reports (default: runs/<model>, e.g. runs/timm-resnet18)"),
     ]
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML file of settings (keys as the flags, e.g. lr: 0.1); flags override it")
@@ -86,11 +87,13 @@ class ConfigFile:
 
 
 def handle(args) -> int:
-    from imgcls.runs import TrainConfig, train
+    from imgcls.run_folder import default_folder
+    from imgcls.training_run import TrainConfig, train
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     config = TrainConfig(data=args.data, model=args.model, params=model_params(args),
-                         out=args.out or f"runs/{args.model}", data_options=data_options(args), log=args.log,
+                         out=args.out or str(default_folder("train", args.model)), data_options=data_options(args),
+                         log=args.log,
                          abstain=abstention_request(args), calibration=args.calibration)
     result = train(config, resume=args.resume)
     if result is not None:

@@ -37,12 +37,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args) -> int:
     from imgcls.data.load import load_dataset
+    from imgcls.run_folder import default_folder
     from imgcls.tuning import parse_grid, tune_knn
     if args.model != "knn":
         return _tune_network(args)
     grid = parse_grid(args.grid)   # bad keys fail before data loads
     splits = load_dataset(args.data, data_options(args))
-    out = Path(args.out or f"runs/tune-{args.model}")
+    out = Path(args.out or default_folder("tune", args.model))
     result = tune_knn(splits, grid, folds=args.cv, seed=args.seed, out=out,
                       command=" ".join(["imgcls", *args.argv]))
     print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")
@@ -52,13 +53,14 @@ def handle(args) -> int:
 def _tune_network(args) -> int:
     from imgcls.data.load import load_dataset
     from imgcls.models.registry import create_model
+    from imgcls.run_folder import default_folder
     from imgcls.tuning.search import parse_model_grid, search
     model = create_model(args.model)
-    if not hasattr(model, "training_config"):
+    if not model.capabilities.network:
         raise ImgclsError(f"tune supports knn and neural networks; {args.model!r} is neither")
     grid = parse_model_grid(args.grid, args.model)
     splits = load_dataset(args.data, data_options(args).decoding_as(model.input_preprocessing()))
-    out = Path(args.out or f"runs/tune-{args.model.replace(':', '-')}")
+    out = Path(args.out or default_folder("tune", args.model))
     result = search(splits, args.model, grid, method=args.search, trials=args.trials, seed=args.seed, out=out,
                     command=" ".join(["imgcls", *args.argv]))
     print(f"chosen: {result['best']}\nmodel:  {result['model_path']}\nreport: {result['report_paths']['html']}")

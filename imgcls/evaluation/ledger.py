@@ -12,12 +12,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-LOG_FILE = "test_evaluations.json"
+from imgcls.run_folder import RunFolder
 
 
 def record_test_evaluation(out_dir: str | Path, model: str, command: str | None = None) -> int:
     """Append {timestamp, command, model} to out_dir/test_evaluations.json; return how many are recorded."""
-    path = Path(out_dir) / LOG_FILE
+    path = RunFolder(out_dir).test_evaluations
     records = test_evaluations(out_dir)
     records.append({"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": command or shlex.join(["imgcls", *sys.argv[1:]]), "model": model})
@@ -30,5 +30,5 @@ def record_test_evaluation(out_dir: str | Path, model: str, command: str | None 
 
 def test_evaluations(out_dir: str | Path) -> list[dict]:
     """The test evaluations recorded in out_dir so far (oldest first)."""
-    path = Path(out_dir) / LOG_FILE
+    path = RunFolder(out_dir).test_evaluations
     return json.loads(path.read_text()) if path.is_file() else []

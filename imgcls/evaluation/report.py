@@ -17,6 +17,7 @@ from rich.table import Table
 from imgcls import __version__
 from imgcls.evaluation.metrics import Evaluation
 from imgcls.evaluation.multilabel import MultiLabelEvaluation, precision_recall_curve
+from imgcls.run_folder import RunFolder
 
 PR_CURVES = "Precision-recall curves of the labels with the lowest average precision"
 LABEL_MISTAKES = ("Most confident mistakes: FP, a label predicted that the image lacks; "
@@ -124,8 +125,7 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     are laid over the mistakes they belong to; the caller makes them (imgcls.explain sits above
     evaluation), and heatmap_method names the method in the caption. calibration (from
     imgcls.evaluation.calibration.calibration_summary) joins report.json and gets a table in the HTML."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out_dir).make()
     if images is not None and ev.rows is not None:   # streamed files that stopped decoding were left out
         images = images.subset(ev.rows)
     data = {**ev.to_dict(), **info.extra_metrics, "skipped_files": info.skipped_files,
@@ -136,30 +136,28 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     if calibration is not None:
         data["calibration"] = calibration
     if ev.task == MultiLabelEvaluation.task:
-        return _write_multilabel(ev, info, out_dir, data, images, figures)
-    paths = {"json": out_dir / "report.json", "confusion_matrix": out_dir / "confusion_matrix.png",
-             "html": out_dir / "report.html"}
+        return _write_multilabel(ev, info, run, data, images, figures)
+    paths = {"json": run.report_json, "confusion_matrix": run.confusion_matrix, "html": run.report_html}
     paths["json"].write_text(json.dumps(data, indent=2))
     plot_confusion_matrix(ev, paths["confusion_matrix"])
     shown = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
-    if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, out_dir / "mistakes.png",
-                                                                      heatmaps=heatmaps):
+    if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, run.mistakes, heatmaps=heatmaps):
         title = MISTAKES_EXPLAINED.format(method=heatmap_method) if heatmaps else MISTAKES
-        paths["mistakes"] = shown[title] = out_dir / "mistakes.png"
+        paths["mistakes"] = shown[title] = run.mistakes
     paths["html"].write_text(render_html(ev, info, data, shown))
     return paths
 
 
-def _write_multilabel(ev: MultiLabelEvaluation, info: RunInfo, out_dir: Path, data: dict, images,
+def _write_multilabel(ev: MultiLabelEvaluation, info: RunInfo, run: RunFolder, data: dict, images,
                       figures: dict[str, Path] | None) -> dict[str, Path]:
-    paths = {"json": out_dir / "report.json", "html": out_dir / "report.html"}
+    paths = {"json": run.report_json, "html": run.report_html}
     paths["json"].write_text(json.dumps(data, indent=2))
     shown = {}
-    if plot_pr_curves(ev, out_dir / "pr_curves.png"):
-        paths["pr_curves"] = shown[PR_CURVES] = out_dir / "pr_curves.png"
+    if plot_pr_curves(ev, run.pr_curves):
+        paths["pr_curves"] = shown[PR_CURVES] = run.pr_curves
     shown.update(figures or {})
-    if images is not None and plot_label_mistakes(ev, images, out_dir / "mistakes.png"):
-        paths["mistakes"] = shown[LABEL_MISTAKES] = out_dir / "mistakes.png"
+    if images is not None and plot_label_mistakes(ev, images, run.mistakes):
+        paths["mistakes"] = shown[LABEL_MISTAKES] = run.mistakes
     paths["html"].write_text(render_html(ev, info, data, shown))
     return paths
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.run_folder import RunFolder, default_folder
+
 MAJORITY_MARGIN = 0.05     # accuracy under the majority-class rate plus 5 points: learnt next to nothing
 ONE_CLASS_SHARE = 0.90     # predictions of one class at least this share...
 ONE_CLASS_EXCESS = 0.10    # ...and this much above that class's share of the images
 RISING_FROM = 0.5          # the best validation loss came in the first half of the epochs...
 RISE = 0.10                # ...and the last is 10% above it
 LR_FACTOR = 10.0           # the learning rate used over 10x from the finder's advice, either way
-LR_FIND_FILE = "lr_find.json"
 
 
 def useless_model_warnings(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> list[str]:
@@ -79,10 +80,11 @@ def lr_advice_warning(lr: float | None, suggested: float | None, source: str = "
 
 def find_lr_advice(out: str | Path, model: str, dataset: str) -> tuple[dict, Path] | None:
     """The learning-rate finder's advice for this model and dataset, where a run can find it: an
-    lr_find.json in the run folder, or in runs/lr-find-<model> beside it (lr-find's default --out).
-    Advice for another model or dataset (named in the file) is not this run's."""
+    lr_find.json in the run folder, or in lr-find-<model> beside it (lr-find's default --out is
+    runs/lr-find-<model>). Advice for another model or dataset (named in the file) is not this run's."""
     out = Path(out)
-    for path in (out / LR_FIND_FILE, out.parent / f"lr-find-{model.replace(':', '-')}" / LR_FIND_FILE):
+    beside = RunFolder(out.parent / default_folder("lr-find", model).name)
+    for path in (RunFolder(out).lr_find_json, beside.lr_find_json):
         try:
             advice = json.loads(path.read_text())
         except (OSError, ValueError):

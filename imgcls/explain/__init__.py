@@ -4,6 +4,6 @@ It sits after inference (it decodes files and opens models as prediction does) a
 serving, whose /v1/classify returns heatmaps with explain=true.
 """
 
-from imgcls.explain.core import METHODS, Explanation, Neighbour, default_method, explain, network_layers
+from imgcls.explain.explanation import METHODS, Explanation, Neighbour, default_method, explain, network_layers
 
 __all__ = ["METHODS", "Explanation", "Neighbour", "default_method", "explain", "network_layers"]

@@ -46,9 +46,10 @@ from imgcls.data.dataset import ImageDataset, as_image_tensor
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
+from imgcls.run_folder import RunFolder
 from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
                                          METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
-                                         SINGLE_LABEL_FORMAT_VERSION, OnnxClassifier)
+                                         SINGLE_LABEL_FORMAT_VERSION)
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -66,7 +67,7 @@ def export_metadata(model, source: str | Path | None = None) -> dict:
     """What an exported file carries about its model: enough to predict from it alone, and where
     its weights came from (source: the model file or pretrained name it was loaded from)."""
     task, abstention = model.task_, model.abstention_
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     outside_graph = calibration is not None and not calibration.in_logits
     version = (MULTI_LABEL_FORMAT_VERSION if task.multi_label else
                ABSTAINING_FORMAT_VERSION if abstention is not None else
@@ -75,7 +76,7 @@ def export_metadata(model, source: str | Path | None = None) -> dict:
     params = model.get_params() if origin["weights"] == "trained" else prediction_params(model)
     return {"format": "imgcls-export", "format_version": version, "imgcls_version": __version__,
             "model": model.model_name, "params": params, "class_names": list(model.class_names_),
-            "preprocessing": model.preprocessing_.to_dict(), "metrics": getattr(model, "metrics_", {}),
+            "preprocessing": model.preprocessing_.to_dict(), "metrics": model.metrics_,
             "task": task.to_dict(), "provenance": origin,
             **({"abstention": abstention.to_json()} if abstention is not None else {}),
             "calibration": ({**calibration.to_dict(), "in_graph": calibration.in_logits}
@@ -86,14 +87,14 @@ def export_metadata(model, source: str | Path | None = None) -> dict:
 def is_pretrained(model) -> bool:
     """Whether model holds converted pretrained weights that imgcls never trained: the pretrained
     conversion records the weights' origin, and every run that trains records its test evaluation."""
-    metrics = getattr(model, "metrics_", None) or {}
+    metrics = model.metrics_
     return "weights" in metrics and "evaluated_on" not in metrics
 
 
 def provenance(model, source: str | Path | None = None) -> dict:
     """Where the exported weights came from: pretrained (which weights) or trained with imgcls
     (its training settings, and the split its metrics were measured on)."""
-    metrics = getattr(model, "metrics_", None) or {}
+    metrics = model.metrics_
     if is_pretrained(model):
         origin = {"weights": "pretrained", "pretrained_weights": metrics["weights"],
                   "trained_by_imgcls": False}
@@ -102,7 +103,7 @@ def provenance(model, source: str | Path | None = None) -> dict:
                   "evaluated_on": metrics.get("evaluated_on")}
     if source is not None:
         path = Path(source).expanduser()
-        path = path / "model.safetensors" if path.is_dir() else path
+        path = RunFolder(path).model if path.is_dir() else path
         origin["source"] = str(source)
         if path.is_file():
             origin["source_sha256"] = sha256_file(path)
@@ -225,21 +226,21 @@ def calibration_subset(model, calibration, count: int = CALIBRATION_IMAGES) -> t
 
 def check_exportable(model) -> None:
     """Raise ImgclsError unless model is a fitted neural classifier (it has a PyTorch network)."""
-    if isinstance(model, OnnxClassifier):
+    if model.capabilities.exported:
         raise ImgclsError(f"{model.path} is already an exported model; export the original model")
-    if getattr(model, "net_", None) is None:
-        name = getattr(model, "model_name", type(model).__name__)
-        if hasattr(model, "build_network"):
-            raise ImgclsError(f"this {name} model is not fitted yet; nothing to export")
+    name = model.model_name or type(model).__name__
+    if not model.capabilities.network:
         raise ImgclsError(f"{name} models cannot be exported: export needs a neural network "
                           "(kNN and linear models have none)")
+    if not model.is_fitted:
+        raise ImgclsError(f"this {name} model is not fitted yet; nothing to export")
 
 
 def _network(model) -> torch.nn.Module:
     check_exportable(model)
     # A copy, in fp32 and the default memory format, whatever prediction did to the original.
     net = copy.deepcopy(model.net_).cpu().float().to(memory_format=torch.contiguous_format).eval()
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     return TemperatureScaled(net, calibration.temperature) if calibration is not None and calibration.in_logits \
         else net
 

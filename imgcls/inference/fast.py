@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -163,7 +164,7 @@ class ExportedNetwork(OnnxClassifier):
     layer's filters from the original PyTorch network, loaded the first time one is asked for, so
     `serve`'s explain=true and `eval`'s report figures work whichever runtime predicts."""
 
-    explained_by = "network"
+    capabilities = dataclasses.replace(OnnxClassifier.capabilities, explained_by="network")
     description = "a network run by ONNX Runtime through its cached export"
 
     def with_original(self, load: Callable[[], object]) -> ExportedNetwork:
@@ -303,7 +304,4 @@ def _temporary(path: Path) -> Path:
 
 def runtime_name(model) -> str:
     """The runtime a model predicts in, for messages: ONNX Runtime, OpenVINO or PyTorch."""
-    from imgcls.inference.openvino_model import OpenVinoClassifier
-    if isinstance(model, OpenVinoClassifier):
-        return "OpenVINO"
-    return RUNTIME_NAMES["onnx"] if isinstance(model, OnnxClassifier) else RUNTIME_NAMES["torch"]
+    return model.runtime if model.capabilities.exported else RUNTIME_NAMES["torch"]

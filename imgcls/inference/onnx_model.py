@@ -22,7 +22,7 @@ import torch
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models.abstention import Abstention
-from imgcls.models.base import Classifier
+from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.calibration import calibration_from_dict
 from imgcls.runtime import with_tta
 from imgcls.task import task_from_dict
@@ -48,9 +48,12 @@ class OnnxClassifier(Classifier):
     for an exported .onnx file. It is not fitted or saved: it is already a file; export again instead."""
 
     description = "an exported ONNX model, run by ONNX Runtime"
+    capabilities = Capabilities(exported=True)
+    runtime = "ONNX Runtime"        # what runs the file
 
     def __init__(self, session, metadata: dict, path: Path, batch_size: int = 64):
         self.session_, self.metadata_, self.path, self.batch_size = session, metadata, path, batch_size
+        self._logit_scale = 1.0     # without_calibration's copy undoes the temperature inside the graph
         self.model_name = metadata["model"]
         self.class_names_ = list(metadata["class_names"])
         self.preprocessing_ = Preprocessing.from_dict(metadata["preprocessing"])
@@ -107,7 +110,7 @@ class OnnxClassifier(Classifier):
     def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The graph's logits: calibrated already where the model had temperature scaling (the
         division by T is in the graph); the uncalibrated ones for without_calibration's copy."""
-        return torch.from_numpy(self.logits(images)) * getattr(self, "_logit_scale", 1.0)
+        return torch.from_numpy(self.logits(images)) * self._logit_scale
 
     def without_calibration(self) -> OnnxClassifier:
         """A copy predicting uncalibrated probabilities: the graph's logits times the temperature it
@@ -119,6 +122,10 @@ class OnnxClassifier(Classifier):
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.calibrated_logits(images)
+
+    @property
+    def parameter_count(self) -> None:
+        return None         # the weights are constants inside the graph, not parameters imgcls knows
 
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         # The original NeuralClassifier's tta travels in the exported params, so both predict alike.

@@ -34,6 +34,7 @@ class OpenVinoClassifier(OnnxClassifier):
     """An exported .xml (+ .bin) OpenVINO IR model: predict / predict_proba / score, not fit or save."""
 
     description = "an exported OpenVINO IR model, run by the OpenVINO runtime"
+    runtime = "OpenVINO"
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> OpenVinoClassifier:

@@ -50,7 +50,7 @@ def parity(original, exported, images: torch.Tensor, source: str) -> Parity:
 
 def _in_fp32(model):
     """model, predicting in fp32 (a shallow copy: the weights are shared)."""
-    if getattr(model, "bf16", "off") == "off":
+    if not model.capabilities.network or model.bf16 == "off":
         return model
     reference = copy.copy(model)
     reference.bf16 = "off"

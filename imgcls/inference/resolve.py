@@ -15,10 +15,10 @@ from imgcls.errors import ImgclsError
 from imgcls.inference.fast import accelerated, check_runtime
 from imgcls.inference.onnx_model import OnnxClassifier
 from imgcls.inference.openvino_model import OpenVinoClassifier
-from imgcls.models.artifact import MODEL_FILE, load_model, read_metadata, resolve_model_path
-from imgcls.models.neural import NeuralClassifier
+from imgcls.models.artifact import load_model, read_metadata, resolve_model_path
 from imgcls.models.pretrained import DEFAULT_MODEL, PRETRAINED, model_cache, pretrained_model
 from imgcls.models.registry import model_class
+from imgcls.run_folder import RunFolder
 
 
 def resolve_model(spec: str | None, runtime: str | None = None):
@@ -35,7 +35,8 @@ def resolve_model(spec: str | None, runtime: str | None = None):
     if spec in PRETRAINED:
         if runtime in (None, "torch"):
             return pretrained_model(spec)
-        return accelerated(lambda: pretrained_model(spec), model_cache() / spec / MODEL_FILE, runtime, spec, name=spec)
+        cached = RunFolder(model_cache() / spec).model
+        return accelerated(lambda: pretrained_model(spec), cached, runtime, spec, name=spec)
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
     own_runtime = {".onnx": "onnx", ".xml": "openvino"}.get(suffix)
@@ -54,7 +55,7 @@ def resolve_model(spec: str | None, runtime: str | None = None):
         if runtime in (None, "torch"):
             return _image_model(spec)
         name = read_metadata(path)["model"]
-        if not issubclass(model_class(name), NeuralClassifier):
+        if not model_class(name).capabilities.network:
             if runtime == "onnx":
                 raise ImgclsError(f"--runtime onnx: {spec} is a {name} model, which has no network to export "
                                   "(it runs in imgcls as it is); drop --runtime onnx")

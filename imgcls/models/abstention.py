@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from imgcls.data.dataset import DatasetSplits, ImageDataset
+from imgcls.data.stream import ImageFiles
 from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
 
@@ -132,6 +134,19 @@ def check_accept(accept: float) -> None:
         raise ImgclsError(f"--accept must be between 0 and 1 (exclusive), e.g. 0.95; got {accept}")
 
 
+
+def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
+    """Refuse, before any training, an abstention the data cannot give ({"accept", "score"}): it
+    needs single-label data with a validation split to choose the threshold on."""
+    check_accept(abstain["accept"])
+    check_score(abstain["score"])
+    if splits.train.multi_label:
+        raise ImgclsError("--accept is for single-label data; a multi-label model already answers no label "
+                          "when none is above its threshold")
+    if splits.val is None or not len(splits.val):
+        raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
+
+
 def msp_score(proba: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(proba, dtype=np.float64).max(axis=1)
 
@@ -180,7 +195,8 @@ def fit_abstention(model, validation, accept: float = DEFAULT_ACCEPT, score: str
             raise ImgclsError("the knn rejection score needs the training images as reference")
         if len(reference) > REFERENCE_MAX:
             chosen = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))[:REFERENCE_MAX]
-            reference = reference.subset(chosen.sort().values) if hasattr(reference, "subset") else reference[chosen]
+            reference = (reference.subset(chosen.sort().values) if isinstance(reference, (ImageDataset, ImageFiles))
+                         else reference[chosen])
         vectors = unit_rows(model.predict_logits(reference))
     draft = Abstention(score, math.inf, accept, k, vectors)
     _, scores = model.predict_with_rejection(validation, draft)

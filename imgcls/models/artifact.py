@@ -28,9 +28,9 @@ from imgcls.models.abstention import Abstention
 from imgcls.models.calibration import calibration_from_dict
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
+from imgcls.run_folder import RunFolder
 from imgcls.task import task_from_dict
 
-MODEL_FILE = "model.safetensors"
 ABSTENTION_PREFIX = "abstention."      # tensors of the abstention, not of the classifier
 FORMAT = "imgcls-model"
 # 2: the task (multi-label thresholds) and the threshold hyperparameter; version 1 files load as single-label.
@@ -51,9 +51,9 @@ def save_model(model, path: str | Path) -> Path:
     """Write model to path (a .safetensors file, or a folder that gets model.safetensors). Atomic."""
     path = Path(path)
     if path.suffix != ".safetensors":
-        path = path / MODEL_FILE
+        path = RunFolder(path).model
     path.parent.mkdir(parents=True, exist_ok=True)
-    abstention, calibration = model.abstention_, getattr(model, "calibration_", None)
+    abstention, calibration = model.abstention_, model.calibration_
     metadata = {
         "format": FORMAT, "imgcls_version": __version__,
         "format_version": FORMAT_VERSION if abstention is not None or calibration else PLAIN_FORMAT_VERSION,
@@ -63,7 +63,7 @@ def save_model(model, path: str | Path) -> Path:
         "preprocessing": model.preprocessing_.to_dict() if model.takes_images else None,
         "task": model.task_.to_dict(),
         "calibration": calibration.to_dict() if calibration else None,
-        "metrics": getattr(model, "metrics_", {}),
+        "metrics": model.metrics_,
         "abstention": abstention.to_dict() if abstention is not None else None,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -101,7 +101,7 @@ def resolve_model_path(path: str | Path) -> Path:
     """A saved model file, or a run folder holding model.safetensors."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / MODEL_FILE
+        path = RunFolder(path).model
     if not path.is_file():
         raise ImgclsError(f"{path}: no saved model there (expected a .safetensors file or a run folder)")
     return path
@@ -110,7 +110,7 @@ def resolve_model_path(path: str | Path) -> Path:
 def is_saved_model(path: str | Path) -> bool:
     """Whether path is a model file (.safetensors) or a folder holding model.safetensors."""
     path = Path(path).expanduser()
-    return (path.is_file() and path.suffix == ".safetensors") or (path / MODEL_FILE).is_file()
+    return (path.is_file() and path.suffix == ".safetensors") or RunFolder(path).model.is_file()
 
 
 def read_metadata(path: str | Path) -> dict:

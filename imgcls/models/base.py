@@ -53,26 +53,45 @@ class NotFittedError(ImgclsError, sklearn.exceptions.NotFittedError):
     """Prediction before fit: scikit-learn's NotFittedError, with a one-line imgcls message."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of classifier can do, declared once by its class, as scikit-learn's tags declare
+    what an estimator can do: code asks `model.capabilities` (or the registry's class, before any
+    model is made) instead of sniffing for the attributes behind them."""
+
+    # A neural network trained by imgcls's trainer: it has training_config() and the TrainingConfig
+    # fields (lr, bf16, ...), tta, network_for(data), and once fitted net_ (its PyTorch network).
+    network: bool = False
+    # An exported file (ONNX, OpenVINO): it predicts only; it is never fitted, saved or calibrated.
+    exported: bool = False
+    # embed(X) gives each image's pre-logit features (N, D), the image embedding.
+    embedding: bool = False
+    # X may also be feature vectors (N, D), not only images.
+    takes_features: bool = False
+    # fit reads a streamed dataset batch by batch (others need their training images in memory).
+    learns_from_streams: bool = False
+    # How it explains a decision (imgcls.explain): "network" (attribution maps through its network:
+    # Grad-CAM, gradients, occlusion; see NeuralClassifier.attribution_network), "neighbours" (its
+    # nearest training images), "template" (its class template times the image), or None (it
+    # cannot explain itself: an exported ONNX file has no gradients).
+    explained_by: str | None = None
+
+
 # repr=False, eq=False (here and in every subclass): scikit-learn's repr (the changed parameters)
 # and identity, as for its own estimators, instead of the dataclass's field-by-field versions.
 @dataclass(repr=False, eq=False)
 class Classifier(ClassifierMixin, BaseEstimator):
     model_name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    learns_from_streams: ClassVar[bool] = False   # True: fit reads a streamed dataset batch by batch
-    takes_features: ClassVar[bool] = False        # True: X may also be feature vectors (N, D)
-    # How a model explains a decision (imgcls.explain): "network" (attribution maps through its
-    # network: Grad-CAM, gradients, occlusion; see NeuralClassifier.attribution_network),
-    # "neighbours" (its nearest training images), "template" (its class template times the
-    # image), or None (it cannot explain itself: an exported ONNX file has no gradients).
-    explained_by: ClassVar[str | None] = None
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     # Multi-label data: 0 chooses each label's threshold on validation; (0, 1) sets one for all.
     threshold: float = field(default=0.0, kw_only=True)
 
     # Learned state, set by fit() or load(): classes_ (what predict returns), n_features_in_,
     # class_names_ (list[str]), preprocessing_ (Preprocessing; None when fitted on feature
-    # vectors), metrics_ (dict), task_ (SingleLabel or MultiLabel with thresholds).
+    # vectors), task_ (SingleLabel or MultiLabel with thresholds); and, with defaults for every
+    # model, metrics_, history_ and unreadable_files_ (properties below).
 
     def check(self) -> None:
         """Raise ImgclsError for an invalid hyperparameter. Called by create_model and fit."""
@@ -106,6 +125,36 @@ class Classifier(ClassifierMixin, BaseEstimator):
     @task_.setter
     def task_(self, task: Task) -> None:
         self.__dict__["_task"] = task
+
+    @property
+    def metrics_(self) -> dict:
+        """Figures measured on the fitted model and saved with it (a run's test evaluation, a
+        pretrained model's weights); empty until something is measured."""
+        return self.__dict__.setdefault("_metrics", {})
+
+    @metrics_.setter
+    def metrics_(self, metrics: dict) -> None:
+        self.__dict__["_metrics"] = metrics
+
+    @property
+    def history_(self) -> list[dict]:
+        """What fit recorded epoch by epoch (losses, validation figures); empty for a model fitted
+        in one pass (kNN) or loaded from a file."""
+        return self.__dict__.setdefault("_history", [])
+
+    @history_.setter
+    def history_(self, history: list[dict]) -> None:
+        self.__dict__["_history"] = history
+
+    @property
+    def unreadable_files_(self) -> list:
+        """[name, reason] of each streamed training file that stopped decoding during fit (it was
+        left out); empty for models whose training images were all read."""
+        return self.__dict__.setdefault("_unreadable_files", [])
+
+    @unreadable_files_.setter
+    def unreadable_files_(self, files: list) -> None:
+        self.__dict__["_unreadable_files"] = files
 
     @property
     def abstention_(self):
@@ -144,7 +193,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = self.takes_features
+        tags.input_tags.two_d_array = self.capabilities.takes_features
         tags.input_tags.three_d_array = True           # images (N, H, W), and (N, C, H, W)
         tags.classifier_tags.multi_label = True        # a multi-hot y is multi-label data
         return tags
@@ -161,7 +210,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
                             f"it takes class_names, validation, {', '.join(FIT_OPTIONS)}")
         self.check()
         data, classes = training_data(self, X, y, class_names)
-        if data.streamed and not self.learns_from_streams:
+        if data.streamed and not self.capabilities.learns_from_streams:
             raise ImgclsError(f"{self.model_name} needs its training images in memory, and this dataset is streamed "
                               "from its files (too large for --memory-budget, or --data-mode stream); train a "
                               "neural network, or use --data-mode memory")
@@ -231,6 +280,27 @@ class Classifier(ClassifierMixin, BaseEstimator):
         if not isinstance(model, cls):
             raise ImgclsError(f"{path} holds a {model.model_name} model, not {cls.model_name}")
         return model
+
+    # -- what a model has: its parameters, its embedding --------------------------------------
+    def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        """Learned parameters of this model fitted on inputs of input_shape ((C, H, W) images, or
+        (D,) feature vectors) with num_classes classes; 0 for a model that learns none (kNN
+        memorises its training set)."""
+        return 0
+
+    @property
+    def parameter_count(self) -> int | None:
+        """Learned parameters of the fitted model (as parameter_count_for counts them); None before fit."""
+        if not self.is_fitted:
+            return None
+        shape = self._image_shape() if self.takes_images else (self.n_features_in_,)
+        return self.parameter_count_for(shape, len(self.class_names_))
+
+    def embed(self, X) -> np.ndarray:
+        """Each image's embedding (N, D): the features a network classifies, for models whose
+        capabilities say `embedding`."""
+        raise ImgclsError(f"{self.model_name} models have no image embedding; a neural network or a "
+                          "pretrained model has one")
 
     # -- what a model shows of itself (reports and `imgcls show` draw these) ------------------
     def first_layer_filters(self) -> np.ndarray | None:
@@ -349,7 +419,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         if tuple(images.shape[1:]) != self._image_shape():
             raise ImgclsValueError(f"images of shape {tuple(images.shape[1:])} given to a model trained on "
                                    f"{self._image_shape()} (channels, height, width)")
-        if not isinstance(images, torch.Tensor) and not self.learns_from_streams:
+        if not isinstance(images, torch.Tensor) and not self.capabilities.learns_from_streams:
             images = images[:]         # streamed: this model reads its inputs whole, so decode them now
         return images
 

@@ -115,7 +115,7 @@ def default_method(model) -> str | None:
     """What training fits by default: temperature scaling where the model has logits (networks,
     transfer probe and finetune); None for the others (kNN votes, linear scores), whose sigmoid
     or isotonic calibration can change predictions and is asked for (imgcls calibrate)."""
-    return "temperature" if getattr(model, "has_logits", False) and not model.task_.multi_label else None
+    return "temperature" if model.has_logits and not model.task_.multi_label else None
 
 
 def check_method(model, method: str, task=None) -> None:
@@ -128,7 +128,7 @@ def check_method(model, method: str, task=None) -> None:
     if (task or model.task_).multi_label:
         raise ImgclsError("multi-label models are not calibrated: each label keeps the decision threshold chosen "
                           "on validation (calibration here is for single-label models)")
-    if method == "temperature" and not getattr(model, "has_logits", False):
+    if method == "temperature" and not model.has_logits:
         raise ImgclsError(f"temperature scaling needs a network's logits, and this {model.model_name} model has "
                           "none; use method sigmoid or isotonic")
 
@@ -144,7 +144,7 @@ def calibrate(model, X, y=None, method: str = "temperature"):
 
 def uncalibrated(model):
     """A copy of model without its calibration (the model itself where it has none)."""
-    return model if getattr(model, "calibration_", None) is None else model.without_calibration()
+    return model if model.calibration_ is None else model.without_calibration()
 
 
 def fit_calibration(model, X, y=None, method: str = "temperature") -> Calibration:
@@ -195,7 +195,7 @@ def temperature_views(model, inputs) -> list[torch.Tensor]:
     mirror images' (so T is fitted for the probabilities the model really gives)."""
     images = model._inputs(inputs)
     views = [model.logits(images)]
-    if getattr(model, "tta", "none") == "flip":
+    if model.capabilities.network and model.tta == "flip":
         views.append(model.logits(images.flip(3)))
     return [v.double() for v in views]
 

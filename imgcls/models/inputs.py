@@ -7,7 +7,7 @@ X is one of:
   into uint8 pixels by the pixel rule (imgcls.data.dataset.as_image_tensor);
 - feature vectors: a 2-D array-like (N, D) (embeddings; scikit-learn's `load_digits().data`; a
   DataFrame), taken as they are, as float64 (float32 stays float32), for the classifiers that
-  take them (`takes_features`: knn and linear). scikit-learn's `validate_data` reads them, so
+  take them (`capabilities.takes_features`: knn and linear). scikit-learn's `validate_data` reads them, so
   NaN, infinity, sparse matrices, complex numbers and a wrong number of features are refused
   with its messages, and `n_features_in_` / `feature_names_in_` are set as it sets them.
 
@@ -114,7 +114,7 @@ def _fitted_on_images(model, shape) -> None:
 
 def read_features(model, X, *, reset: bool) -> torch.Tensor:
     """Feature vectors (N, D) as a float tensor, checked by scikit-learn (reset: as in fit)."""
-    if not model.takes_features:
+    if not model.capabilities.takes_features:
         raise ImgclsValueError(f"{model.model_name or type(model).__name__} takes images (N, H, W) or (N, C, H, W), "
                                f"not an array of shape {np.shape(X)}; knn and linear also take feature vectors "
                                "(N, D)")

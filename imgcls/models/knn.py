@@ -10,7 +10,7 @@ import torch
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsValueError
-from imgcls.models.base import Classifier
+from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.distance import METRICS, ExactSearch
 from imgcls.models.inputs import TrainingData, rows
 from imgcls.models.registry import register
@@ -38,8 +38,7 @@ class KNNClassifier(Classifier):
     """
 
     description = "k-nearest neighbours on pixels or features, L1/L2 distance, majority or distance-weighted vote"
-    takes_features = True
-    explained_by: ClassVar[str] = "neighbours"
+    capabilities: ClassVar[Capabilities] = Capabilities(takes_features=True, explained_by="neighbours")
 
     k: int = 5
     metric: str = "l2"

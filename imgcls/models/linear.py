@@ -26,7 +26,7 @@ import torch
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order, check_balance, class_balance_weights
 from imgcls.errors import ImgclsValueError
-from imgcls.models.base import Classifier
+from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.inputs import TrainingData, rows
 from imgcls.models.registry import register
 from imgcls.progress import progress_bar
@@ -40,8 +40,7 @@ BALANCES = ("none", "weights", "sampler")
 @dataclass(repr=False, eq=False)
 class LinearClassifier(Classifier):
     description = "linear classifier Wx + b, softmax or multiclass SVM loss, mini-batch SGD"
-    takes_features = True
-    explained_by: ClassVar[str] = "template"
+    capabilities: ClassVar[Capabilities] = Capabilities(takes_features=True, explained_by="template")
 
     loss: str = "softmax"
     lr: float = 0.05
@@ -146,6 +145,9 @@ class LinearClassifier(Classifier):
 
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self._scores(inputs).float()
+
+    def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return (math.prod(input_shape) + 1) * num_classes      # W (classes, features) and b
 
     def templates(self) -> np.ndarray:
         """W's rows as images (classes, channels, height, width): the weight of each pixel for each class."""

@@ -23,7 +23,7 @@ from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
 from imgcls.models import networks
-from imgcls.models.base import Classifier
+from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.registry import model_class, register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
 from imgcls.training.config import TrainingConfig, monitored
@@ -78,8 +78,10 @@ class NeuralClassifier(Classifier, TrainingConfig):
 
     tta: str = "none"
     builder: ClassVar = None
-    learns_from_streams: ClassVar[bool] = True     # the trainer reads streamed datasets batch by batch
-    explained_by: ClassVar[str] = "network"
+    timm_name: ClassVar[str] = ""      # timm:NAME's registry entry: the timm architecture it builds
+    # The trainer reads streamed datasets batch by batch.
+    capabilities: ClassVar[Capabilities] = Capabilities(network=True, embedding=True, learns_from_streams=True,
+                                                        explained_by="network")
 
     def check_params(self) -> None:
         self.training_config().check()
@@ -90,9 +92,9 @@ class NeuralClassifier(Classifier, TrainingConfig):
         """With pretrained timm weights, the weights' own decode (timm's pretrained config: input
         size, crop_pct, interpolation); otherwise the data decides."""
         options = self.network_options()
-        if not options.get("pretrained") or not hasattr(self.builder, "timm_name"):
+        if not options.get("pretrained") or not self.timm_name:
             return None
-        return networks.timm_preprocessing(self.builder.timm_name)
+        return networks.timm_preprocessing(self.timm_name)
 
     def check_task(self, task) -> None:
         check_balance(self.balance, task.multi_label)
@@ -148,6 +150,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
         state = trainer.fit(data, validation if validation is not None and len(validation) else None, resume=resume)
         self.net_, self.history_ = net.cpu().eval(), state.history
         self.train_state_ = state
+        self.unreadable_files_ = list(state.unreadable)
 
     def preview_training_batch(self, data: ImageDataset, epoch: int = 0, index: int = 0
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,10 +249,13 @@ class NeuralClassifier(Classifier, TrainingConfig):
         # transfer: names), not module attributes, so pickle (joblib's n_jobs) finds them by name.
         return _by_registry_name, (self.model_name,), self.__getstate__()
 
+    def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return networks.count_parameters(self.build_network(input_shape[0], num_classes, input_shape[1:],
+                                                            initial_weights=False))
+
     @property
     def parameter_count(self) -> int | None:
-        net = getattr(self, "net_", None)
-        return sum(p.numel() for p in net.parameters()) if net is not None else None
+        return networks.count_parameters(self.net_) if self.is_fitted else None
 
 
 def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
@@ -262,7 +268,7 @@ def _by_registry_name(name: str) -> NeuralClassifier:
     return cls.__new__(cls)
 
 
-def _network_class(name: str, builder, description: str) -> type:
+def _network_class(name: str, builder, description: str, timm_name: str = "") -> type:
     """A NeuralClassifier subclass whose extra dataclass fields are the builder's keyword options."""
     options = [(p.name, p.annotation if isinstance(p.annotation, type) else type(p.default),
                 dataclasses.field(default=p.default))
@@ -270,7 +276,7 @@ def _network_class(name: str, builder, description: str) -> type:
                if p.kind is p.KEYWORD_ONLY and p.name != "image_size"]
     cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Classifier", options, bases=(NeuralClassifier,),
                                      repr=False, eq=False)
-    cls.builder, cls.description = staticmethod(builder), description
+    cls.builder, cls.description, cls.timm_name = staticmethod(builder), description, timm_name
     return cls
 
 
@@ -286,8 +292,7 @@ def _timm_class(name: str) -> type:
 
     def builder(in_chans: int, num_classes: int, *, pretrained: bool = False, weights: str = "") -> nn.Module:
         return networks.timm_network(timm_name, in_chans, num_classes, pretrained=pretrained, weights=weights)
-    builder.timm_name = timm_name
-    return _network_class(name, builder, f"timm's {timm_name}")
+    return _network_class(name, builder, f"timm's {timm_name}", timm_name)
 
 
 register_prefix("timm:", _timm_class)

@@ -25,9 +25,10 @@ import torch
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
 from imgcls.models import networks
-from imgcls.models.artifact import MODEL_FILE, load_model, save_model
+from imgcls.models.artifact import load_model, save_model
 from imgcls.models.neural import ImageNetwork, _network_class
 from imgcls.models.registry import create_model, register
+from imgcls.run_folder import RunFolder
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -74,7 +75,7 @@ def pretrained_model(name: str = DEFAULT_MODEL):
     """The ImageNet classifier `name` (1,000 classes), from the model cache or converted on first use."""
     if name not in PRETRAINED:
         raise ImgclsError(f"no pretrained weights for {name!r}; available: {', '.join(PRETRAINED)}")
-    cached = model_cache() / name / MODEL_FILE
+    cached = RunFolder(model_cache() / name).model
     if cached.is_file():
         return load_model(cached)
     model = _convert(name, PRETRAINED[name])

@@ -15,7 +15,7 @@ so small datasets (28 px Fashion-MNIST) keep their in-memory uint8 form.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -27,12 +27,14 @@ from imgcls.data.dataset import ImageDataset
 from imgcls.data.images import Preprocessing
 from imgcls.data.splits import class_balance_weights
 from imgcls.errors import ImgclsError
-from imgcls.models.base import Classifier
+from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.distance import ExactSearch
 from imgcls.models.knn import as_probabilities, predictions_from_votes, vote
+from imgcls.models.networks import count_parameters
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar
+from imgcls.run_folder import RunFolder
 from imgcls.runtime import predict_logits, resolve_device, use_bf16
 
 MODES = ("probe", "knn", "finetune")
@@ -94,7 +96,8 @@ class TransferClassifier(NeuralClassifier):
     head_epochs: int = 1       # finetune: epochs with the body frozen
     body_lr: float = 0.1       # finetune: the body's learning rate as a fraction of lr
     backbone: ClassVar[str] = ""
-    learns_from_streams: ClassVar[bool] = False   # its probe and kNN modes embed the whole training set at once
+    # Its probe and kNN modes embed the whole training set at once: no streamed training sets.
+    capabilities: ClassVar[Capabilities] = replace(NeuralClassifier.capabilities, learns_from_streams=False)
 
     def check_params(self) -> None:
         super().check_params()
@@ -143,6 +146,9 @@ class TransferClassifier(NeuralClassifier):
         body.body.reset_classifier(num_classes)
         return TransferNetwork(body, self._side())
 
+    def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return count_parameters(self.new_network(num_classes, pretrained=False))
+
     # -- fitting ------------------------------------------------------------------------------
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, *, run_dir=None,
              resume: bool = False, hooks=(), **_) -> None:
@@ -182,24 +188,23 @@ class TransferClassifier(NeuralClassifier):
         self.history_ = [{"epoch": 1, "train_loss": float(closure().detach())}]
 
     def _finetune(self, data, validation, run_dir, resume, hooks) -> None:
-        from pathlib import Path
-
         from imgcls.training.trainer import Trainer
-        body_params = [p for n, p in self.net_.named_parameters() if not _is_head(n)]
+        body = {n: p for n, p in self.net_.named_parameters() if not _is_head(n)}
         stages = [("head", self.head_epochs, 0.0), ("all", self.epochs, self.body_lr)]
         self.history_ = []
         for stage, epochs, body_scale in stages:
             if epochs == 0:
                 continue
-            for p in body_params:
+            for p in body.values():
                 p.requires_grad_(body_scale > 0)
-                p.lr_scale = body_scale
             cfg = self.training_config()
             cfg.epochs = epochs
-            stage_dir = Path(run_dir) / f"stage-{stage}" if run_dir else None
-            state = Trainer(self.net_, cfg, run_dir=stage_dir, hooks=hooks).fit(data, validation, resume=resume)
+            stage_dir = RunFolder(run_dir).stage(stage).path if run_dir else None
+            trainer = Trainer(self.net_, cfg, run_dir=stage_dir, hooks=hooks,
+                              lr_scales=dict.fromkeys(body, body_scale))
+            state = trainer.fit(data, validation, resume=resume)
             self.history_ += [{**r, "stage": stage} for r in state.history]
-        for p in body_params:
+        for p in body.values():
             p.requires_grad_(True)
 
     # -- prediction ---------------------------------------------------------------------------

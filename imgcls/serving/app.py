@@ -17,7 +17,7 @@
                       KServe's Open Inference Protocol v2, JSON or binary tensors: input files (BYTES,
                       encoded images), pixels (UINT8 [N, C, H, W]) or images (FP32 [N, C, H, W], 0..255);
                       outputs scores (FP32 [N, classes]), labels (BYTES [N, k]) and, multi-label,
-                      predicted (BOOL); {name} is GET /v1/model's name (imgcls.serving.v2)
+                      predicted (BOOL); {name} is GET /v1/model's name (imgcls.serving.open_inference)
 
 The app is assembled here from its parts: uploads (reading and limits), limits (refusals as
 JSON), service (model, batcher and limits shared by every protocol) and one module of routes
@@ -62,7 +62,7 @@ from imgcls.serving.metrics import add_metrics
 from imgcls.serving.security import secure
 from imgcls.serving.service import Limits, Service
 from imgcls.serving.v1 import v1_routes
-from imgcls.serving.v2 import v2_routes
+from imgcls.serving.open_inference import v2_routes
 
 
 def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,

@@ -17,7 +17,7 @@ class Explainer:
     its own copy, so the hooks never meet the batcher's forward passes on the served one."""
 
     def __init__(self, model):
-        self.model, self.kind = model, getattr(model, "explained_by", None)
+        self.model, self.kind = model, model.capabilities.explained_by
         self._own, self._lock = None, threading.Lock()
 
     def heatmaps(self, images: np.ndarray, sizes: list[tuple[int, int]], method: str | None) -> list[list[dict]]:

@@ -30,17 +30,17 @@ class Service:
     top_k: int | None = None                   # labels ranked per result unless a request asks
 
     def __post_init__(self):
-        self.name = getattr(self.model, "model_name", "model")
+        self.name = self.model.model_name
         self.task, self.classes = self.model.task_, self.model.class_names_
         self.shown_k = ranked_k(self.task, len(self.classes), self.top_k)
         self.explainer = Explainer(self.model)
-        self.abstention = getattr(self.model, "abstention_", None)   # see imgcls.models.abstention
+        self.abstention = self.model.abstention_   # see imgcls.models.abstention
 
     @classmethod
     def create(cls, model, *, max_batch: int, max_wait_ms: float, queue_size: int, limits: Limits,
                top_k: int | None) -> Service:
         # A model that abstains answers (probabilities, rejection scores) per batch.
-        predict = model.predict_proba if getattr(model, "abstention_", None) is None else model.predict_with_rejection
+        predict = model.predict_proba if model.abstention_ is None else model.predict_with_rejection
         batcher = MicroBatcher(predict, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                queue_size=queue_size)
         return cls(model, batcher, limits, top_k)
@@ -68,7 +68,7 @@ class Service:
         thresholds = self.task.threshold_vector(len(self.classes)).tolist() if self.task.multi_label else None
         return {"name": self.name, "classes": self.classes, "num_classes": len(self.classes),
                 "task": self.task.kind, "thresholds": thresholds, "input_size": list(prep.size),
-                "channels": prep.channels, "metrics": getattr(self.model, "metrics_", {}),
+                "channels": prep.channels, "metrics": self.model.metrics_,
                 "max_upload_bytes": self.limits.max_upload_bytes, "top_k": self.shown_k,
                 "explains": self.explainer.kind, "abstention": self._abstention()}
 

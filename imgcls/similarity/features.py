@@ -44,8 +44,8 @@ class EmbeddingFeatures:
     metric = "cosine"
 
     def __init__(self, spec: str, model, model_file: Path | None = None):
-        if not hasattr(model, "net_") or not hasattr(model.net_, "embed"):
-            raise ImgclsError(f"{spec}: a {getattr(model, 'model_name', type(model).__name__)} model has no image "
+        if not model.capabilities.embedding:
+            raise ImgclsError(f"{spec}: a {model.model_name} model has no image "
                               "embedding; use pixels, a trained network or a pretrained model name")
         self.spec, self.model, self.model_file = spec, model, model_file
         self.preprocessing = model.preprocessing_     # files are decoded exactly as the network expects

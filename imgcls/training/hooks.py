@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from imgcls.progress import console, progress_enabled
+from imgcls.run_folder import RunFolder
 from imgcls.training.tracking import Tracker
 from imgcls.training.trainer import Hook, Trainer
 
@@ -115,8 +116,8 @@ class TrackingHook(Hook):
 
 def write_history(history: list[dict], run_dir: Path, multi_label: bool = False) -> dict[str, Path]:
     """history.json, history.csv and curves.png; multi_label names the losses and accuracies so."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": run_dir / "history.json", "csv": run_dir / "history.csv", "curves": run_dir / "curves.png"}
+    run = RunFolder(run_dir).make()
+    paths = {"json": run.history_json, "csv": run.history_csv, "curves": run.curves}
     paths["json"].write_text(json.dumps(history, indent=2))
     keys = [k for k in _columns(multi_label) if any(k in r for r in history)]
     with paths["csv"].open("w", newline="") as f:

@@ -4,7 +4,6 @@ falls fastest."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import balanced_order
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
+from imgcls.run_folder import RunFolder
 from imgcls.training.trainer import Trainer
 
 
@@ -47,10 +47,9 @@ def lr_find(model, data: ImageDataset, out: str | Path, *, steps: int = 100, min
             if not math.isfinite(value) or value > 4 * best:
                 break                                    # diverged: the rest says nothing
     result = {**(about or {}), "lrs": lrs, "losses": losses, "suggested_lr": suggest(lrs, losses)}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
-    _plot(result, out / "lr_find.png")
+    run = RunFolder(out)
+    run.write_json(run.lr_find_json, result)
+    _plot(result, run.lr_find_plot)
     return result
 
 

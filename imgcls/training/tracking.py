@@ -33,10 +33,10 @@ from pathlib import Path
 
 from imgcls import __version__
 from imgcls.errors import ImgclsError
+from imgcls.run_folder import CONFIG_JSON, RunFolder
 
 TRACKERS = ("tensorboard", "mlflow")
 _NEEDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}     # the module each one imports
-MLFLOW_STATE = "mlflow_run.json"
 # Parts of report.json that are not the run's figures: per-class tables, and the hyperparameters
 # (already logged as the config).
 _NOT_FIGURES = ("per_class", "params")
@@ -70,7 +70,7 @@ def open_tracker(kind: str, run_dir: str | Path, *, experiment: str, run_name: s
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if kind == "tensorboard":
-        return TensorBoardTracker(run_dir / "tensorboard")
+        return TensorBoardTracker(RunFolder(run_dir).tensorboard)
     return MlflowTracker(run_dir, Path(store or run_dir), experiment=experiment, run_name=run_name, resume=resume)
 
 
@@ -159,23 +159,24 @@ class MlflowTracker(Tracker):
         for name in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         local = not os.environ.get("MLFLOW_TRACKING_URI")
-        self.uri = f"sqlite:///{(store / 'mlflow.db').resolve()}" if local else os.environ["MLFLOW_TRACKING_URI"]
+        self.uri = f"sqlite:///{RunFolder(store).mlflow_db.resolve()}" if local else os.environ["MLFLOW_TRACKING_URI"]
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id = self._resumed(run_dir) if resume else None
         if self.run_id is None:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(
-                experiment, artifact_location=(store / "mlartifacts").resolve().as_uri() if local else None)
+                experiment, artifact_location=RunFolder(store).mlflow_artifacts.resolve().as_uri() if local else None)
             run = self.client.create_run(experiment_id, run_name=run_name,
                                          tags={"imgcls.run_dir": str(run_dir.resolve()),
                                                "imgcls.version": __version__})
             self.run_id = run.info.run_id
-        (run_dir / MLFLOW_STATE).write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}, indent=2))
+        run = RunFolder(run_dir)
+        run.write_json(run.mlflow_run, {"tracking_uri": self.uri, "run_id": self.run_id})
 
     def _resumed(self, run_dir: Path) -> str | None:
         """The MLflow run that a resumed run continues, if it logged to this same store."""
         from mlflow.exceptions import MlflowException
-        state = run_dir / MLFLOW_STATE
+        state = RunFolder(run_dir).mlflow_run
         if not state.is_file():
             return None
         saved = json.loads(state.read_text())
@@ -196,7 +197,7 @@ class MlflowTracker(Tracker):
         params = [Param(k, v) for k, v in flat_params(config).items() if k not in logged]
         for i in range(0, len(params), 100):        # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
-        self.client.log_dict(self.run_id, config, "config.json")
+        self.client.log_dict(self.run_id, config, CONFIG_JSON)
 
     def log_epoch(self, record: dict) -> None:
         self._log_metrics(epoch_figures(record), record["epoch"])

@@ -29,6 +29,7 @@ from imgcls.data.stream import readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
+from imgcls.run_folder import RunFolder
 from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
@@ -62,8 +63,12 @@ class Hook:
 
 class Trainer:
     def __init__(self, net: nn.Module, cfg: TrainingConfig, run_dir: str | Path | None = None,
-                 hooks: list[Hook] | tuple = ()):
+                 hooks: list[Hook] | tuple = (), lr_scales: dict[str, float] | None = None):
+        """lr_scales: parameter name (as net.named_parameters() gives it) -> the fraction of the
+        scheduled learning rate it learns at (a fine-tuned body, say); 1 for the others."""
         self.cfg, self.net, self.hooks = cfg, net, list(hooks)
+        self.lr_scales = dict(lr_scales or {})
+        self._best_weights = None        # the best epoch's weights, kept in memory when there is no run_dir
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = resolve_device(cfg.device)
         self.bf16 = self.channels_last = False     # decided in setup, on the training data
@@ -138,7 +143,7 @@ class Trainer:
         if not isinstance(exc, WorkerDied):
             exc = WorkerDied.from_loader(exc)
         where = f"at epoch {self.state.epoch + 1}, batch {self.state.batches_done + 1}"
-        exact = getattr(exc, "while_waiting", False) and self.state.batches_done == self._boundary
+        exact = exc.while_waiting and self.state.batches_done == self._boundary
         if exact and self.world == 1 and self.run_dir:
             self._save_progress()
             return ImgclsError(f"{exc} {where}; its progress is saved: run the same command with --resume")
@@ -268,7 +273,7 @@ class Trainer:
         self.net.to(self.device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.net, self.cfg)
+        self.optimizer = build_optimizer(self.net, self.cfg, self.lr_scales)
         self.ema = None
         if self.cfg.ema > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -365,7 +370,7 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_path(self, which: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{which}.safetensors"
+        return RunFolder(self.run_dir).checkpoint(which)
 
     def _save_progress(self) -> None:
         """A mid-epoch checkpoint: `last`, with the epoch's position (resume continues from there).
@@ -411,21 +416,24 @@ class Trainer:
                 self.net.load_state_dict(ckpt.unprefixed("net", tensors))
                 if self.ema is not None:
                     self.ema.load_state_dict(ckpt.unprefixed("ema", tensors))
-            elif hasattr(self, "_best_weights"):
+            elif self._best_weights is not None:
                 self.eval_net.load_state_dict(self._best_weights)
         if self.ema is not None:
             self.net.load_state_dict(self.ema.module.state_dict())
 
 
 class WorkerDied(ImgclsError):
-    """A DataLoader worker decoding the training images exited (killed, out of memory, crashed)."""
+    """A DataLoader worker decoding the training images exited (killed, out of memory, crashed).
+    while_waiting: the trainer learnt of it while waiting for a batch (right after an optimiser step)."""
+
+    def __init__(self, message: str, while_waiting: bool = False):
+        super().__init__(message)
+        self.while_waiting = while_waiting
 
     @classmethod
     def from_loader(cls, exc: Exception, while_waiting: bool = False) -> WorkerDied:
-        died = cls("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
-                   + "; killed for memory? try fewer workers or a smaller --batch-size)")
-        died.while_waiting = while_waiting
-        return died
+        return cls("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
+                   + "; killed for memory? try fewer workers or a smaller --batch-size)", while_waiting)
 
 
 def _watched(batches):
@@ -472,14 +480,17 @@ def generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(*parts))
 
 
-def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(net: nn.Module, cfg: TrainingConfig, lr_scales: dict[str, float] | None = None
+                    ) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only, unless decay_norms: decaying norm scales
-    and biases only fights the normalisation. A parameter with an `lr_scale` attribute (a
-    fine-tuned body, say) learns at that fraction of the scheduled rate."""
+    and biases only fights the normalisation. A parameter named in lr_scales (a fine-tuned body,
+    say) learns at that fraction of the scheduled rate: each (fraction, decays) is one parameter
+    group, whose "lr_scale" the loop multiplies the rate by."""
+    lr_scales = lr_scales or {}
     by_group: dict[tuple[float, bool], list] = {}
-    for p in net.parameters():
+    for name, p in net.named_parameters():
         if p.requires_grad:
-            key = (getattr(p, "lr_scale", 1.0), p.ndim > 1 or cfg.decay_norms)
+            key = (lr_scales.get(name, 1.0), p.ndim > 1 or cfg.decay_norms)
             by_group.setdefault(key, []).append(p)
     by_group.setdefault((1.0, True), [])
     by_group.setdefault((1.0, False), [])

@@ -7,7 +7,6 @@ with that k would find (the search is exact and sorted by distance, then index).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import numpy as np
 from imgcls.data.dataset import DatasetSplits, ImageDataset
 from imgcls.data.splits import stratified_kfold
 from imgcls.errors import ImgclsError
-from imgcls.finish import finish_run
+from imgcls.fit_and_evaluate import finish_run
 from imgcls.models.distance import METRICS, ExactSearch
 from imgcls.models.knn import WEIGHTS, decide, vote
 from imgcls.models.registry import create_model
+from imgcls.run_folder import RunFolder
 
 GRID_KEYS = ("k", "metric", "weights")
 DEFAULT_GRID = {"k": [1, 3, 5, 7, 9, 11, 15], "metric": ["l1", "l2"], "weights": ["uniform"]}
@@ -133,8 +133,7 @@ def tune_knn(splits: DatasetSplits, grid: dict[str, list], folds: int, seed: int
     write cv_results.json, cv.png, model.safetensors and the report (with the CV table) into out."""
     from imgcls.progress import console, stdout
     splits.require_single_label("tune (cross-validated accuracy)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out).make()
     # The validation split is not needed when cross-validating: its images join the folds.
     development = splits.train.concat(splits.val) if splits.val is not None and len(splits.val) else splits.train
     console.print(f"tuning [bold]knn[/] on {splits.name}: {folds}-fold cross-validation on {len(development):,} "
@@ -147,21 +146,21 @@ def tune_knn(splits: DatasetSplits, grid: dict[str, list], folds: int, seed: int
     params = {"k": best["k"], "metric": best["metric"], "weights": best["weights"]}
     tuning = {"grid": grid, "folds": folds, "seed": seed, "cv_images": len(development), "best": params,
               "best_cv_accuracy": best["mean"], "best_cv_std": best["std"], "summary": summary, "rows": rows}
-    (out / "cv_results.json").write_text(json.dumps(tuning, indent=2))
-    plot_cv(rows, out / "cv.png")
+    run.write_json(run.cv_results, tuning)
+    plot_cv(rows, run.cv_plot)
     print_cv_table(summary, stdout)
 
     model = create_model("knn", **params)
     start = time.perf_counter()
     model.fit(development)
     fit_seconds = time.perf_counter() - start
-    result = finish_run(model, "knn", splits, out, command=command,
+    result = finish_run(model, "knn", splits, run.path, command=command,
                         title=f"knn (k={best['k']}, {best['metric']}, chosen by {folds}-fold CV) on {splits.name}",
                         extra_metrics={"cv_accuracy": best["mean"]},
                         timings={"cv_seconds": cv_seconds, "fit_seconds": fit_seconds},
                         sizes={**splits.summary(), "refit (train+val)": len(development)},
                         config={"tuning": {k: v for k, v in tuning.items() if k != "rows"}},
-                        figures={"Cross-validation: accuracy against k (points: folds; bars: ±1 std)": out / "cv.png"},
+                        figures={"Cross-validation: accuracy against k (points: folds; bars: ±1 std)": run.cv_plot},
                         report={"tuning": tuning})
     return {"best": params, "summary": summary, "test_accuracy": result.metrics["accuracy"],
             "test_evaluations": result.test_evaluations, "model_path": result.model_path,

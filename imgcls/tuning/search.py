@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import typing
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from rich.table import Table
 
 from imgcls.data.dataset import DatasetSplits
 from imgcls.errors import ImgclsError
-from imgcls.finish import finish_run
+from imgcls.fit_and_evaluate import finish_run
 from imgcls.models.artifact import load_model, save_model
 from imgcls.models.registry import create_model, model_class
 from imgcls.progress import console, stdout
+from imgcls.run_folder import RunFolder
 from imgcls.training.trainer import Hook
 
 METHODS = ("random", "grid")
@@ -73,10 +73,10 @@ def search(splits: DatasetSplits, model: str, grid: dict[str, list], *, method: 
         raise ImgclsError("searching needs a validation split: use --val-fraction above 0")
     if method not in METHODS:
         raise ImgclsError(f"unknown search {method!r}; valid: {', '.join(METHODS)}")
-    out = Path(out)
-    (out / "trials").mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out)
+    run.trials.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.study_journal)))
     sampler = (optuna.samplers.GridSampler(grid, seed=seed) if method == "grid"
                else optuna.samplers.RandomSampler(seed=seed))
     study = optuna.create_study(study_name="imgcls", storage=storage, load_if_exists=True, direction="maximize",
@@ -86,38 +86,38 @@ def search(splits: DatasetSplits, model: str, grid: dict[str, list], *, method: 
                                                         optuna.trial.TrialState.PRUNED)]
     if len(finished) < wanted:
         console.print(f"searching {model}: {wanted - len(finished)} trial(s) to run, {len(finished)} done before")
-        study.optimize(lambda trial: _objective(trial, splits, model, grid, seed, out), n_trials=wanted - len(finished),
+        study.optimize(lambda trial: _objective(trial, splits, model, grid, seed, run), n_trials=wanted - len(finished),
                        catch=())
-    return _finish(study, splits, model, out, command)
+    return _finish(study, splits, model, run, command)
 
 
-def _objective(trial, splits: DatasetSplits, model: str, grid: dict, seed: int, out: Path) -> float:
+def _objective(trial, splits: DatasetSplits, model: str, grid: dict, seed: int, run: RunFolder) -> float:
     params = {key: trial.suggest_categorical(key, values) for key, values in grid.items()}
     if "seed" in {f.name for f in dataclasses.fields(model_class(model))}:
         params.setdefault("seed", seed)
     classifier = create_model(model, **params)
     classifier.fit(splits.train, validation=splits.val, hooks=[_ReportToTrial(trial)])
     score = max(r["val_accuracy"] for r in classifier.history_)
-    folder = out / "trials" / f"trial-{trial.number:03d}"
-    save_model(classifier, folder)
-    (folder / "trial.json").write_text(json.dumps({"trial": trial.number, "params": params,
-                                                   "val_accuracy": score, "history": classifier.history_}, indent=2))
+    folder = run.trial(trial.number)
+    save_model(classifier, folder.path)
+    folder.write_json(folder.trial_json, {"trial": trial.number, "params": params, "val_accuracy": score,
+                                          "history": classifier.history_})
     return score
 
 
-def _finish(study, splits: DatasetSplits, model: str, out: Path, command: str) -> dict:
+def _finish(study, splits: DatasetSplits, model: str, run: RunFolder, command: str) -> dict:
     import optuna
     rows = [{"trial": t.number, "state": t.state.name.lower(), "params": t.params,
              "val_accuracy": t.value if t.value is not None else max(t.intermediate_values.values(), default=None)}
             for t in study.trials if t.state != optuna.trial.TrialState.RUNNING]
     rows.sort(key=lambda r: -(r["val_accuracy"] or 0))
-    (out / "trials.json").write_text(json.dumps(rows, indent=2))
+    run.write_json(run.trials_json, rows)
     _print_trials(rows)
     if not any(r["state"] == "complete" for r in rows):
         raise ImgclsError("no trial completed; see trials.json")
     best = study.best_trial
-    classifier = load_model(out / "trials" / f"trial-{best.number:03d}")
-    result = finish_run(classifier, model, splits, out, command=command,
+    classifier = load_model(run.trial(best.number).path)
+    result = finish_run(classifier, model, splits, run.path, command=command,
                         title=f"{model} on {splits.name}, best of {len(rows)} trials",
                         extra_metrics={"val_accuracy": best.value}, config={"search": rows},
                         report={"tuning": {"trials": rows, "best_trial": best.number, "best_params": best.params}})

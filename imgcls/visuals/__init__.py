@@ -16,7 +16,7 @@ from imgcls.visuals.boundaries import show_boundaries
 from imgcls.visuals.distances import show_distances
 from imgcls.visuals.kernel import apply_kernel, parse_kernel, show_kernel
 from imgcls.visuals.stages import show_activations, show_top_images, top_images
-from imgcls.visuals.weights import show_filters, show_templates
+from imgcls.visuals.filters_and_templates import show_filters, show_templates
 
 __all__ = ["apply_kernel", "parse_kernel", "show_activations", "show_batch", "show_boundaries", "show_distances",
            "show_filters", "show_kernel", "show_templates", "show_top_images", "top_images"]

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from imgcls.errors import ImgclsError
-from imgcls.models.neural import NeuralClassifier
 from imgcls.visuals.common import display, finish_figure, pyplot, read_image, write_numbers
 
 COPIES = ("boxed", "shifted", "tinted")
@@ -71,7 +70,7 @@ def pixel_distances(copy: np.ndarray, image: np.ndarray) -> dict[str, float]:
 def show_distances(model, image_path: str | Path, out: str | Path, shift: int | None = None) -> dict:
     """distances.png (the original and its three copies, with their distances), distances.json and
     distances.npz (the four float64 images and their embeddings) in out; returns the JSON's content."""
-    if not isinstance(model, NeuralClassifier):
+    if not model.capabilities.embedding:
         raise ImgclsError(f"{model.model_name} is not a network: it has no embedding to compare in")
     image = read_image(image_path, prep=model.preprocessing_).astype(np.float64)
     side = min(image.shape[1:])

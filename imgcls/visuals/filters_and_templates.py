@@ -1,7 +1,7 @@
 """`imgcls show filters` and `imgcls show templates`: weights that read as images.
 
 What a model has comes from the classifier contract (`first_layer_filters()`, `templates()`); the
-grid is drawn by imgcls.evaluation.weights, the same picture the HTML report shows.
+grid is drawn by imgcls.evaluation.weight_images, the same picture the HTML report shows.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.errors import ImgclsError
-from imgcls.evaluation.weights import FILTERS_TITLE, TEMPLATES_TITLE, plot_weight_images
+from imgcls.evaluation.weight_images import FILTERS_TITLE, TEMPLATES_TITLE, plot_weight_images
 from imgcls.visuals.common import write_numbers
 
 

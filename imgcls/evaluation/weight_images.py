@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.run_folder import RunFolder
+
 FILTERS_TITLE = "First-layer filters (each scaled to its own range)"
 TEMPLATES_TITLE = "Class templates: the rows of W as images (each scaled to its own range)"
 
@@ -59,14 +61,13 @@ def plot_weight_images(weights: np.ndarray, path: str | Path, title: str, labels
 def model_figures(model, out_dir: str | Path) -> dict[str, Path]:
     """The weight pictures a model offers, written into out_dir: filters.png for a network,
     templates.png for a linear model; {report caption: path}."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out_dir).make()
     figures = {}
     templates = model.templates()
     if templates is not None:
-        figures[TEMPLATES_TITLE] = plot_weight_images(templates, out_dir / "templates.png", TEMPLATES_TITLE,
+        figures[TEMPLATES_TITLE] = plot_weight_images(templates, run.templates, TEMPLATES_TITLE,
                                                       labels=model.class_names_)
     filters = model.first_layer_filters()
     if filters is not None:
-        figures[FILTERS_TITLE] = plot_weight_images(filters, out_dir / "filters.png", FILTERS_TITLE)
+        figures[FILTERS_TITLE] = plot_weight_images(filters, run.filters, FILTERS_TITLE)
     return figures

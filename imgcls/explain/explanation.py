@@ -28,11 +28,10 @@ from imgcls.data.dataset import as_image_tensor
 from imgcls.errors import ImgclsError
 from imgcls.explain.attribution import GRADCAM_METHODS, NETWORK_METHODS, attribute
 from imgcls.explain.layers import Layers, find_layers
-from imgcls.inference.onnx_model import OnnxClassifier
 from imgcls.models.neural import Normalize
 from imgcls.runtime import resolve_device
 
-OWN_METHODS = {"neighbours": "neighbours", "template": "template"}   # explained_by -> its one method
+OWN_METHODS = {"neighbours": "neighbours", "template": "template"}   # capabilities.explained_by -> its one method
 METHODS = (*NETWORK_METHODS, *OWN_METHODS.values())
 BATCH = 16          # images per attribution pass: bounds the memory of the backward pass
 
@@ -88,10 +87,10 @@ def explain(model, images, method: str | None = None, target: str | None = None,
     proba = np.asarray(model.predict_proba(images))
     picks = _targets(model, proba, target)
     if kind == "neighbours":
-        from imgcls.explain.own import explain_knn
+        from imgcls.explain.intrinsic import explain_knn
         return explain_knn(model, images, picks, proba)
     if kind == "template":
-        from imgcls.explain.own import explain_linear
+        from imgcls.explain.intrinsic import explain_linear
         return explain_linear(model, images, picks, proba)
     return _explain_network(model, images, picks, proba, method, layer)
 
@@ -123,12 +122,13 @@ def _explain_network(model, images: torch.Tensor, picks: list[tuple[int, int, bo
 
 
 def _explained_by(model) -> str:
-    if model.explained_by is None:
-        if isinstance(model, OnnxClassifier):
+    kind = model.capabilities.explained_by
+    if kind is None:
+        if model.capabilities.exported:
             raise ImgclsError(f"{model.path} is an exported model, and ONNX Runtime gives no gradients to explain "
                               "it with; explain the saved model it was exported from")
         raise ImgclsError(f"{model.model_name} models cannot explain themselves")
-    return model.explained_by
+    return kind
 
 
 def _model_images(model, images) -> torch.Tensor:

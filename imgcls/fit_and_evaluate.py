@@ -1,18 +1,24 @@
-"""The end of every run, written once: evaluate on the test split once, record that look, save
-the model with its test metrics, and write the reports, all in the run folder. A run that fits
-(fit_and_report) calibrates the model on the validation split first (temperature scaling by
-default for networks), and the report shows its calibration before and after on test.
+"""Every run's two steps, written once.
 
-`imgcls train` and `imgcls compare` (through fit_and_report) and both tuners (kNN
-cross-validation, network search) end here, so what a run folder holds and how often its test
-split was looked at read the same for all of them.
+1. fit_and_validate: fit on the train split (validating on val epoch by epoch), calibrate on val
+   (temperature scaling by default for networks), fit an abstention there if asked, and measure
+   the validation headline; the test split is not touched. Its FittedModel.validation_score is
+   what a run that races candidate models on validation ranks them by, before finishing the
+   winner alone.
+2. finish_run: evaluate on the test split once, record that look, save the model with its test
+   metrics, and write the reports, all in the run folder (imgcls.run_folder). The report shows
+   a calibrated model's calibration before and after, on test.
+
+`imgcls train` and `imgcls compare` (through fit_and_report, which is 1 then 2), both tuners (kNN
+cross-validation, network search) and `imgcls calibrate --out DIR` end in finish_run, so what a
+run folder holds and how often its test split was looked at read the same for all of them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +27,21 @@ from imgcls.data.dataset import DatasetSplits, SkippedFile
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_reliability
-from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
+from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
-from imgcls.evaluation.weights import model_figures
+from imgcls.evaluation.weight_images import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
+from imgcls.models.base import Classifier
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
 from imgcls.progress import console, stdout
+from imgcls.run_folder import RunFolder
 from imgcls.task import TASKS
 from imgcls.training.hooks import HistoryHook, ProgressHook, TrackingHook, write_history
 from imgcls.training.tracking import Tracker
+
+CURVES_TITLE = "Training curves: loss and accuracy per epoch"
 
 
 @dataclass
@@ -41,20 +51,54 @@ class RunResult:
     report_paths: dict[str, Path]
     metrics: dict
     test_evaluations: int = 0      # looks at the test split recorded in out, this one included
+    calibration: dict | None = None   # report.json's "calibration" (see calibration_report), if calibrated
+
+
+@dataclass
+class FittedModel:
+    """A model fitted on train and made ready on val (calibrated, abstaining if asked), with what
+    fitting showed; the test split is untouched."""
+
+    model: Classifier
+    name: str
+    fit_seconds: float
+    validation: dict = field(default_factory=dict)   # {"val_accuracy": ...} or {"val_mAP": ...}; {} without val
+    figures: dict[str, Path] = field(default_factory=dict)   # the training curves, where it has a history
+
+    @property
+    def validation_score(self) -> float | None:
+        """The validation headline (accuracy, or mAP for multi-label data): what candidates are ranked by."""
+        return next(iter(self.validation.values()), None)
 
 
 def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: dict, *, resume: bool = False,
                    rank: int = 0, print_table: bool = True, tracker: Tracker | None = None,
                    abstain: dict | None = None, calibration: str = "auto") -> RunResult | None:
-    """Fit on train (validating on val), calibrate on val, then finish_run: evaluate once on test,
-    save the model and the reports in out. Returns None on the ranks other than 0 of a distributed run.
+    """fit_and_validate, then finish_run: evaluate once on test, save the model and the reports in
+    out. Returns None on the ranks other than 0 of a distributed run. A tracker (rank 0's) gets
+    every epoch's record and, from finish_run, the final report."""
+    fitted = fit_and_validate(model, name, splits, out, resume=resume, rank=rank, tracker=tracker, abstain=abstain,
+                              calibration=calibration)
+    if fitted is None:
+        return None
+    return finish_run(model, name, splits, out, extra_metrics=fitted.validation,
+                      timings={"fit_seconds": fitted.fit_seconds}, config=config, figures=fitted.figures,
+                      print_table=print_table, tracker=tracker)
+
+
+def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | None = None, *,
+                     resume: bool = False, rank: int = 0, tracker: Tracker | None = None,
+                     abstain: dict | None = None, calibration: str = "auto") -> FittedModel | None:
+    """Fit on train (validating on val), calibrate on val, fit an abstention on val if asked, and
+    measure the validation headline. With out, the run folder gets the training's checkpoints,
+    history files and curves (none without). Returns None on the ranks other than 0 of a
+    distributed run.
 
     calibration: "auto" (temperature scaling for models with logits, see
     imgcls.models.calibration.default_method), "none", or a method of imgcls.models.calibration.METHODS.
     abstain ({"accept", "score"}): after calibrating, the model learns to answer "unknown", its
-    threshold chosen on val (imgcls.models.abstention.fit_abstention).
-    A tracker (rank 0's) gets every epoch's record and, from finish_run, the final report."""
-    hooks = [ProgressHook(), HistoryHook(out)] if rank == 0 else []
+    threshold chosen on val (imgcls.models.abstention.fit_abstention)."""
+    hooks = ([ProgressHook()] + ([HistoryHook(out)] if out is not None else [])) if rank == 0 else []
     tracking = TrackingHook(tracker) if tracker is not None else None
     hooks += [tracking] if tracking else []
     start = time.perf_counter()
@@ -62,10 +106,10 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     fit_seconds = time.perf_counter() - start
     if rank != 0:
         return None
-    state = getattr(model, "train_state_", None)       # streamed files that stopped decoding mid-training
-    splits.skipped += [SkippedFile(name, reason) for name, reason in getattr(state, "unreadable", [])]
+    # streamed files that stopped decoding mid-training
+    splits.skipped += [SkippedFile(file, reason) for file, reason in model.unreadable_files_]
     calibrate_on_validation(model, splits, calibration)
-    extra = {}
+    fitted = FittedModel(model, name, fit_seconds)
     if abstain:
         model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
                                            reference=splits.train)
@@ -74,14 +118,12 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
-            extra[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
-    figures = {}
+            fitted.validation[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     if tracking:
-        tracking.catch_up(getattr(model, "history_", None) or [])
-    if getattr(model, "history_", None):
-        figures["Training curves: loss and accuracy per epoch"] = write_history(model.history_, out, model.task_.multi_label)["curves"]
-    return finish_run(model, name, splits, out, extra_metrics=extra, timings={"fit_seconds": fit_seconds},
-                      config=config, figures=figures, print_table=print_table, tracker=tracker)
+        tracking.catch_up(model.history_)
+    if model.history_ and out is not None:
+        fitted.figures[CURVES_TITLE] = write_history(model.history_, Path(out), model.task_.multi_label)["curves"]
+    return fitted
 
 
 def calibrate_on_validation(model, splits: DatasetSplits, calibration: str = "auto") -> None:
@@ -107,7 +149,7 @@ def calibration_report(model, evaluation, data, out: Path | None, split: str = "
     after it on data, the split the evaluation measured; the reliability diagram as a figure) for a
     calibrated single-label model; (None, {}) for the others. The uncalibrated probabilities come
     from predicting data again without the calibration."""
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     if calibration is None or evaluation.task != "single-label":
         return None, {}
     before, _ = evaluate_model(uncalibrated(model), data)
@@ -116,8 +158,8 @@ def calibration_report(model, evaluation, data, out: Path | None, split: str = "
     summary = calibration_summary(evaluation.y_true, before.proba, evaluation.proba, calibration.to_dict(), split)
     figures = {}
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        path = plot_reliability(evaluation.y_true, before.proba, evaluation.proba, Path(out) / "reliability.png", split)
+        path = plot_reliability(evaluation.y_true, before.proba, evaluation.proba, RunFolder(out).make().reliability,
+                                split)
         figures[f"Reliability diagram before and after {summary['method']} calibration ({BINS_TEXT}, "
                 f"{split} split)"] = path
     return summary, figures
@@ -147,6 +189,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     A tracker gets report.json's figures and the report's files.
     """
     out = Path(out)
+    run = RunFolder(out)
     evaluation, predict_seconds = evaluate_model(model, splits.test, splits.skipped)   # the one look at test
     count = record_test_evaluation(out, name, command)
     extra = dict(extra_metrics or {})
@@ -167,7 +210,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
             console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
     if count > 1:
         console.print(f"[yellow]note:[/] the test split has now been evaluated {count} times in {out} "
-                      f"(see {out / LOG_FILE})")
+                      f"(see {run.test_evaluations})")
     # filters or templates, where it has them; the reliability diagram of a calibrated model
     figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
@@ -176,12 +219,12 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     paths["json"].write_text(json.dumps(data, indent=2))
     if tracker is not None:
-        history = [out / "history.json", out / "history.csv"]
+        history = [run.history_json, run.history_csv]
         files = [*paths.values(), *(figures or {}).values(), *(p for p in history if p.is_file())]
-        epochs = getattr(model, "history_", None) or [{"epoch": 0}]
+        epochs = model.history_ or [{"epoch": 0}]
         tracker.log_report(data, list(dict.fromkeys(files)), step=epochs[-1]["epoch"])
     metrics = {**model.metrics_, **timings, "macro_f1": evaluation.macro_avg["f1"]}
-    return RunResult(out, model_path, paths, metrics, count)
+    return RunResult(out, model_path, paths, metrics, count, calibration)
 
 
 def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple[list[str], dict | None]:
@@ -191,7 +234,7 @@ def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple
     found = []
     if evaluation.task == "single-label" and evaluation.y_pred is not None:
         found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names)
-    found += overfitting_warning(getattr(model, "history_", None) or [])
+    found += overfitting_warning(model.history_)
     lr, advice = model.get_params().get("lr"), find_lr_advice(out, name, dataset)
     if lr is None or advice is None:
         return found, None
@@ -204,7 +247,7 @@ def mistake_heatmaps(model, evaluation, images) -> dict[int, np.ndarray] | None:
     """Grad-CAM maps of the predicted class for the most confident mistakes the report shows (image
     index -> map), for a single-label convolutional network; None for other models (kNN, linear, an
     MLP, exported files) and for multi-label reports, whose mistakes are single labels."""
-    if model.explained_by != "network" or evaluation.task != "single-label" or evaluation.y_pred is None:
+    if model.capabilities.explained_by != "network" or evaluation.task != "single-label" or evaluation.y_pred is None:
         return None
     from imgcls.explain import explain
     chosen = confident_mistakes(evaluation)
