@@ -80,7 +80,7 @@ def choose_engine(reference: torch.Tensor, metric: str):
     """The fastest exact engine this data and machine allow (see the module docstring)."""
     if reference.dtype != torch.uint8:
         return CandidateSearch(reference, metric, faiss_l1_candidates if metric == "l1" else float_l2_candidates)
-    kernel = kernels.knn_kernel(metric, reference.shape[1])
+    kernel = kernels.knn_kernel(metric, reference)
     if metric == "l1":
         if kernel is None:
             _say_kernel_missing()
@@ -115,6 +115,7 @@ class KernelSearch:
     def __init__(self, reference: torch.Tensor, kernel: kernels.UInt8KNN):
         self.reference, self.kernel, self.prepared = reference, kernel, None
         self.name = f"kernel ({kernel.isa})"
+        self.plan = kernel.plan.describe(kernel.metric, reference.shape[1])
 
     def search(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if chunk.dtype != torch.uint8:
