@@ -1,10 +1,11 @@
 """The compiled uint8 kNN kernel against exact references (numpy, scikit-learn), at every
 instruction-set level this CPU runs and with every plan (tile shape, loop order, block size),
-and the engine choice around it."""
+the measurement that picks the plan, and the engine choice around it."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from imgcls import fastpath, kernels
+from imgcls.kernels import tuning
 from imgcls.models import distance
 from imgcls.models.distance import ExactSearch
 
@@ -177,3 +179,70 @@ def test_fastest_picks_the_quicker_and_keeps_the_answer(monkeypatch, tmp_path, c
     times["slow"] = 0.1
     assert fastpath.fastest("a job", candidates, key="job") == "quick"       # cached, not measured again
     assert fastpath.fastest("a job", {"other": lambda: 1.0}, key="job") == "other"   # a stale answer is redone
+
+
+def test_the_plan_is_measured_once_said_and_cached(monkeypatch, tmp_path, capsys):
+    if not kernels.plans("l1", 49):
+        pytest.skip("no kernel on this machine")
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    reference = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (300, 49), dtype=np.uint8))
+    kernel = kernels.knn_kernel("l1", reference)
+    assert kernel.plan in kernels.plans("l1", 49)
+    said = capsys.readouterr().err
+    assert "fast path: exact L1 kNN kernel on uint8 rows of 49: " in said and "cached in" in said
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured twice"))
+    assert kernels.knn_kernel("l1", reference).plan == kernel.plan
+    assert capsys.readouterr().err == ""
+    # the search over it is exact
+    dist, idx = ExactSearch(reference, "l1").search(reference[:20], 3)
+    want_dist, want_idx = exact_order(reference[:20].numpy(), reference.numpy(), "l1", 3)
+    np.testing.assert_array_equal(idx.numpy(), want_idx)
+
+
+@pytest.fixture
+def stopwatch(monkeypatch, tmp_path):
+    """Three candidate plans whose times the test sets (seconds per run, or a list for successive
+    final rounds), the int8 GEMM at 1 s a run, and an empty cache of the test's own."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    shapes = kernels.shapes("l2", 2)
+    if kernels.isa_level() < 2 or len(shapes) < 3:
+        pytest.skip("no L2 kernel on this machine")
+    plans = [kernels.Plan(2, mr, nr, "refs inner", 4) for mr, nr in shapes[:3]]
+    monkeypatch.setattr(tuning, "plans", lambda metric, dim, max_level: plans)
+    stopwatch.seconds, stopwatch.finals = {}, {}
+
+    def interleaved_times(candidates, rounds, warm_up=True):
+        out = {}
+        for name in candidates:
+            if name == "int8 GEMM":
+                out[name] = [1.0] * rounds
+            elif rounds == tuning.FINAL_ROUNDS and name in stopwatch.finals and stopwatch.finals[name]:
+                out[name] = [stopwatch.finals[name].pop(0)] * rounds
+            else:
+                out[name] = [stopwatch.seconds[name]] * rounds
+        return out
+    monkeypatch.setattr(fastpath, "interleaved_times", interleaved_times)
+    stopwatch.plans = plans
+    return stopwatch
+
+
+def slice_ops(reference):
+    return 2.0 * min(len(reference), tuning.SLICE_QUERIES) * min(len(reference), tuning.SLICE_REFERENCES) * 49
+
+
+def test_a_plan_faster_than_the_int8_peak_allows_is_timed_again_and_dropped(stopwatch, capsys):
+    reference = torch.from_numpy(np.random.default_rng(9).integers(0, 256, (200, 49), dtype=np.uint8))
+    peak = 2.0 * tuning.PEAK_SIZE ** 3          # operations per second: the fake GEMM takes 1 s
+    impossible = slice_ops(reference) / (tuning.PLAUSIBLE["l2"] * peak) / 10
+    broken, good, slow = stopwatch.plans
+    stopwatch.seconds = {broken: impossible, good: 1e-3, slow: 2e-3}
+    assert tuning.tuned_plan("l2", reference) == good
+    said = capsys.readouterr().err
+    assert "dropped as implausibly fast even when timed again" in said and "not cached" in said
+    assert not fastpath.cache_path().exists()
+    # implausible once, then plausible: measured again, kept, and cached
+    stopwatch.finals = {broken: [impossible, 5e-4]}
+    assert tuning.tuned_plan("l2", reference) == broken
+    cached = json.loads(fastpath.cache_path().read_text())
+    assert [answer["plan"] for answer in cached.values()] == [broken.as_dict()]
+    assert "cached in" in capsys.readouterr().err

@@ -6,7 +6,9 @@ AVX-512 BW + VNNI (L1 and L2) and AVX2 (L1) versions. Where it was not built or 
 neither, `knn_kernel(metric, reference)` is None and callers use their portable path.
 
 How the kernel cuts the work is a `Plan`: the register tile (MR queries x NR groups of
-references), the loop order and the block size, given at run time (`plans` lists them all).
+references), the loop order and the block size. The fastest plan depends on the CPU (its
+registers, load ports and cache sizes), so `knn_kernel` measures candidates on a slice of the
+actual rows at first use and caches the winner with the other fast paths (see tuning.py).
 
 Distances are exact integers whatever the plan: L1 is a sum of absolute differences, L2 the
 squared Euclidean distance, and the k best per query come out ordered by (distance, index).
@@ -141,9 +143,12 @@ def plans(metric: str, dim: int, max_level: int = 2) -> list[Plan]:
 
 
 def knn_kernel(metric: str, reference: torch.Tensor, max_level: int = 2) -> UInt8KNN | None:
-    """The kernel for this metric and rows like these on this CPU, or None where there is none."""
-    candidates = plans(metric, reference[0].numel(), max_level)
-    return UInt8KNN(metric, candidates[0]) if candidates else None
+    """The kernel for this metric with the plan measured fastest for rows like these on this
+    CPU (measured at first use, then cached), or None where there is no kernel."""
+    from imgcls.kernels.tuning import tuned_plan
+    if not plans(metric, reference[0].numel(), max_level):
+        return None
+    return UInt8KNN(metric, tuned_plan(metric, reference, max_level))
 
 
 @dataclass

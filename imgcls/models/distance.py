@@ -6,9 +6,10 @@ data and the machine, and is chosen at the first search:
 
 - uint8 rows (pixels), where the compiled kernel exists (imgcls.kernels, built at install): one
   blocked pass of exact integer distances with the k best kept on the fly: L1 as sums of
-  absolute differences (psadbw), L2 as int8 dot products (vpdpbusd).
-  For L2 the kernel is raced once against oneDNN's int8 GEMM, which can be faster on CPUs
-  with AMX, and the faster is cached (imgcls.fastpath).
+  absolute differences (psadbw), L2 as int8 dot products (vpdpbusd). How it cuts the work
+  (tile shape, loop order, block size) is measured on this CPU at the first search and cached.
+  For L2 the tuned kernel is then raced once against oneDNN's int8 GEMM, which can be faster on
+  CPUs with AMX, and the faster is cached (imgcls.fastpath).
 - otherwise, candidates then an exact re-rank, per chunk of queries:
   1. a fast score matrix and a top-(k + margin) selection:
      - L2 on uint8: oneDNN's int8 GEMM of the pixels centred at 128, whose int32 sums are exact
