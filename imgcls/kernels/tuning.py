@@ -7,9 +7,9 @@ well in a second or two, so they are cut down in three rounds on a slice of the 
 (2,048 queries, one search call's worth, against up to 4,096 references), each round running
 the survivors in turn so that other work on the machine hits all of them alike:
 
-1. every tile shape and loop order at a middle block size (256 KiB), twice: the best 3 go on;
-2. those at every block size, twice: the best 4 go on;
-3. the 4, five times, beside oneDNN's int8 GEMM on 2,048 x 2,048 matrices: the lowest median
+1. every tile shape and loop order at a middle block size (256 KiB), once: the best 3 go on;
+2. those at every block size, once: the best 4 go on (these two rounds only screen);
+3. the 4, seven times, beside oneDNN's int8 GEMM on 2,048 x 2,048 matrices: the lowest median
    wins.
 
 A guard against a measurement that cannot be right: a plan faster than the int8 GEMM peak
@@ -35,7 +35,7 @@ SLICE_QUERIES = 2048          # one search call's worth (models/distance.py's _K
 SLICE_REFERENCES = 4096
 MIDDLE_BLOCK = 256 << 10
 KEEP_SHAPES, KEEP_PLANS = 3, 4
-FIRST_ROUNDS, FINAL_ROUNDS = 2, 5
+SCREEN_ROUNDS, FINAL_ROUNDS = 1, 7
 PLAUSIBLE = {"l2": 2.0, "l1": 4.0}   # most a plan may reach, in multiples of the int8 GEMM peak
 PEAK_SIZE = 2048
 
@@ -87,9 +87,9 @@ def _shortlist(runs: dict, candidates: list[Plan], metric: str, dim: int) -> lis
         groups.setdefault((plan.level, plan.mr, plan.nr, plan.order), []).append(plan)
     middle = [min(group, key=lambda plan: abs(_block_bytes(plan, metric, dim) - MIDDLE_BLOCK))
               for group in groups.values()]
-    best = _best(_medians({plan: runs[plan] for plan in middle}, FIRST_ROUNDS), KEEP_SHAPES)
+    best = _best(_medians({plan: runs[plan] for plan in middle}, SCREEN_ROUNDS), KEEP_SHAPES)
     second = [plan for shape in best for plan in groups[shape.level, shape.mr, shape.nr, shape.order]]
-    return _best(_medians({plan: runs[plan] for plan in second}, FIRST_ROUNDS), KEEP_PLANS)
+    return _best(_medians({plan: runs[plan] for plan in second}, SCREEN_ROUNDS), KEEP_PLANS)
 
 
 def _guarded(runs: dict, finalists: list[Plan], ops: float, plausible: float
