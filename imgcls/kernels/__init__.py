@@ -111,15 +111,17 @@ class Plan:
     def query_tile_bytes(self, metric: str, dim: int) -> int:
         return self.steps(metric, dim) * self.mr * CHUNK[metric]
 
+    def block_bytes(self, metric: str, dim: int) -> int:
+        """The bytes of rows a block holds: reference tiles (refs inner) or query tiles (queries inner)."""
+        tile = self.ref_tile_bytes(metric, dim) if self.order == "refs inner" else self.query_tile_bytes(metric, dim)
+        return self.block * tile
+
     def describe(self, metric: str, dim: int) -> str:
-        """e.g. "AVX-512 6x4 tiles (6 queries x 64 references), blocks of 40 reference tiles (500 KiB)"."""
-        lanes = self.lanes(metric)
+        """e.g. "AVX-512 6x4 tiles (6 queries x 64 references), blocks of 5 reference tiles (245 KiB)"."""
         isa = ISA_NAMES[self.level].split(" (")[0]
-        if self.order == "refs inner":
-            block = f"blocks of {self.block} reference tiles ({self.block * self.ref_tile_bytes(metric, dim) >> 10} KiB)"
-        else:
-            block = f"blocks of {self.block} query tiles ({self.block * self.query_tile_bytes(metric, dim) >> 10} KiB)"
-        return f"{isa} {self.mr}x{self.nr} tiles ({self.mr} queries x {self.nr * lanes} references), {block}"
+        rows = "reference" if self.order == "refs inner" else "query"
+        return (f"{isa} {self.mr}x{self.nr} tiles ({self.mr} queries x {self.nr * self.lanes(metric)} references), "
+                f"blocks of {self.block} {rows} tiles ({self.block_bytes(metric, dim) >> 10} KiB)")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -133,9 +135,8 @@ def plans(metric: str, dim: int, max_level: int = 2) -> list[Plan]:
     for level in range(min(isa_level(), max_level), 0, -1):
         for mr, nr in shapes(metric, level):
             for order in ORDERS:
+                tile = Plan(level, mr, nr, order, 1).block_bytes(metric, dim)
                 for size in BLOCK_BYTES[order]:
-                    plan = Plan(level, mr, nr, order, 1)
-                    tile = plan.ref_tile_bytes(metric, dim) if order == "refs inner" else plan.query_tile_bytes(metric, dim)
                     plan = Plan(level, mr, nr, order, max(1, round(size / tile)))
                     if plan not in found:
                         found.append(plan)

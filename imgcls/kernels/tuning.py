@@ -85,7 +85,7 @@ def _shortlist(runs: dict, candidates: list[Plan], metric: str, dim: int) -> lis
     groups = {}
     for plan in candidates:        # the same tile shape and loop order at each block size
         groups.setdefault((plan.level, plan.mr, plan.nr, plan.order), []).append(plan)
-    middle = [min(group, key=lambda plan: abs(_block_bytes(plan, metric, dim) - MIDDLE_BLOCK))
+    middle = [min(group, key=lambda plan: abs(plan.block_bytes(metric, dim) - MIDDLE_BLOCK))
               for group in groups.values()]
     best = _best(_medians({plan: runs[plan] for plan in middle}, SCREEN_ROUNDS), KEEP_SHAPES)
     second = [plan for shape in best for plan in groups[shape.level, shape.mr, shape.nr, shape.order]]
@@ -141,8 +141,3 @@ def _final(runs: dict, finalists: list[Plan]) -> tuple[dict, float | None]:
     times = fastpath.interleaved_times(candidates, FINAL_ROUNDS, warm_up=False)
     peak = gemm[1] / statistics.median(times.pop("int8 GEMM")) if gemm else None
     return {plan: statistics.median(t) for plan, t in times.items()}, peak
-
-
-def _block_bytes(plan: Plan, metric: str, dim: int) -> int:
-    tile = plan.ref_tile_bytes(metric, dim) if plan.order == "refs inner" else plan.query_tile_bytes(metric, dim)
-    return plan.block * tile
