@@ -9,5 +9,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "imgcls.kernels._knn", ["imgcls/kernels/knn.cpp"], depends=["imgcls/kernels/knn_tile.inc"],
-    language="c++", extra_compile_args=["-O3", "-std=c++17", "-pthread"], extra_link_args=["-pthread"],
+    language="c++",
+    # -fno-tree-pre: without it GCC 12 keeps the larger register tiles' accumulators on the stack
+    extra_compile_args=["-O3", "-fno-tree-pre", "-std=c++17", "-pthread"], extra_link_args=["-pthread"],
     optional=True)])

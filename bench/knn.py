@@ -5,10 +5,18 @@ and metric: fit and predict wall time (median over repeats; each repeat fits a f
 predict includes any lazy index preparation), queries per second, test accuracy, the time
 ratios imgcls/faiss and sklearn/imgcls, and how often imgcls's predictions equal sklearn's.
 
+The floor: the machine's int8 GEMM peak, measured in the same run with torch._int_mm on large
+square matrices (median of repeats, before and after the searches, at torch's thread count),
+and the time that peak needs for the search's 2 x queries x 60,000 x 784 operations. Every
+search is shown as a multiple of that floor (the aim for imgcls: within 1.5x for L1 and L2), and
+so is oneDNN's own int8 GEMM of the search's skinny shape (queries x 784 times 784 x 60,000, in
+chunks of 2,048 queries, with nothing else: no distances, no k best).
+
 scikit-learn's brute-force L1 is slow (minutes for 10,000 queries), so by default it is timed
 on the first 2,000 queries and its time extrapolated linearly to 10,000; the table says so.
 
     .venv/bin/python bench/knn.py --json /tmp/knn_bench.json
+    .venv/bin/python bench/knn.py --quick        # 2,000 queries, one repeat: a check in a minute
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from rich.table import Table  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from threadpoolctl import threadpool_info  # noqa: E402
 
-from imgcls import kernels  # noqa: E402
+from imgcls import fastpath, kernels  # noqa: E402
 from imgcls.data import DataOptions, load_dataset  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
 from imgcls.models.distance import ExactSearch, _int8_gemm_works  # noqa: E402
@@ -58,8 +66,37 @@ def timed(repeats: int, fit, predict) -> dict:
 def bench_imgcls(train, test, metric: str, repeats: int) -> dict:
     result = timed(repeats, lambda: create_model("knn", k=K, metric=metric).fit(train),
                    lambda model: model.predict(test.images))
-    engine = ExactSearch(train.images, metric).engine
-    return result | {"library": "imgcls", "input": f"uint8 tensor; {engine}", "engine": engine}
+    chosen = ExactSearch(train.images, metric)._chosen_engine()
+    return result | {"library": "imgcls", "input": f"uint8 tensor; {chosen.name}", "engine": chosen.name,
+                     "plan": getattr(chosen, "plan", None)}
+
+
+def int8_peak(size: int, repeats: int) -> list[float]:
+    """Operations per second of torch._int_mm on two size x size int8 matrices, per repeat."""
+    run, ops = fastpath.int8_gemm_run(size)
+    run()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        rates.append(ops / (time.perf_counter() - start))
+    return rates
+
+
+def skinny_int8_gemm(train, test, repeats: int) -> float:
+    """Median seconds of oneDNN's int8 GEMM (torch._int_mm) of the search's shape: the queries,
+    2,048 at a time, against all the training rows, centred to int8; products only."""
+    reference = torch.bitwise_xor(train.images.reshape(len(train), -1), 128).view(torch.int8).T.contiguous()
+    queries = torch.bitwise_xor(test.images.reshape(len(test), -1), 128).view(torch.int8)
+    chunks = queries.split(2048)
+    torch._int_mm(chunks[0], reference)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for chunk in chunks:
+            torch._int_mm(chunk.contiguous(), reference)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def bench_sklearn(train, test, metric: str, repeats: int, n_queries: int, dtype: str) -> dict:
@@ -101,6 +138,10 @@ def vote_tied(model, images) -> np.ndarray:
     return (counts == counts.max(1, keepdims=True)).sum(1) > 1
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
+
+
 def environment() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -127,8 +168,14 @@ def main() -> None:
                              "as sklearn then falls back to float64 pairwise distances)")
     parser.add_argument("--metrics", nargs="+", choices=["l2", "l1"], default=["l2", "l1"])
     parser.add_argument("--queries", type=int, default=10_000, help="test queries (default all 10000)")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square int8 GEMM that measures "
+                        "the peak (default 4096)")
+    parser.add_argument("--peak-repeats", type=int, default=5, help="timed int8 GEMMs before and after the searches")
+    parser.add_argument("--quick", action="store_true", help="2000 queries, one repeat, sklearn on 500: a fast check")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.quick:
+        args.queries, args.repeats, args.sk_queries = min(args.queries, 2000), 1, args.sk_queries or 500
 
     console = Console(width=160)
     env = environment()
@@ -146,11 +193,10 @@ def main() -> None:
     y_test = test.labels.numpy()
     console.print(f"Fashion-MNIST: {len(train)} training images, {len(test)} queries, "
                   f"{train.images[0].numel()} uint8 features, k={K}")
+    console.print(f"load average before: {load()}")
+    peak_rates = int8_peak(args.peak_size, args.peak_repeats)
+    skinny_s = skinny_int8_gemm(train, test, args.repeats)
 
-    table = Table(title=f"Exact kNN, k={K}: predict wall time for {len(test)} queries (median)")
-    for column in ("metric", "library", "input", "fit s", "predict s", "queries/s", "accuracy", "ratio",
-                   "agrees with imgcls"):
-        table.add_column(column, justify="left" if column in ("metric", "library", "input") else "right")
     rows, notes = [], []
     for metric in args.metrics:
         n_sk = min(args.sk_queries or SK_DEFAULT_QUERIES[metric], len(test))
@@ -182,24 +228,49 @@ def main() -> None:
                              f"excl. {a['vote_tied']} vote-tied")
             star = " *" if r.get("extrapolated_from") else ""
             accuracy = f"{r['accuracy']:.2%}" + (f" (first {r['queries_timed']})" if star else "")
-            table.add_row(metric.upper(), r["library"], r["input"], f"{r['fit_s']:.3f}",
-                          f"{r['predict_s']:.2f}{star}", f"{r['qps']:,.0f}{star}", accuracy, ratio, agreement)
+            r["cells"] = [metric.upper(), r["library"], r["input"], f"{r['fit_s']:.3f}",
+                          f"{r['predict_s']:.2f}{star}", f"{r['qps']:,.0f}{star}", accuracy, ratio, agreement]
             rows.append({key: value for key, value in r.items() if key not in ("predictions", "fitted")})
-        table.add_section()
         if sk["extrapolated_from"]:
             notes.append(f"* sklearn {metric.upper()}: timed on the first {n_sk} queries, extrapolated linearly "
                          f"x{len(test) / n_sk:g} to {len(test)} (measured {sk['measured_predict_s']:.2f} s)")
 
+    peak_rates += int8_peak(args.peak_size, args.peak_repeats)
+    peak = statistics.median(peak_rates)
+    ops = 2.0 * len(test) * len(train) * train.images[0].numel()
+    floor_s = ops / peak
+    table = Table(title=f"Exact kNN, k={K}: predict wall time for {len(test)} queries (median)")
+    for column in ("metric", "library", "input", "fit s", "predict s", "queries/s", "accuracy", "ratio",
+                   "agrees with imgcls", "x floor"):
+        table.add_column(column, justify="left" if column in ("metric", "library", "input") else "right")
+    for n, r in enumerate(rows):
+        r["x_floor"] = r["predict_s"] / floor_s
+        table.add_row(*r.pop("cells"), f"{r['x_floor']:.2f}x", end_section=n % 3 == 2)
     console.print(table)
     for note in notes:
         console.print(note)
+    console.print(f"int8 GEMM peak: {peak / 1e9:,.0f} GOP/s (torch._int_mm, {args.peak_size} x {args.peak_size}, "
+                  f"{torch.get_num_threads()} threads; median of {len(peak_rates)}, half before and half after the "
+                  f"searches: {min(peak_rates) / 1e9:,.0f} to {max(peak_rates) / 1e9:,.0f})")
+    console.print(f"floor: {ops / 1e9:,.0f} G operations (2 x {len(test)} x {len(train)} x "
+                  f"{train.images[0].numel()}) at that peak take {floor_s:.3f} s")
+    console.print(f"oneDNN's int8 GEMM of the search's skinny shape ({len(test)} x {train.images[0].numel()} times "
+                  f"{train.images[0].numel()} x {len(train)}, 2048 queries at a time, products only): "
+                  f"{skinny_s:.3f} s, {skinny_s / floor_s:.2f}x the floor")
+    for r in rows:
+        if r["library"] == "imgcls":
+            aim = "within" if r["x_floor"] <= 1.5 else "OUTSIDE"
+            console.print(f"imgcls {r['metric'].upper()}: {r['predict_s']:.3f} s = {r['x_floor']:.2f}x the floor "
+                          f"({aim} the 1.5x aim); {r['engine']}" + (f", {r['plan']}" if r.get("plan") else ""))
+    console.print(f"load average after: {load()}")
     console.print("Vote ties: imgcls picks the tied class of the nearest neighbour; sklearn and the faiss vote "
                   "here pick the lowest label.\nimgcls fit only stores the data; its search index is built "
                   "lazily inside predict (each repeat refits).")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "args": vars(args), "k": K, "n_train": len(train),
-                       "n_queries": len(test), "results": rows}, f, indent=2)
+                       "n_queries": len(test), "int8_peak_ops": peak, "int8_peak_samples": peak_rates,
+                       "floor_s": floor_s, "skinny_int8_gemm_s": skinny_s, "results": rows}, f, indent=2)
         console.print(f"wrote {args.json}")
 
 

@@ -3,7 +3,9 @@
 - `bf16_is_faster`: whether bf16 autocast (with channels_last for convolutional networks) beats
   fp32 for this network;
 - `fastest`: which of several exact implementations of the same work is quickest (the kNN
-  engines use it).
+  engines use it);
+- `measured_once`, `interleaved_times` and `int8_gemm_run`: the pieces for a measurement of
+  one's own, cached the same way (the kNN kernel's plan, imgcls/kernels/tuning.py).
 
 A CPU flag is a guess: AMX-capable Intel CPUs and AMD EPYC CPUs with AVX-512 bf16 (no AMX) both
 run bf16 matrix work natively, but how much faster a given network gets differs, and on a CPU
@@ -98,6 +100,55 @@ def race(candidates: dict[str, Callable[[], object]]) -> dict[str, float]:
             if round_:
                 best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int, warm_up: bool = True
+                      ) -> dict[str, list[float]]:
+    """Each candidate's seconds in each of `rounds` rounds that run them in turn (after one
+    warm-up run each, unless warm_up is False), so that a burst of other work on the machine
+    hits all of them alike. Take the median of each list."""
+    times = {name: [] for name in candidates}
+    for round_ in range(rounds + warm_up):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            if round_ or not warm_up:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def int8_gemm_run(n: int = 2048) -> tuple[Callable[[], object], float] | None:
+    """A callable that multiplies two n x n int8 matrices once with torch._int_mm (oneDNN), and
+    the operations that takes (2 n^3), or None where this torch has no CPU int8 GEMM. Timed
+    beside a kernel, it gives the machine's int8 peak under the same load."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=generator)
+    try:
+        torch._int_mm(a[:32, :32], b[:32, :32])
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    return (lambda: torch._int_mm(a, b)), 2.0 * n ** 3
+
+
+def measured_once(what: str, key: str, measure: Callable[[], tuple[dict, str, bool]],
+                  valid: Callable[[dict], bool] = lambda answer: True) -> dict:
+    """The answer cached under key (with the CPU model, torch version and thread count) where it
+    is still valid, else measure() -> (answer, summary, keep): said once, and cached where keep
+    (a measurement that failed its own checks is used for this run but not kept)."""
+    full_key = "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads", key])
+    cache = _read_cache()
+    if full_key in cache and valid(cache[full_key]):
+        return cache[full_key]
+    answer, summary, keep = measure()
+    if keep:
+        cache = _read_cache()
+        cache[full_key] = answer
+        _write_cache(cache)
+    from imgcls.progress import console
+    where = f"cached in {cache_path()}" if keep else "not cached: it will be measured again"
+    console.print(f"fast path: {what}: {summary} (measured on this CPU; {where})", highlight=False, soft_wrap=True)
+    return answer
 
 
 def measure_gain(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> float:

@@ -1,8 +1,11 @@
 """The compiled uint8 kNN kernel against exact references (numpy, scikit-learn), at every
-instruction-set level this CPU runs, and the engine choice around it."""
+instruction-set level this CPU runs and with every plan (tile shape, loop order, block size),
+the measurement that picks the plan, and the engine choice around it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from imgcls import fastpath, kernels
+from imgcls.kernels import tuning
 from imgcls.models import distance
 from imgcls.models.distance import ExactSearch
 
@@ -18,10 +22,18 @@ LEVELS = [(metric, level) for metric in ("l1", "l2") for level in (1, 2) if not 
 
 
 def kernel_or_skip(metric, dim, level):
-    kernel = kernels.knn_kernel(metric, dim, max_level=level)
-    if kernel is None or kernel.max_level != level:
+    plans = [plan for plan in kernels.plans(metric, dim, max_level=level) if plan.level == level]
+    if not plans:
         pytest.skip(f"no {metric} kernel at level {level} on this machine")
-    return kernel
+    return kernels.UInt8KNN(metric, plans[0])
+
+
+def every_plan(metric, dim):
+    """kernels.plans, and each tile shape and loop order with blocks of 1 and 3 tiles too, so that
+    small data still crosses block boundaries (and blocks end inside the data)."""
+    plans = kernels.plans(metric, dim)
+    small = {dataclasses.replace(plan, block=block) for plan in plans for block in (1, 3)}
+    return plans + sorted(small - set(plans), key=str)
 
 
 def exact_order(queries, reference, metric, k):
@@ -80,6 +92,39 @@ def test_k_beyond_the_reference_and_one_query():
 
 
 @pytest.mark.parametrize("metric", ["l1", "l2"])
+@pytest.mark.parametrize("shape", [(517, 45, 101, 3), (203, 37, 23, 256), (70, 9, 784, 256)],
+                         ids=["ties", "odd-dim", "pixels"])
+def test_every_plan_gives_the_exact_neighbours(metric, shape):
+    # Reference and query counts that fill no tile evenly, rows whose length is no multiple of the
+    # vector or the step (101, 23), values 0..2 so that distances tie all the time (k > 1 must keep
+    # the earlier index first), and full-range bytes with the extremes the accumulators must hold.
+    n_ref, n_query, dim, high = shape
+    rng = np.random.default_rng(n_ref)
+    reference = rng.integers(0, high, (n_ref, dim), dtype=np.uint8)
+    queries = rng.integers(0, high, (n_query, dim), dtype=np.uint8)
+    reference[:3], queries[:2] = high - 1, 0
+    want_dist, want_idx = exact_order(queries, reference, metric, 7)
+    plans = every_plan(metric, dim)
+    if not plans:
+        pytest.skip(f"no {metric} kernel on this machine")
+    assert len({(plan.level, plan.mr, plan.nr) for plan in plans}) >= 4
+    prepared = {}
+    for plan in plans:
+        kernel = kernels.UInt8KNN(metric, plan)
+        if (plan.level, plan.nr) not in prepared:
+            prepared[plan.level, plan.nr] = kernel.prepare(torch.from_numpy(reference))
+        dist, idx = kernel.search(prepared[plan.level, plan.nr], torch.from_numpy(queries), 7)
+        np.testing.assert_array_equal(idx, want_idx, err_msg=str(plan))
+        np.testing.assert_array_equal(dist, want_dist, err_msg=str(plan))
+
+
+def test_rows_too_long_for_int32_l2_lanes_get_no_kernel():
+    assert kernels.plans("l2", kernels.MAX_DIM["l2"] + 1) == []
+    reference = torch.zeros(4, kernels.MAX_DIM["l2"] + 1, dtype=torch.uint8)
+    assert kernels.knn_kernel("l2", reference) is None
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
 def test_every_engine_gives_the_same_answer(metric, monkeypatch):
     rng = np.random.default_rng(5)
     reference = torch.from_numpy(rng.integers(0, 256, (500, 49), dtype=np.uint8))
@@ -113,7 +158,7 @@ def test_without_the_kernel_l1_falls_back_to_faiss_and_says_so(monkeypatch, caps
 
 
 def test_l2_engines_race_once_and_the_answer_is_cached(monkeypatch, tmp_path, capsys):
-    if kernels.knn_kernel("l2", 49) is None or not distance._int8_gemm_works():
+    if not kernels.plans("l2", 49) or not distance._int8_gemm_works():
         pytest.skip("this machine has only one exact L2 engine for uint8")
     monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
     reference = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (300, 49), dtype=np.uint8))
@@ -134,3 +179,70 @@ def test_fastest_picks_the_quicker_and_keeps_the_answer(monkeypatch, tmp_path, c
     times["slow"] = 0.1
     assert fastpath.fastest("a job", candidates, key="job") == "quick"       # cached, not measured again
     assert fastpath.fastest("a job", {"other": lambda: 1.0}, key="job") == "other"   # a stale answer is redone
+
+
+def test_the_plan_is_measured_once_said_and_cached(monkeypatch, tmp_path, capsys):
+    if not kernels.plans("l1", 49):
+        pytest.skip("no kernel on this machine")
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    reference = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (300, 49), dtype=np.uint8))
+    kernel = kernels.knn_kernel("l1", reference)
+    assert kernel.plan in kernels.plans("l1", 49)
+    said = capsys.readouterr().err
+    assert "fast path: exact L1 kNN kernel on uint8 rows of 49: " in said and "cached in" in said
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured twice"))
+    assert kernels.knn_kernel("l1", reference).plan == kernel.plan
+    assert capsys.readouterr().err == ""
+    # the search over it is exact
+    dist, idx = ExactSearch(reference, "l1").search(reference[:20], 3)
+    want_dist, want_idx = exact_order(reference[:20].numpy(), reference.numpy(), "l1", 3)
+    np.testing.assert_array_equal(idx.numpy(), want_idx)
+
+
+@pytest.fixture
+def stopwatch(monkeypatch, tmp_path):
+    """Three candidate plans whose times the test sets (seconds per run, or a list for successive
+    final rounds), the int8 GEMM at 1 s a run, and an empty cache of the test's own."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path))
+    shapes = kernels.shapes("l2", 2)
+    if kernels.isa_level() < 2 or len(shapes) < 3:
+        pytest.skip("no L2 kernel on this machine")
+    plans = [kernels.Plan(2, mr, nr, "refs inner", 4) for mr, nr in shapes[:3]]
+    monkeypatch.setattr(tuning, "plans", lambda metric, dim, max_level: plans)
+    stopwatch.seconds, stopwatch.finals = {}, {}
+
+    def interleaved_times(candidates, rounds, warm_up=True):
+        out = {}
+        for name in candidates:
+            if name == "int8 GEMM":
+                out[name] = [1.0] * rounds
+            elif rounds == tuning.FINAL_ROUNDS and name in stopwatch.finals and stopwatch.finals[name]:
+                out[name] = [stopwatch.finals[name].pop(0)] * rounds
+            else:
+                out[name] = [stopwatch.seconds[name]] * rounds
+        return out
+    monkeypatch.setattr(fastpath, "interleaved_times", interleaved_times)
+    stopwatch.plans = plans
+    return stopwatch
+
+
+def slice_ops(reference):
+    return 2.0 * min(len(reference), tuning.SLICE_QUERIES) * min(len(reference), tuning.SLICE_REFERENCES) * 49
+
+
+def test_a_plan_faster_than_the_int8_peak_allows_is_timed_again_and_dropped(stopwatch, capsys):
+    reference = torch.from_numpy(np.random.default_rng(9).integers(0, 256, (200, 49), dtype=np.uint8))
+    peak = 2.0 * tuning.PEAK_SIZE ** 3          # operations per second: the fake GEMM takes 1 s
+    impossible = slice_ops(reference) / (tuning.PLAUSIBLE["l2"] * peak) / 10
+    broken, good, slow = stopwatch.plans
+    stopwatch.seconds = {broken: impossible, good: 1e-3, slow: 2e-3}
+    assert tuning.tuned_plan("l2", reference) == good
+    said = capsys.readouterr().err
+    assert "dropped as implausibly fast even when timed again" in said and "not cached" in said
+    assert not fastpath.cache_path().exists()
+    # implausible once, then plausible: measured again, kept, and cached
+    stopwatch.finals = {broken: [impossible, 5e-4]}
+    assert tuning.tuned_plan("l2", reference) == broken
+    cached = json.loads(fastpath.cache_path().read_text())
+    assert [answer["plan"] for answer in cached.values()] == [broken.as_dict()]
+    assert "cached in" in capsys.readouterr().err

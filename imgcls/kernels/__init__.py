@@ -1,18 +1,24 @@
 """Compiled kernels: exact uint8 k-nearest-neighbour search (knn.cpp), built at install.
 
 setup.py compiles knn.cpp with the machine's C++ compiler into the extension `_knn`; its
-functions are plain C, called through ctypes (which releases the GIL). The kernel picks its
-instruction set when called: AVX-512 BW + VNNI (L1 and L2) or AVX2 (L1). Where it was not built
-or the CPU has neither, `knn_kernel(metric)` is None and callers use their portable path.
+functions are plain C, called through ctypes (which releases the GIL). The kernel comes in
+AVX-512 BW + VNNI (L1 and L2) and AVX2 (L1) versions. Where it was not built or the CPU has
+neither, `knn_kernel(metric, reference)` is None and callers use their portable path.
 
-Distances are exact integers: L1 is a sum of absolute differences, L2 the squared Euclidean
-distance, and the k best per query come out ordered by (distance, index).
+How the kernel cuts the work is a `Plan`: the register tile (MR queries x NR groups of
+references), the loop order and the block size. The fastest plan depends on the CPU (its
+registers, load ports and cache sizes), so `knn_kernel` measures candidates on a slice of the
+actual rows at first use and caches the winner with the other fast paths (see tuning.py).
+
+Distances are exact integers whatever the plan: L1 is a sum of absolute differences, L2 the
+squared Euclidean distance, and the k best per query come out ordered by (distance, index).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -20,7 +26,16 @@ import torch
 L1, L2 = 1, 2
 METRIC_CODES = {"l1": L1, "l2": L2}
 ISA_NAMES = {2: "AVX-512 (BW, VNNI)", 1: "AVX2", 0: "none"}
-MAX_DIM = 65_536          # L2's int32 dot products stay exact below this many bytes per row
+# L2 lanes hold ||q - t||^2 - ||q||^2 in int32: exact up to 33,025 bytes a row (65,025 x 33,025 < 2^31).
+MAX_DIM = {"l2": 33_024, "l1": 2**24}
+VECTOR_BYTES = {2: 64, 1: 32}
+CHUNK = {"l1": 8, "l2": 4}      # bytes of a row per lane and step: psadbw sums 8, vpdpbusd 4
+ORDERS = ("refs inner", "queries inner")
+# Blocks to try, in bytes of the rows they hold: from well inside a small L2 to most of a 2 MiB
+# L2 (reference tiles, swept by each query tile) or of any L2 (query tiles, swept by each
+# reference tile). Which size suits a CPU is measured, not read from its cache sizes.
+BLOCK_BYTES = {"refs inner": (128 << 10, 256 << 10, 512 << 10, 1 << 20, 1536 << 10),
+               "queries inner": (64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20)}
 
 
 @functools.cache
@@ -31,10 +46,17 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(_knn.__file__)
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.imgcls_knn_u8.argtypes = [p, i64, p, i64, i64, c_int, p, p, p, c_int, p, p, c_int, c_int]
-    lib.imgcls_knn_u8.restype = c_int
-    lib.imgcls_knn_pack.argtypes = [p, i64, i64, i64, i64, c_int, p, p, p]
+    lib.imgcls_knn_search.argtypes = [c_int, c_int, c_int, c_int, c_int, i64, p, i64, p, i64, i64, p, p, c_int, p, p,
+                                      c_int]
+    lib.imgcls_knn_search.restype = c_int
+    lib.imgcls_knn_pack.argtypes = [p, i64, i64, i64, i64, i64, c_int, p, c_int]
     lib.imgcls_knn_pack.restype = None
+    lib.imgcls_knn_stats.argtypes = [p, i64, i64, p, p, c_int]
+    lib.imgcls_knn_stats.restype = None
+    lib.imgcls_knn_bias.argtypes = [c_int, p, p, i64, i64, p]
+    lib.imgcls_knn_bias.restype = None
+    lib.imgcls_knn_shapes.argtypes = [c_int, c_int, p, c_int]
+    lib.imgcls_knn_shapes.restype = c_int
     lib.imgcls_knn_isa.restype = c_int
     return lib
 
@@ -50,51 +72,156 @@ def isa_level() -> int:
     return lib.imgcls_knn_isa() if lib is not None else 0
 
 
-def knn_kernel(metric: str, dim: int, max_level: int = 2) -> UInt8KNN | None:
-    """The kernel for this metric and row length on this CPU, or None where there is none."""
-    level = min(isa_level(), max_level)
-    if dim > MAX_DIM or level < (2 if metric == "l2" else 1):
+@functools.cache
+def shapes(metric: str, level: int) -> tuple[tuple[int, int], ...]:
+    """The register tiles (MR, NR) compiled for this metric at this instruction-set level."""
+    lib = _library()
+    if lib is None:
+        return ()
+    out = np.zeros(64, np.int32)
+    count = lib.imgcls_knn_shapes(METRIC_CODES[metric], level, out.ctypes.data, 32)
+    return tuple((int(out[2 * n]), int(out[2 * n + 1])) for n in range(min(count, 32)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the kernel cuts one search: every plan gives the same neighbours, at its own speed.
+
+    level: 2 (AVX-512) or 1 (AVX2); mr x nr: the register tile, mr queries by nr groups of
+    references (a group: one vector's lanes, 16 references for L2 and 8 for L1 with AVX-512, 4
+    for L1 with AVX2); order: "refs inner" (each query tile sweeps a block of `block` reference
+    tiles) or "queries inner" (each reference tile sweeps a block of `block` query tiles).
+    """
+
+    level: int
+    mr: int
+    nr: int
+    order: str
+    block: int
+
+    def lanes(self, metric: str) -> int:
+        return VECTOR_BYTES[self.level] // CHUNK[metric]
+
+    def steps(self, metric: str, dim: int) -> int:
+        return -(-dim // CHUNK[metric])
+
+    def ref_tile_bytes(self, metric: str, dim: int) -> int:
+        return self.steps(metric, dim) * self.nr * VECTOR_BYTES[self.level]
+
+    def query_tile_bytes(self, metric: str, dim: int) -> int:
+        return self.steps(metric, dim) * self.mr * CHUNK[metric]
+
+    def block_bytes(self, metric: str, dim: int) -> int:
+        """The bytes of rows a block holds: reference tiles (refs inner) or query tiles (queries inner)."""
+        tile = self.ref_tile_bytes(metric, dim) if self.order == "refs inner" else self.query_tile_bytes(metric, dim)
+        return self.block * tile
+
+    def describe(self, metric: str, dim: int) -> str:
+        """e.g. "AVX-512 6x4 tiles (6 queries x 64 references), blocks of 5 reference tiles (245 KiB)"."""
+        isa = ISA_NAMES[self.level].split(" (")[0]
+        rows = "reference" if self.order == "refs inner" else "query"
+        return (f"{isa} {self.mr}x{self.nr} tiles ({self.mr} queries x {self.nr * self.lanes(metric)} references), "
+                f"blocks of {self.block} {rows} tiles ({self.block_bytes(metric, dim) >> 10} KiB)")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plans(metric: str, dim: int, max_level: int = 2) -> list[Plan]:
+    """Every plan this build and CPU can run for rows of dim bytes (none where there is no kernel)."""
+    if dim > MAX_DIM[metric]:
+        return []
+    found = []
+    for level in range(min(isa_level(), max_level), 0, -1):
+        for mr, nr in shapes(metric, level):
+            for order in ORDERS:
+                tile = Plan(level, mr, nr, order, 1).block_bytes(metric, dim)
+                for size in BLOCK_BYTES[order]:
+                    plan = Plan(level, mr, nr, order, max(1, round(size / tile)))
+                    if plan not in found:
+                        found.append(plan)
+    return found
+
+
+def knn_kernel(metric: str, reference: torch.Tensor, max_level: int = 2) -> UInt8KNN | None:
+    """The kernel for this metric with the plan measured fastest for rows like these on this
+    CPU (measured at first use, then cached), or None where there is no kernel."""
+    from imgcls.kernels.tuning import tuned_plan
+    if not plans(metric, reference[0].numel(), max_level):
         return None
-    return UInt8KNN(metric, max_level=level)
+    return UInt8KNN(metric, tuned_plan(metric, reference, max_level))
+
+
+@dataclass
+class Prepared:
+    """Reference rows packed for a plan's tiles (a search with another mr, order or block may share them)."""
+    rows: np.ndarray
+    bias: np.ndarray
+    count: int
+    dim: int
+    level: int
+    nr: int
+    tiles: int
 
 
 class UInt8KNN:
     """Exact k nearest uint8 reference rows of uint8 queries: `prepare(reference)`, then `search`."""
 
-    def __init__(self, metric: str, max_level: int = 2):
-        self.metric, self.code, self.max_level = metric, METRIC_CODES[metric], max_level
-        self.isa = ISA_NAMES[max_level]
+    def __init__(self, metric: str, plan: Plan):
+        self.metric, self.code, self.plan = metric, METRIC_CODES[metric], plan
+        self.isa = ISA_NAMES[plan.level]
 
-    def prepare(self, reference: torch.Tensor) -> dict:
-        """The reference rows padded to 64-byte rows (L2: centred on 128, as int8), and their norms."""
-        stride = -(-reference[0].numel() // 64) * 64
-        rows, norms, _ = _packed(reference, stride, centre=self.metric == "l2", norms=self.metric == "l2")
-        return {"rows": rows, "count": len(reference), "stride": stride, "norms": norms}
+    def prepare(self, reference: torch.Tensor) -> Prepared:
+        """The reference rows packed in tiles of the plan's nr groups, and their biases."""
+        rows = _flat(reference)
+        lanes = self.plan.lanes(self.metric)
+        group = self.plan.nr * lanes
+        tiles = -(-len(rows) // group)
+        packed = _pack(rows, group, CHUNK[self.metric], tiles, centre=False)
+        squares, sums = _stats(rows) if self.metric == "l2" else (np.zeros(1, np.int64), np.zeros(1, np.int64))
+        bias = np.empty(tiles * group, np.int32 if self.metric == "l2" else np.int64)
+        _library().imgcls_knn_bias(self.code, squares.ctypes.data, sums.ctypes.data, len(rows), len(bias),
+                                   bias.ctypes.data)
+        return Prepared(packed, bias, len(rows), rows.shape[1], self.plan.level, self.plan.nr, tiles)
 
-    def search(self, prepared: dict, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, prepared: Prepared, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances int64 (Q, k), indices int64 (Q, k)), nearest first; L2 distances squared."""
-        k = min(k, prepared["count"])
-        padded, query_norms, query_sums = _packed(queries, prepared["stride"], centre=False,
-                                                  norms=self.metric == "l2")
-        dist = np.empty((len(queries), k), np.int64)
-        index = np.empty((len(queries), k), np.int64)
-        code = _library().imgcls_knn_u8(
-            padded.ctypes.data, len(queries), prepared["rows"].ctypes.data, prepared["count"], prepared["stride"],
-            self.code, query_norms.ctypes.data, query_sums.ctypes.data, prepared["norms"].ctypes.data, k,
-            dist.ctypes.data, index.ctypes.data, torch.get_num_threads(), self.max_level)
+        plan = self.plan
+        if (prepared.level, prepared.nr) != (plan.level, plan.nr):
+            raise ValueError(f"rows packed for level {prepared.level}, nr {prepared.nr}; this plan is {plan}")
+        k = min(k, prepared.count)
+        rows = _flat(queries)
+        packed = _pack(rows, plan.mr, CHUNK[self.metric], -(-len(rows) // plan.mr), centre=self.metric == "l2")
+        norms = _stats(rows)[0] if self.metric == "l2" else np.zeros(1, np.int64)
+        dist = np.empty((len(rows), k), np.int64)
+        index = np.empty((len(rows), k), np.int64)
+        code = _library().imgcls_knn_search(
+            self.code, plan.level, plan.mr, plan.nr, ORDERS.index(plan.order), plan.block, packed.ctypes.data,
+            len(rows), prepared.rows.ctypes.data, prepared.tiles, plan.steps(self.metric, prepared.dim),
+            norms.ctypes.data, prepared.bias.ctypes.data, k, dist.ctypes.data, index.ctypes.data,
+            torch.get_num_threads())
         if code != 0:
-            raise RuntimeError(f"the uint8 kNN kernel refused the call ({self.metric}, isa {self.isa})")
+            raise RuntimeError(f"the uint8 kNN kernel refused the call ({self.metric}, {plan})")
         return dist, index
 
 
-def _packed(rows: torch.Tensor, stride: int, centre: bool, norms: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows zero-padded to `stride` bytes and to a multiple of 4 rows (the kernel's tile height),
-    XOR 0x80 if centre; with norms, each row's sum of squares and sum (else one-element dummies)."""
-    flat = np.ascontiguousarray(rows.reshape(len(rows), -1).numpy())
-    out = np.empty((-(-len(flat) // 4) * 4, stride), np.uint8)
-    sums = np.empty(len(out), np.int64) if norms else np.zeros(1, np.int64)
-    squares = np.empty(len(out), np.int64) if norms else np.zeros(1, np.int64)
-    _library().imgcls_knn_pack(flat.ctypes.data, len(flat), flat.shape[1], len(out), stride, int(centre),
-                               out.ctypes.data, squares.ctypes.data if norms else None,
-                               sums.ctypes.data if norms else None)
-    return out, squares, sums
+def _flat(rows: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(rows.reshape(len(rows), -1).numpy())
+
+
+def _pack(rows: np.ndarray, tile_rows: int, chunk: int, tiles: int, centre: bool) -> np.ndarray:
+    """Rows in tiles of tile_rows: per step of chunk bytes, each row's chunk in turn (zeros past the
+    data); XOR 0x80 if centre (x - 128 as int8)."""
+    steps = -(-rows.shape[1] // chunk)
+    out = np.empty(tiles * steps * tile_rows * chunk, np.uint8)
+    _library().imgcls_knn_pack(rows.ctypes.data, len(rows), rows.shape[1], tile_rows, chunk, tiles, int(centre),
+                               out.ctypes.data, torch.get_num_threads())
+    return out
+
+
+def _stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sum of squares and sum of bytes, exactly in int64."""
+    squares, sums = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+    _library().imgcls_knn_stats(rows.ctypes.data, len(rows), rows.shape[1], squares.ctypes.data, sums.ctypes.data,
+                                torch.get_num_threads())
+    return squares, sums

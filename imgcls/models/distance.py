@@ -6,9 +6,10 @@ data and the machine, and is chosen at the first search:
 
 - uint8 rows (pixels), where the compiled kernel exists (imgcls.kernels, built at install): one
   blocked pass of exact integer distances with the k best kept on the fly: L1 as sums of
-  absolute differences (psadbw), L2 as int8 dot products (vpdpbusd).
-  For L2 the kernel is raced once against oneDNN's int8 GEMM, which can be faster on CPUs
-  with AMX, and the faster is cached (imgcls.fastpath).
+  absolute differences (psadbw), L2 as int8 dot products (vpdpbusd). How it cuts the work
+  (tile shape, loop order, block size) is measured on this CPU at the first search and cached.
+  For L2 the tuned kernel is then raced once against oneDNN's int8 GEMM, which can be faster on
+  CPUs with AMX, and the faster is cached (imgcls.fastpath).
 - otherwise, candidates then an exact re-rank, per chunk of queries:
   1. a fast score matrix and a top-(k + margin) selection:
      - L2 on uint8: oneDNN's int8 GEMM of the pixels centred at 128, whose int32 sums are exact
@@ -80,7 +81,7 @@ def choose_engine(reference: torch.Tensor, metric: str):
     """The fastest exact engine this data and machine allow (see the module docstring)."""
     if reference.dtype != torch.uint8:
         return CandidateSearch(reference, metric, faiss_l1_candidates if metric == "l1" else float_l2_candidates)
-    kernel = kernels.knn_kernel(metric, reference.shape[1])
+    kernel = kernels.knn_kernel(metric, reference)
     if metric == "l1":
         if kernel is None:
             _say_kernel_missing()
@@ -115,6 +116,7 @@ class KernelSearch:
     def __init__(self, reference: torch.Tensor, kernel: kernels.UInt8KNN):
         self.reference, self.kernel, self.prepared = reference, kernel, None
         self.name = f"kernel ({kernel.isa})"
+        self.plan = kernel.plan.describe(kernel.metric, reference.shape[1])
 
     def search(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if chunk.dtype != torch.uint8:
