@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 
 from imgcls.commands import model_table
+from imgcls.commands.completers import DATA, completes
 from imgcls.errors import ImgclsError
 
 # Model hyperparameters that are not per-model flags: they come from run-wide flags.
@@ -19,6 +20,12 @@ def add_command(subparsers, name: str, help_text: str, examples: str) -> argpars
     """A sub-parser whose description is its help line and whose epilog is its examples."""
     return subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                                  epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_argument(parser: argparse.ArgumentParser, help: str = "dataset name, folder or CSV manifest"
+                      ) -> argparse.Action:
+    """The DATA positional, completed on Tab as a named dataset or a path."""
+    return completes(parser.add_argument("data", metavar="DATA", help=help), DATA)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
