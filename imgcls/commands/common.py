@@ -14,6 +14,7 @@ from imgcls.errors import ImgclsError
 
 # Model hyperparameters that are not per-model flags: they come from run-wide flags.
 RUN_WIDE = {"seed"}
+DATA_HELP = "dataset name, folder or CSV manifest"
 
 
 def add_command(subparsers, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
@@ -22,8 +23,7 @@ def add_command(subparsers, name: str, help_text: str, examples: str) -> argpars
                                  epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_data_argument(parser: argparse.ArgumentParser, help: str = "dataset name, folder or CSV manifest"
-                      ) -> argparse.Action:
+def add_data_argument(parser: argparse.ArgumentParser, help: str = DATA_HELP) -> argparse.Action:
     """The DATA positional, completed on Tab as a named dataset or a path."""
     return completes(parser.add_argument("data", metavar="DATA", help=help), DATA)
 
