@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import abstention_request, add_abstention_flags, add_command, add_data_flags, data_options
+from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_argument,
+                                    add_data_flags, data_options)
+from imgcls.commands.completers import SAVED_MODEL, completes
 
 NAME = "abstain"
 HELP = "let a saved model answer 'unknown': a rejection threshold chosen on validation"
@@ -19,8 +21,8 @@ serve and exported files; the top-k is still given."""
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
-    parser.add_argument("data", metavar="DATA", help="the dataset it was trained on (name, folder or CSV manifest)")
+    completes(parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file"), SAVED_MODEL)
+    add_data_argument(parser, help="the dataset it was trained on (name, folder or CSV manifest)")
     parser.add_argument("--out", default=None, help="where to save the model (default: in place)")
     add_abstention_flags(parser, accept_default=0.95)
     add_data_flags(parser)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import abstention_request, add_abstention_flags, add_command, add_data_flags, data_options
+from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_argument,
+                                    add_data_flags, data_options)
+from imgcls.commands.completers import SAVED_MODEL, completes
 
 NAME = "calibrate"
 HELP = "calibrate a saved model's probabilities on a dataset's validation split"
@@ -24,8 +26,8 @@ same acceptance, since calibration moves the scores it reads."""
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest (the model's classes)")
+    completes(parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file"), SAVED_MODEL)
+    add_data_argument(parser, help="dataset name, folder or CSV manifest (the model's classes)")
     parser.add_argument("--out", required=True, metavar="PATH",
                         help="run folder (model.safetensors and reports) or .safetensors file for the calibrated model")
     parser.add_argument("--method", choices=["temperature", "sigmoid", "isotonic"], default=None,

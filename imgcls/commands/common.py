@@ -1,24 +1,31 @@
 """What several commands share: the sub-parser set-up, the data flags, the per-model flags.
 
-Nothing heavy is imported at module level; `imgcls --help` should not wait for torch more than it must.
+Nothing heavy is imported at module level: `imgcls --help` imports no torch (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 
+from imgcls.commands import model_table
+from imgcls.commands.completers import DATA, completes
 from imgcls.errors import ImgclsError
 
 # Model hyperparameters that are not per-model flags: they come from run-wide flags.
 RUN_WIDE = {"seed"}
+DATA_HELP = "dataset name, folder or CSV manifest"
 
 
 def add_command(subparsers, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
     """A sub-parser whose description is its help line and whose epilog is its examples."""
     return subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                                  epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_argument(parser: argparse.ArgumentParser, help: str = DATA_HELP) -> argparse.Action:
+    """The DATA positional, completed on Tab as a named dataset or a path."""
+    return completes(parser.add_argument("data", metavar="DATA", help=help), DATA)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -103,30 +110,15 @@ def stream_options(args) -> dict:
                 cache=getattr(args, "cache", None))
 
 
-def model_fields() -> dict[str, tuple[type, list[str]]]:
-    """Every hyperparameter of every registered model: name -> (type, models having it)."""
-    from imgcls.models import list_models
-    from imgcls.models.registry import model_class
-    from imgcls.models.transfer import TransferClassifier
-    fields: dict[str, tuple[type, list[str]]] = {}
-    prefixed = {"timm:NAME": model_class("timm:NAME"), "transfer:NAME": TransferClassifier}
-    for name, cls in {**list_models(), **prefixed}.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.init and f.name not in RUN_WIDE:
-                kind = hints[f.name] if hints[f.name] in (int, float, str, bool) else str
-                kind = yes_no if kind is bool else kind
-                fields.setdefault(f.name, (kind, []))[1].append(name)
-    return fields
-
-
 def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added."""
+    """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added.
+
+    The flags come from imgcls.commands.model_table, so that building the parser imports no model."""
     group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
-    return [group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind, default=None,
-                               metavar="yes|no" if kind is yes_no else kind.__name__.upper(),
+    return [group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=FLAG_TYPES[kind],
+                               default=None, metavar="yes|no" if kind == "yes_no" else kind.upper(),
                                help=f"({_owners_text(owners)})")
-            for name, (kind, owners) in sorted(model_fields().items())]
+            for name, (kind, owners) in model_table.FLAGS.items()]
 
 
 def _owners_text(owners: list[str]) -> str:
@@ -140,6 +132,10 @@ def yes_no(text: str) -> bool:
     if value not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
     return value in ("yes", "true", "on", "1")
+
+
+# The flag types model_table.FLAGS names.
+FLAG_TYPES = {"int": int, "float": float, "str": str, "yes_no": yes_no}
 
 
 def model_params(args) -> dict:

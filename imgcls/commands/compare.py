@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, add_log_flag, data_options
+from imgcls.commands.common import add_command, add_data_argument, add_data_flags, add_log_flag, data_options
+from imgcls.commands.completers import MODEL_NAME, completes
 from imgcls.errors import ImgclsError
 
 NAME = "compare"
@@ -21,8 +22,9 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    parser.add_argument("--models", required=True, help="comma-separated model names, e.g. knn,linear,mlp,cnn")
+    add_data_argument(parser)
+    completes(parser.add_argument("--models", required=True,
+                                  help="comma-separated model names, e.g. knn,linear,mlp,cnn"), MODEL_NAME)
     parser.add_argument("--out", default=None, help="folder for the runs and compare.html (default: runs/compare)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for every model trained by gradient descent")

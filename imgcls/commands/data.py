@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_argument, add_data_flags, data_options
 
 NAME = "data"
 HELP = "inspect datasets"
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
     data_commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     info = add_command(data_commands, "info", INFO_HELP, EXAMPLES)
-    info.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(info)
     info.add_argument("--out", default=None, help="folder for info.json and samples.png (default: ./<name>-info)")
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     add_data_flags(info)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_argument, add_data_flags, data_options
 from imgcls.errors import ImgclsError
 
 NAME = "doctor"
@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(parser)
     parser.add_argument("--out", default=None,
                         help="folder for doctor.json and doctor.html (default: ./<name>-doctor)")
     parser.add_argument("--features", default="pixels",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import add_command, add_data_flags, add_runtime_flag, data_options, runtime_choice
+from imgcls.commands.common import (add_command, add_data_argument, add_data_flags, add_runtime_flag, data_options,
+                                    runtime_choice)
+from imgcls.commands.completers import SAVED_MODEL, completes
 
 NAME = "eval"
 HELP = "evaluate a saved model on a dataset's test split"
@@ -15,8 +17,8 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file")
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    completes(parser.add_argument("model", metavar="MODEL", help="run folder or .safetensors model file"), SAVED_MODEL)
+    add_data_argument(parser)
     parser.add_argument("--split", default="test", choices=["test", "val", "train"])
     parser.add_argument("--out", default=None, help="folder for report.json/html (default: print only)")
     add_data_flags(parser)

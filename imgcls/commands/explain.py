@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from imgcls.commands.common import add_command
+from imgcls.commands.completers import SAVED_MODEL, completes
 
 NAME = "explain"
 HELP = "explain a model's decisions on images: heatmaps, nearest neighbours or templates"
@@ -24,7 +25,8 @@ size, higher = more evidence for the label), explanations.json and a self-contai
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", help="saved model (run folder or .safetensors) or pretrained name")
+    completes(parser.add_argument("model", metavar="MODEL",
+                                  help="saved model (run folder or .safetensors) or pretrained name"), SAVED_MODEL)
     parser.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--method", default=None,
                         help="gradcam, gradcam++, saliency, integrated-gradients or occlusion "

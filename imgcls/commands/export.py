@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from imgcls.commands.common import add_command, add_stream_flags, stream_options
+from imgcls.commands.completers import DATA, SAVED_MODEL, completes
 from imgcls.errors import ImgclsError
 
 NAME = "export"
@@ -22,20 +23,22 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", help="run folder, .safetensors model file or pretrained name")
+    completes(parser.add_argument("model", metavar="MODEL",
+                                  help="run folder, .safetensors model file or pretrained name"), SAVED_MODEL)
     # torchscript stays a choice so that asking for it gets the reason and the alternatives, not "invalid choice".
     parser.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default="onnx",
                         help="onnx (ONNX Runtime) or openvino (OpenVINO IR; pip install 'imgcls[openvino]'); "
                              "torchscript was removed (default: onnx)")
     parser.add_argument("--int8", action="store_true",
                         help="ONNX only: static int8 quantisation (ONNX Runtime), calibrated on --calibrate")
-    parser.add_argument("--calibrate", default=None, metavar="DATA",
-                        help="dataset whose training images calibrate the int8 ranges (decoded at the model's size)")
+    completes(parser.add_argument("--calibrate", default=None, metavar="DATA",
+                                  help="dataset whose training images calibrate the int8 ranges (decoded at the "
+                                       "model's size)"), DATA)
     parser.add_argument("--calibration-images", type=int, default=200, metavar="N",
                         help="calibration images drawn from DATA's training split (default: 200)")
-    parser.add_argument("--check", default=None, metavar="DATA",
-                        help="compare the export with the original on DATA's validation images (default: on the "
-                             "sample photos that ship with imgcls)")
+    completes(parser.add_argument("--check", default=None, metavar="DATA",
+                                  help="compare the export with the original on DATA's validation images "
+                                       "(default: on the sample photos that ship with imgcls)"), DATA)
     parser.add_argument("--check-images", type=int, default=200, metavar="N",
                         help="validation images drawn for --check (default: 200)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")

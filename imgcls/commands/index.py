@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_argument, add_data_flags, data_options
 
 NAME = "index"
 HELP = "embed a dataset's images and build a similarity-search index"
@@ -15,7 +15,7 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(parser)
     parser.add_argument("--out", required=True, metavar="INDEX", help="index folder (or .safetensors file)")
     parser.add_argument("--features", default=None,
                         help="pixels, a saved network (run folder or .safetensors) or a pretrained model name "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, add_model_flags, data_options, model_params
+from imgcls.commands.common import (add_command, add_data_argument, add_data_flags, add_model_flags, data_options,
+                                    model_params)
+from imgcls.commands.completers import MODEL_NAME, completes
 from imgcls.errors import ImgclsError
 
 NAME = "lr-find"
@@ -16,8 +18,9 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    parser.add_argument("--model", default="cnn", help="network from `imgcls models` (default: cnn)")
+    add_data_argument(parser)
+    completes(parser.add_argument("--model", default="cnn", help="network from `imgcls models` (default: cnn)"),
+              MODEL_NAME)
     parser.add_argument("--out", default=None, help="folder for lr_find.png/json (default: runs/lr-find-<model>)")
     parser.add_argument("--steps", type=int, default=100, help="number of learning rates tried (default: 100)")
     parser.add_argument("--min-lr", type=float, default=1e-6)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
+from imgcls.commands.completers import SAVED_MODEL, completes
 from imgcls.errors import ImgclsError
 
 NAME = "predict"
@@ -36,11 +37,12 @@ best class) and its "rejection_score" beside the ranked "predictions"; --csv add
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("inputs", metavar="[MODEL] IMAGE_OR_FOLDER", nargs="+",
-                        help="an optional saved model (run folder, .safetensors or exported .onnx file) first, "
-                             "then images; folders are searched recursively")
-    parser.add_argument("--model", default=None,
-                        help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
+    completes(parser.add_argument("inputs", metavar="[MODEL] IMAGE_OR_FOLDER", nargs="+",
+                                  help="an optional saved model (run folder, .safetensors or exported .onnx file) "
+                                       "first, then images; folders are searched recursively"), SAVED_MODEL)
+    completes(parser.add_argument("--model", default=None,
+                                  help="saved model, exported .onnx file or pretrained name "
+                                       "(default: efficientnet_lite0)"), SAVED_MODEL)
     parser.add_argument("--top-k", type=int, default=None,
                         help="labels ranked per image (default: 5; every label for a multi-label model)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

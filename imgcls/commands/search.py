@@ -7,6 +7,7 @@ import json
 import sys
 
 from imgcls.commands.common import add_command
+from imgcls.commands.completers import DATA, completes
 from imgcls.errors import ImgclsError
 
 NAME = "search"
@@ -23,8 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("queries", metavar="IMAGE", nargs="*",
                         help="image files, folders (searched recursively) or names of indexed items")
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
-    parser.add_argument("--from", dest="from_data", default=None, metavar="DATA",
-                        help="draw queries from a dataset instead (see --split, --n)")
+    completes(parser.add_argument("--from", dest="from_data", default=None, metavar="DATA",
+                                  help="draw queries from a dataset instead (see --split, --n)"), DATA)
     parser.add_argument("--split", default="test", help="--from: the split to draw from (default: test)")
     parser.add_argument("--n", type=int, default=8, help="--from: how many queries (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="--from: seed of the draw (default: 0)")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
+from imgcls.commands.completers import SAVED_MODEL, completes
 from imgcls.errors import ImgclsError
 
 NAME = "serve"
@@ -26,8 +27,9 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                        help="saved model, exported .onnx file or pretrained name (default: efficientnet_lite0)")
+    completes(parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                                  help="saved model, exported .onnx file or pretrained name "
+                                       "(default: efficientnet_lite0)"), SAVED_MODEL)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=32, help="images per forward pass (1: no micro-batching)")

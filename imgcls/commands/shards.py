@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from imgcls.commands.common import add_command
+from imgcls.commands.common import add_command, add_data_argument
 
 NAME = "shards"
 HELP = "write a dataset as WebDataset tar shards, for training on many machines"
@@ -20,7 +20,7 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and manifest.json")
     parser.add_argument("--shard-size", type=byte_size, default=10**9, metavar="SIZE",
                         help="bytes of images per shard, as 1GB, 500MB or 64MiB (default: 1GB)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from imgcls.commands.common import add_command, add_data_flags, add_model_flags, data_options, model_params
+from imgcls.commands.common import (add_command, add_data_argument, add_data_flags, add_model_flags, data_options,
+                                    model_params)
+from imgcls.commands.completers import MODEL_NAME, SAVED_MODEL, completes
 from imgcls.errors import ImgclsError
 
 NAME = "show"
@@ -81,19 +83,19 @@ def _add_kernel(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_filters(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    completes(sub.add_argument("model", metavar="MODEL", help=MODEL_HELP), SAVED_MODEL)
     sub.add_argument("--max", type=int, default=64, dest="max_filters", help="filters drawn (default: 64)")
 
 
 def _add_activations(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    completes(sub.add_argument("model", metavar="MODEL", help=MODEL_HELP), SAVED_MODEL)
     sub.add_argument("image", metavar="IMAGE", help="an image file (decoded as the model decodes its inputs)")
     sub.add_argument("--per-stage", type=int, default=8, help="channels drawn per stage, most active first (default: 8)")
 
 
 def _add_top_images(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    sub.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    completes(sub.add_argument("model", metavar="MODEL", help=MODEL_HELP), SAVED_MODEL)
+    add_data_argument(sub)
     sub.add_argument("--layer", default=None, help="the stage to look at (default: the last; a wrong name lists them)")
     sub.add_argument("--units", type=int, default=8, help="strongest units shown (default: 8)")
     sub.add_argument("--top", type=int, default=8, help="images per unit (default: 8)")
@@ -108,7 +110,7 @@ def _add_templates(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_boundaries(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(sub)
     sub.add_argument("--model", choices=["knn"], default="knn", help="the classifier whose regions are drawn: knn")
     sub.add_argument("--k", default="1,5,15", help="values of k, one panel each (default: 1,5,15)")
     sub.add_argument("--metric", choices=["l2", "l1"], default="l2", help="distance in the plane (default: l2)")
@@ -119,8 +121,9 @@ def _add_boundaries(sub: argparse.ArgumentParser) -> None:
 
 def _add_batch(sub: argparse.ArgumentParser) -> None:
     from imgcls.commands.train import ConfigFile
-    sub.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    settable = [sub.add_argument("--model", default="cnn", help="network from `imgcls models` (default: cnn)")]
+    add_data_argument(sub)
+    settable = [completes(sub.add_argument("--model", default="cnn",
+                                           help="network from `imgcls models` (default: cnn)"), MODEL_NAME)]
     sub.add_argument("--config", default=None, metavar="FILE",
                      help="a training recipe (YAML, as `imgcls train --config` takes); flags override it")
     sub.add_argument("--epoch", type=int, default=0, help="which epoch's batch (default: 0)")
@@ -133,7 +136,9 @@ def _add_batch(sub: argparse.ArgumentParser) -> None:
 
 def _add_distances(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("image", metavar="IMAGE", help="an image file")
-    sub.add_argument("--model", default=None, help="the network whose embedding is compared (default: efficientnet_lite0)")
+    completes(sub.add_argument("--model", default=None,
+                               help="the network whose embedding is compared (default: efficientnet_lite0)"),
+              SAVED_MODEL)
     sub.add_argument("--shift", type=int, default=None, help="pixels the shifted copy moves (default: 1/32 of the side)")
 
 

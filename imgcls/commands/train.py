@@ -7,8 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_flags,
-                                   add_log_flag, add_model_flags, data_options, model_params)
+from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_argument,
+                                    add_data_flags, add_log_flag, add_model_flags, data_options, model_params)
+from imgcls.commands.completers import MODEL_NAME, completes
 from imgcls.errors import ImgclsError
 
 NAME = "train"
@@ -30,9 +31,10 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
+    add_data_argument(parser)
     settable = [
-        parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)"),
+        completes(parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)"),
+                  MODEL_NAME),
         parser.add_argument("--out", default=None,
                             help="run folder for model and reports (default: runs/<model>, e.g. runs/timm-resnet18)"),
     ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgcls.commands.common import add_command, add_data_flags, data_options
+from imgcls.commands.common import add_command, add_data_argument, add_data_flags, data_options
+from imgcls.commands.completers import MODEL_NAME, completes
 from imgcls.errors import ImgclsError
 
 NAME = "tune"
@@ -18,8 +19,8 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
-    parser.add_argument("data", metavar="DATA", help="dataset name, folder or CSV manifest")
-    parser.add_argument("--model", default="knn", help="model to tune (default: knn)")
+    add_data_argument(parser)
+    completes(parser.add_argument("--model", default="knn", help="model to tune (default: knn)"), MODEL_NAME)
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="values to try, repeatable; kNN keys k, metric, weights "
                              "(default: k=1,3,5,7,9,11,15 metric=l1,l2 weights=uniform); for networks any of "
