@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from imgcls.storage import write_text
+
 MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
 MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
 TIMED_STEPS = 3
@@ -156,11 +158,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(cache: dict) -> None:
-    path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text(cache_path(), json.dumps(cache, indent=1, sort_keys=True))
     except OSError:
         pass        # an unwritable cache only means measuring again next time

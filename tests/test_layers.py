@@ -16,7 +16,7 @@ import imgcls
 
 ROOT = Path(imgcls.__file__).parent
 LAYERS = [
-    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task", "imgcls.run_folder"),     # foundations
+    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task", "imgcls.storage", "imgcls.run_folder"),  # foundations
     ("imgcls.data",),
     ("imgcls.fastpath", "imgcls.runtime", "imgcls.kernels"),
     ("imgcls.training",),

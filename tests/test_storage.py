@@ -1,0 +1,76 @@
+"""imgcls.storage: atomic replacement (with fsync and a normal file's permissions), and the writers that use it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from imgcls.storage import atomic_path, write_text
+from imgcls.training import checkpoint as ckpt
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture
+def synced(monkeypatch):
+    """The paths os.fsync was called on, in order (read back through /proc/self/fd)."""
+    calls = []
+    real = os.fsync
+
+    def fsync(fd):
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_a_file_is_replaced_whole_with_a_normal_files_permissions(tmp_path):
+    path = tmp_path / "sub" / "data.json"
+    write_text(path, "old")
+    with atomic_path(path) as temporary:
+        assert temporary.parent == path.parent and temporary != path
+        temporary.write_text("new")
+        assert path.read_text() == "old"                 # nothing is replaced before the block ends
+    assert path.read_text() == "new"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask()
+    assert [p.name for p in path.parent.iterdir()] == ["data.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as temporary:
+            temporary.write_text("half of it")
+            raise RuntimeError("the writer failed")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@linux_only
+def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, synced):
+    path = tmp_path / "a.txt"
+    write_text(path, "x")
+    assert len(synced) == 1 and synced[0].startswith(str(tmp_path / "a.txt.")) and synced[0].endswith(".tmp")
+    synced.clear()
+    write_text(path, "y", sync_folder=True)
+    assert len(synced) == 2 and synced[1] == str(tmp_path)
+
+
+@linux_only
+def test_checkpoints_and_models_are_synced_and_readable_by_others(tmp_path, synced, digits):
+    from imgcls.models import create_model
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    ckpt.save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 1})
+    model = create_model("knn", k=3).fit(digits.train).save(tmp_path / "run")
+    for saved in (path, model):
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask()      # not mkstemp's private 0600
+        assert str(saved.parent) in synced and any(p.startswith(f"{saved}.") for p in synced)
