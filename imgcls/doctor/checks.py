@@ -39,6 +39,7 @@ from imgcls.doctor.nearest import Rows, nearest_among
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 from imgcls.similarity.features import load_features
+from imgcls.storage import write_text
 
 CHECKS = ("corrupt", "mismatch", "duplicates", "near-duplicates", "leakage", "imbalance", "tiny", "label-errors")
 FILE_CHECKS = ("corrupt", "mismatch")
@@ -634,5 +635,5 @@ def quarantine(report: DoctorReport, folder: str | Path) -> list[Move]:
         move.target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(move.source, move.target)
         history.append(move.to_dict())
-        log.write_text(json.dumps({"moves": history}, indent=2))   # after every move: the log never lags
+        write_text(log, json.dumps({"moves": history}, indent=2))   # after every move: the log never lags
     return moves

@@ -47,6 +47,7 @@ from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
 from imgcls.run_folder import RunFolder
+from imgcls.storage import atomic_path
 from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
                                          METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION)
@@ -192,8 +193,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Te
     metadata["quantization"] = {"scheme": "int8 static, QDQ, per-channel int8 weights, uint8 activations",
                                 "calibration_images": len(images)}
     _set_onnx_metadata(quantized, json.dumps(metadata))
-    int8_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(quantized, str(int8_path))
+    with atomic_path(int8_path) as temporary:
+        onnx.save(quantized, str(temporary))
     return int8_path
 
 
@@ -267,7 +268,8 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, metadata: dict, pa
         raise ImgclsError(f"the ONNX exporter could not write opset {opset} for this network "
                           f"(it wrote {produced}); export with opset {produced}")
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
-    program.save(str(path), external_data=False)
+    with atomic_path(path) as temporary:
+        program.save(str(temporary), external_data=False)
     return path
 
 
