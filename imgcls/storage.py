@@ -4,6 +4,7 @@
   to disk (fsync) and renamed over the old one, so a reader (or a run resumed after a crash) sees
   the old file or the new one, never half of one. The new file gets the permissions any new file
   gets (0666 less the umask), not mkstemp's private 0600.
+- `sha256_file` / `file_digest`: a file's digest, read a megabyte at a time.
 
 It sits with the foundations (it imports nothing else of imgcls), so every layer can use it.
 """
@@ -11,6 +12,7 @@ It sits with the foundations (it imports nothing else of imgcls), so every layer
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -73,3 +75,17 @@ def _fsync_folder(folder: Path) -> None:
         pass                         # some file systems refuse fsync on a folder; the file itself is synced
     finally:
         os.close(fd)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read a megabyte at a time (never the whole file at once)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's SHA-256 (hex), read a megabyte at a time."""
+    return file_digest(path, "sha256")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
 import pytest
 import torch
 
-from imgcls.storage import atomic_path, write_text
+from imgcls.storage import atomic_path, file_digest, sha256_file, write_text
 from imgcls.training import checkpoint as ckpt
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
@@ -74,3 +75,14 @@ def test_checkpoints_and_models_are_synced_and_readable_by_others(tmp_path, sync
     for saved in (path, model):
         assert saved.stat().st_mode & 0o777 == 0o666 & ~umask()      # not mkstemp's private 0600
         assert str(saved.parent) in synced and any(p.startswith(f"{saved}.") for p in synced)
+
+
+def test_digests_equal_hashlibs_of_the_whole_file(tmp_path):
+    path = tmp_path / "blob"
+    data = os.urandom(3 * (1 << 20) + 123)          # more than one megabyte-sized read, and a scrap
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert file_digest(path, "md5") == hashlib.md5(data).hexdigest()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert sha256_file(empty) == hashlib.sha256(b"").hexdigest()

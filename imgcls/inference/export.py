@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import tempfile
 import warnings
@@ -47,7 +46,7 @@ from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
 from imgcls.run_folder import RunFolder
-from imgcls.storage import atomic_path
+from imgcls.storage import atomic_path, sha256_file
 from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
                                          METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION)
@@ -118,15 +117,6 @@ def prediction_params(model) -> dict:
     from imgcls.training.config import TrainingConfig
     training = {f.name for f in dataclasses.fields(TrainingConfig)}
     return {k: v for k, v in model.get_params().items() if k not in training}
-
-
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256, read a megabyte at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = False, calibration=None,

@@ -41,10 +41,9 @@ import torch
 from imgcls import __version__
 from imgcls.errors import ImgclsError
 from imgcls.fastpath import cache_dir, cpu_model, race
-from imgcls.inference.export import sha256_file
 from imgcls.inference.onnx_model import OnnxClassifier, _cpu_count
 from imgcls.progress import console
-from imgcls.storage import atomic_path, write_text
+from imgcls.storage import atomic_path, sha256_file, write_text
 
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "IMGCLS_RUNTIME"
