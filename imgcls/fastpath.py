@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import platform
 import re
 import time
@@ -30,7 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from imgcls.storage import write_text
+from imgcls.storage import cache_dir, write_text
 
 MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
 MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
@@ -128,14 +127,6 @@ def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, ch
         if step:
             best = min(best, time.perf_counter() - start)
     return best
-
-
-def cache_dir() -> Path:
-    """Where imgcls keeps what it measured and built once: $IMGCLS_CACHE, else
-    $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls."""
-    if os.environ.get("IMGCLS_CACHE"):
-        return Path(os.environ["IMGCLS_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "imgcls"
 
 
 def cache_path() -> Path:

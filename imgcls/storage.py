@@ -5,6 +5,7 @@
   the old file or the new one, never half of one. The new file gets the permissions any new file
   gets (0666 less the umask), not mkstemp's private 0600.
 - `sha256_file` / `file_digest`: a file's digest, read a megabyte at a time.
+- `cache_dir`: where imgcls keeps what it measured, built or downloaded once.
 
 It sits with the foundations (it imports nothing else of imgcls), so every layer can use it.
 """
@@ -17,6 +18,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+CACHE_ENV = "IMGCLS_CACHE"
 
 
 @contextlib.contextmanager
@@ -89,3 +92,12 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 def sha256_file(path: str | Path) -> str:
     """The file's SHA-256 (hex), read a megabyte at a time."""
     return file_digest(path, "sha256")
+
+
+def cache_dir() -> Path:
+    """Where imgcls keeps what it measured, built or downloaded once: $IMGCLS_CACHE, else
+    $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls. Below it: fast_paths.json, onnx/, datasets/
+    (unless $IMGCLS_DATA names another folder) and models/ (unless $IMGCLS_MODELS does)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "imgcls"

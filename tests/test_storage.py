@@ -1,4 +1,5 @@
-"""imgcls.storage: atomic replacement (with fsync and a normal file's permissions), and the writers that use it."""
+"""imgcls.storage: atomic replacement (fsync, a normal file's permissions), file digests and the cache
+folder rule, with the writers and readers that use them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from imgcls.storage import atomic_path, file_digest, sha256_file, write_text
+from imgcls.storage import atomic_path, cache_dir, file_digest, sha256_file, write_text
 from imgcls.training import checkpoint as ckpt
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
@@ -86,3 +87,24 @@ def test_digests_equal_hashlibs_of_the_whole_file(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert sha256_file(empty) == hashlib.sha256(b"").hexdigest()
+
+
+def test_one_cache_folder_rule_for_fast_paths_onnx_datasets_and_models(tmp_path, monkeypatch):
+    from imgcls.data.named import cache_root
+    from imgcls.fastpath import cache_path
+    from imgcls.inference.fast import entry_dir
+    from imgcls.models.pretrained import model_cache
+    for name in ("IMGCLS_CACHE", "XDG_CACHE_HOME", "IMGCLS_DATA", "IMGCLS_MODELS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "imgcls"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "imgcls"
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "mine"))
+    root = tmp_path / "mine"
+    assert cache_dir() == root
+    assert (cache_path(), entry_dir("0" * 64).parent, cache_root(), model_cache()) == (
+        root / "fast_paths.json", root / "onnx", root / "datasets", root / "models")
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "data"))         # the documented overrides still win
+    monkeypatch.setenv("IMGCLS_MODELS", str(tmp_path / "models"))
+    assert (cache_root(), model_cache()) == (tmp_path / "data", tmp_path / "models")

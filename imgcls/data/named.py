@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
-from imgcls.storage import file_digest
+from imgcls.storage import cache_dir, file_digest
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -65,7 +65,8 @@ NAMED_DATASETS = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("IMGCLS_DATA") or Path.home() / ".cache" / "imgcls" / "datasets")
+    """Where downloaded datasets are kept: $IMGCLS_DATA, else cache_dir()/datasets."""
+    return Path(os.environ.get("IMGCLS_DATA") or cache_dir() / "datasets")
 
 
 def locate(dataset: NamedDataset, path: Path | None = None, download: bool = True) -> Path:

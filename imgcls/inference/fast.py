@@ -8,7 +8,7 @@ both, and runs the faster. A CPU flag would be a guess (Intel AMX and AMD EPYC d
 networks), so the choice is measured, once per machine (CPU model, thread count, torch and ONNX
 Runtime versions), and recorded beside the export.
 
-The cache lives in fastpath.cache_dir() / "onnx" / KEY, where KEY is a digest of the source
+The cache lives in storage.cache_dir() / "onnx" / KEY, where KEY is a digest of the source
 model file's SHA-256 (for a pretrained model: its name and its weights file's SHA-256) with the
 imgcls and torch versions that export. Never the export's own bytes: an export embeds its
 `exported_at` time. Each entry holds:
@@ -40,10 +40,10 @@ import torch
 
 from imgcls import __version__
 from imgcls.errors import ImgclsError
-from imgcls.fastpath import cache_dir, cpu_model, race
+from imgcls.fastpath import cpu_model, race
 from imgcls.inference.onnx_model import OnnxClassifier, _cpu_count
 from imgcls.progress import console
-from imgcls.storage import atomic_path, sha256_file, write_text
+from imgcls.storage import atomic_path, cache_dir, sha256_file, write_text
 
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "IMGCLS_RUNTIME"
