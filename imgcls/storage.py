@@ -6,8 +6,10 @@
   gets (0666 less the umask), not mkstemp's private 0600.
 - `sha256_file` / `file_digest`: a file's digest, read a megabyte at a time.
 - `cache_dir`: where imgcls keeps what it measured, built or downloaded once.
+- `check_format_version`: the refusal of a file written in a newer format than this imgcls reads.
 
-It sits with the foundations (it imports nothing else of imgcls), so every layer can use it.
+It sits with the foundations (of imgcls it imports only the version and imgcls.errors), so every
+layer can use it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from imgcls import __version__
+from imgcls.errors import ImgclsError
 
 CACHE_ENV = "IMGCLS_CACHE"
 
@@ -101,3 +106,13 @@ def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "imgcls"
+
+
+def check_format_version(path: str | Path, what: str, version, readable: int) -> None:
+    """Refuse a file whose format version is newer than `readable`, the newest this imgcls reads
+    (or is no version at all); `what` names the format in the message: model, export, index, shards."""
+    if type(version) is not int:
+        raise ImgclsError(f"{path}: {what} format version {version!r} is not one this imgcls reads")
+    if version > readable:
+        raise ImgclsError(f"{path}: {what} format {version} is newer than this imgcls ({__version__}) reads "
+                          f"(up to {readable}); upgrade imgcls")

@@ -4,13 +4,15 @@ folder rule, with the writers and readers that use them."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 
 import pytest
 import torch
 
-from imgcls.storage import atomic_path, cache_dir, file_digest, sha256_file, write_text
+from imgcls.errors import ImgclsError
+from imgcls.storage import atomic_path, cache_dir, check_format_version, file_digest, sha256_file, write_text
 from imgcls.training import checkpoint as ckpt
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
@@ -108,3 +110,25 @@ def test_one_cache_folder_rule_for_fast_paths_onnx_datasets_and_models(tmp_path,
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "data"))         # the documented overrides still win
     monkeypatch.setenv("IMGCLS_MODELS", str(tmp_path / "models"))
     assert (cache_root(), model_cache()) == (tmp_path / "data", tmp_path / "models")
+
+
+def test_a_format_newer_than_this_imgcls_reads_is_refused_alike_everywhere(tmp_path):
+    from imgcls.data.shards import FORMAT, MANIFEST, read_manifest
+    from imgcls.models.artifact import write_safetensors
+    from imgcls.similarity.index import FORMAT as INDEX_FORMAT
+    from imgcls.similarity.index import ImageIndex
+    check_format_version("f", "model", 3, 3)                      # the newest one read, and older ones, pass
+    check_format_version("f", "model", 0, 3)
+    with pytest.raises(ImgclsError, match=r"^f: model format 4 is newer than this imgcls \(.+\) reads \(up to 3\); "
+                                          "upgrade imgcls$"):
+        check_format_version("f", "model", 4, 3)
+    with pytest.raises(ImgclsError, match="format version '2' is not one this imgcls reads"):
+        check_format_version("f", "model", "2", 3)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": 99}))
+    with pytest.raises(ImgclsError, match="shards format 99 is newer than this imgcls"):
+        read_manifest(tmp_path / "shards")
+    index = tmp_path / "index.safetensors"
+    write_safetensors(index, {"vectors": torch.zeros(1, 2)}, {"format": INDEX_FORMAT, "format_version": 99})
+    with pytest.raises(ImgclsError, match="index format 99 is newer than this imgcls"):
+        ImageIndex.load(index)

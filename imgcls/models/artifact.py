@@ -27,7 +27,7 @@ from imgcls.models.calibration import calibration_from_dict
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.run_folder import RunFolder
-from imgcls.storage import atomic_path
+from imgcls.storage import atomic_path, check_format_version
 from imgcls.task import task_from_dict
 
 ABSTENTION_PREFIX = "abstention."      # tensors of the abstention, not of the classifier
@@ -112,9 +112,7 @@ def read_metadata(path: str | Path) -> dict:
         raise ImgclsError(f"{path}: a safetensors file, but not an imgcls model (no imgcls metadata)")
     if metadata.get("format") != FORMAT:
         raise ImgclsError(f"{path}: not an imgcls model (an {metadata.get('format', 'unknown')} file)")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ImgclsError(f"{path}: model format {metadata.get('format_version')} is newer than this imgcls "
-                          f"({__version__}) reads; upgrade imgcls")
+    check_format_version(path, "model", metadata.get("format_version", 0), FORMAT_VERSION)
     return metadata
 
 
