@@ -38,6 +38,7 @@ from imgcls.doctor.labels import LabelError, find_label_errors
 from imgcls.doctor.nearest import Rows, nearest_among
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
+from imgcls.runtime import PREDICT_BATCH
 from imgcls.similarity.features import load_features
 from imgcls.storage import write_text
 
@@ -49,7 +50,6 @@ FILE_CHECKS = ("corrupt", "mismatch")
 # (half under 0.015), while a random image's nearest of 2,000 others is at 0.037 or more.
 NEAR_DEFAULTS = {"l2": 0.03, "cosine": 0.02}
 _SAME_FORMAT = {"MPO": "JPEG"}   # camera JPEGs with several frames open as MPO
-READ_BATCH = 512                 # images hashed and embedded at a time (a network runs 512 at a time too)
 
 
 @dataclass
@@ -395,14 +395,14 @@ def _mismatch(record: FileRecord) -> str | None:
 
 def read_images(images: torch.Tensor | ImageFiles, features, vectors: Rows
                 ) -> tuple[list[bytes | None], list[int], list[tuple[int, str]]]:
-    """One pass over every image, READ_BATCH at a time through image_batches (streamed images are
+    """One pass over every image, PREDICT_BATCH at a time through image_batches (streamed images are
     decoded by DataLoader workers, so only the batches in flight are in memory): each row's pixel
     digest (None: it no longer decodes), the rows whose pixels appear for the first time (the
     distinct ones, in row order) with their feature vectors appended to vectors, and (row, reason)
     for the rows that did not decode."""
     digests: list[bytes | None] = [None] * len(images)
     distinct, failed, seen = [], [], set()
-    for positions, batch, unreadable in image_batches(images, READ_BATCH, "reading images"):
+    for positions, batch, unreadable in image_batches(images, PREDICT_BATCH, "reading images"):
         failed += unreadable
         first = []
         for j, (row, pixels) in enumerate(zip(positions.tolist(), batch.reshape(len(batch), -1).numpy())):
