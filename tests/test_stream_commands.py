@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import imgcls.data.files
-import imgcls.doctor.checks
+import imgcls.doctor.detection
 import imgcls.doctor.nearest
 import imgcls.evaluation
 import imgcls.inference.export
@@ -27,7 +27,7 @@ from imgcls.data import DataOptions, load_dataset
 from imgcls.data.images import decode_many
 from imgcls.data.stream import PREFETCH, ImageFiles, image_batches
 from imgcls.doctor import DoctorOptions, diagnose
-from imgcls.doctor.checks import near_pairs
+from imgcls.doctor.detection import near_pairs
 from imgcls.doctor.nearest import Rows
 from imgcls.evaluation import evaluate_model, write_report
 from imgcls.evaluation.report import RunInfo
@@ -207,7 +207,7 @@ def sick_photos(copy_of, tmp_path) -> Path:
 
 @pytest.mark.parametrize("features", ["pixels", "cnn"])
 def test_the_doctor_finds_the_same_streamed_as_in_memory(sick_photos, features, cnn_run, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.doctor.checks, "PREDICT_BATCH", 8)
+    monkeypatch.setattr(imgcls.doctor.detection, "PREDICT_BATCH", 8)
     monkeypatch.setattr(imgcls.data.files, "VERIFY_BATCH", 8)
     monkeypatch.setattr(imgcls.doctor.nearest, "BLOCK_BYTES", 5 * SIDE * SIDE * 3)   # 5 pixel rows a block
     doctor = DoctorOptions(features="pixels" if features == "pixels" else str(cnn_run),
