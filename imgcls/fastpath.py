@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import platform
 import re
 import time
@@ -31,6 +30,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from imgcls.storage import cache_dir, write_text
 
 MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
 MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
@@ -179,14 +180,6 @@ def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, ch
     return best
 
 
-def cache_dir() -> Path:
-    """Where imgcls keeps what it measured and built once: $IMGCLS_CACHE, else
-    $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls."""
-    if os.environ.get("IMGCLS_CACHE"):
-        return Path(os.environ["IMGCLS_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "imgcls"
-
-
 def cache_path() -> Path:
     return cache_dir() / "fast_paths.json"
 
@@ -207,11 +200,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(cache: dict) -> None:
-    path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text(cache_path(), json.dumps(cache, indent=1, sort_keys=True))
     except OSError:
         pass        # an unwritable cache only means measuring again next time

@@ -217,7 +217,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
                          heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
-    paths["json"].write_text(json.dumps(data, indent=2))
+    run.write_json(paths["json"], data)
     if tracker is not None:
         history = [run.history_json, run.history_csv]
         files = [*paths.values(), *(figures or {}).values(), *(p for p in history if p.is_file())]

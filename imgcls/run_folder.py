@@ -28,7 +28,8 @@ safe for any file system: `imgcls train --model timm:resnet18` writes runs/timm-
 tune` runs/tune-timm-resnet18, `imgcls lr-find` runs/lr-find-timm-resnet18, `imgcls compare`
 runs/compare.
 
-It sits with the foundations (of imgcls it imports only imgcls.errors), so every layer can ask it.
+It sits with the foundations (of imgcls it imports only imgcls.errors and imgcls.storage), so every
+layer can ask it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from imgcls.storage import write_text
 
 RUNS = Path("runs")
 MODEL_FILE = "model.safetensors"
@@ -221,10 +224,10 @@ class RunFolder:
         return RunFolder(self.path / folder_name(model))
 
     def write_json(self, path: Path, data) -> Path:
-        """data as indented JSON at path (one of this folder's), the folder made if missing."""
+        """data as indented JSON at path (one of this folder's), the folder made if missing; the
+        file is replaced atomically, so a reader never finds half of it."""
         self.make()
-        path.write_text(json.dumps(data, indent=2))
-        return path
+        return write_text(path, json.dumps(data, indent=2))
 
 
 def write_config(folder: str | Path, resolved: dict, *, resume: bool = False,
@@ -242,5 +245,5 @@ def write_config(folder: str | Path, resolved: dict, *, resume: bool = False,
             raise ImgclsError(f"{run.path}: cannot resume with different {', '.join(changed)}; "
                               "use the same command, or a new --out")
     run.write_json(run.config_json, resolved)
-    run.config_yaml.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_text(run.config_yaml, yaml.safe_dump(resolved, sort_keys=False))
     return run

@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from imgcls.cli import main
 from imgcls.data.load import DataOptions, from_arrays, load_dataset
 from imgcls.doctor import DoctorOptions, check_quarantine, diagnose
-from imgcls.doctor.checks import near_pairs
+from imgcls.doctor.detection import near_pairs
 from imgcls.errors import ImgclsError
 
 SIDE = 8

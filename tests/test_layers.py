@@ -7,16 +7,19 @@ much as those at the top of a module: deferring an import still points the arrow
 from __future__ import annotations
 
 import ast
+import graphlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import imgcls
 
 ROOT = Path(imgcls.__file__).parent
 LAYERS = [
-    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task", "imgcls.run_folder"),     # foundations
+    ("imgcls", "imgcls.errors", "imgcls.progress", "imgcls.task", "imgcls.storage", "imgcls.run_folder"),  # foundations
     ("imgcls.data",),
     ("imgcls.fastpath", "imgcls.runtime", "imgcls.kernels"),
     ("imgcls.training",),
@@ -125,3 +128,36 @@ def test_loading_a_model_to_predict_or_serve_leaves_the_training_loop_unloaded()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """The imgcls modules each imgcls module imports, at any depth; `from package import module`
+    counts as importing that module, not the package's __init__."""
+    found = {module: (path, is_package) for path, module, is_package in modules()}
+    graph = {}
+    for module, (path, is_package) in found.items():
+        package = module.split(".") if is_package else module.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in found else base for alias in node.names]
+            else:
+                continue
+            targets |= {name for name in names if name in found and name != module}
+        graph[module] = targets
+    return graph
+
+
+def test_no_modules_import_each_other():
+    """Not even around a loop, nor by deferring an import into a function: a loop means one of its
+    modules holds what the others need and belongs below them."""
+    try:
+        graphlib.TopologicalSorter(module_graph()).prepare()
+    except graphlib.CycleError as loop:
+        pytest.fail("modules that import each other: " + " -> ".join(loop.args[1]))
+    assert "imgcls.explain.results" in module_graph()["imgcls.explain.intrinsic"]     # the check sees them

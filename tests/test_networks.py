@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from imgcls.errors import ImgclsError
-from imgcls.models.networks import (BUILDERS, BasicBlock, Maxout, count_parameters, lenet5, mlp, resnet20,
-                                    resnet_cifar, timm_network, vgg)
+from imgcls.models.introspection import count_parameters
+from imgcls.models.networks import BUILDERS, BasicBlock, Maxout, lenet5, mlp, resnet20, resnet_cifar, timm_network, vgg
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 TIMM_NAME = "resnet10t"  # a small timm model: checks our split matches timm's

@@ -4,6 +4,8 @@ headers and body as documented); and the spec lists what a client must know."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import schemathesis
@@ -66,6 +68,7 @@ def test_every_answer_matches_the_spec(api, server, mode):
     assert len(sent["POST /v1/classify"]) >= 20    # hypothesis stops early only when it runs out of cases
     if mode is GenerationMode.POSITIVE:               # the spec's example is a real image: its reply is checked too
         assert 200 in sent["POST /v1/classify"]
+        assert 200 in sent["POST /v2/models/{name}/infer"] and 200 in sent["GET /v2/models/{name}"]
     assert not failures, "\n\n".join(f"{label}\n{found}" for label, found in failures.items())
 
 
@@ -102,6 +105,33 @@ def test_the_spec_lists_refusals_limits_and_reply_shapes(server):
     assert set(result["properties"]) == {"filename", "predictions", "labels", "explanations",
                                          "label", "rejection_score"}     # the last two: models that abstain
     assert spec["components"]["schemas"]["Prediction"]["required"] == ["label", "score"]
+
+
+def test_the_spec_describes_kserve_v2_with_its_reply_and_request_models(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    replies = {path: ops["get" if "get" in ops else "post"]["responses"]["200"]["content"]["application/json"]
+               for path, ops in spec["paths"].items() if path.startswith("/v2")}
+    assert {path: reply["schema"]["$ref"].rsplit("/", 1)[1] for path, reply in replies.items()} == {
+        "/v2": "ServerMetadata", "/v2/health/live": "Live", "/v2/health/ready": "Ready",
+        "/v2/models/{name}": "ModelMetadata", "/v2/models/{name}/ready": "ModelReady",
+        "/v2/models/{name}/infer": "InferenceResponse"}
+    assert schemas["InferenceResponse"]["required"] == ["model_name", "model_version", "outputs"]
+    assert schemas["ResponseOutput"]["properties"]["datatype"]["enum"] == ["FP32", "BYTES", "BOOL"]
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert "application/octet-stream" in infer["responses"]["200"]["content"]       # the binary tensor extension
+    for status in ("400", "404", "413", "415", "503"):
+        assert infer["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}, status
+    body = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["inputs"] and (body["properties"]["inputs"]["minItems"],
+                                               body["properties"]["inputs"]["maxItems"]) == (1, 1)
+    tensor = body["properties"]["inputs"]["items"]
+    assert tensor["required"] == ["name", "datatype", "shape"]
+    assert tensor["properties"]["name"]["enum"] == ["files", "pixels", "images"]
+    assert tensor["properties"]["datatype"]["enum"] == ["BYTES", "UINT8", "FP32"]
+    assert tensor["properties"]["shape"]["items"] == {"type": "integer", "minimum": 0}
+    assert "$ref" not in json.dumps(body)          # written in place: the components do not hold it
 
 
 def test_a_typed_parameter_refused_is_422_json():

@@ -317,7 +317,7 @@ def test_known_decoding_streams_files_in_chunks(shapes, tmp_path, capsys, write_
     import imgcls.similarity.build as build
     out = tmp_path / "index"
     assert main(["index", str(shapes), "--out", str(out)]) == 0
-    monkeypatch.setattr(build, "STREAM_CHUNK", 4)
+    monkeypatch.setattr(build, "PREDICT_BATCH", 4)
     more = tmp_path / "more"
     for i in range(7):
         write_image(more / ("left" if i % 2 else "right") / f"{i}.png", np.full((16, 16), 20 * i, dtype=np.uint8))

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import imgcls.data.files
-import imgcls.doctor.checks
+import imgcls.doctor.detection
 import imgcls.doctor.nearest
 import imgcls.evaluation
 import imgcls.inference.export
@@ -27,7 +27,7 @@ from imgcls.data import DataOptions, load_dataset
 from imgcls.data.images import decode_many
 from imgcls.data.stream import PREFETCH, ImageFiles, image_batches
 from imgcls.doctor import DoctorOptions, diagnose
-from imgcls.doctor.checks import near_pairs
+from imgcls.doctor.detection import near_pairs
 from imgcls.doctor.nearest import Rows
 from imgcls.evaluation import evaluate_model, write_report
 from imgcls.evaluation.report import RunInfo
@@ -145,7 +145,7 @@ def test_eval_of_a_streamed_folder_reports_what_memory_reports(cnn_run, photos, 
 
 
 def test_streamed_evaluation_in_many_batches_equals_memory(photos, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.evaluation, "STREAM_BATCH", 4)
+    monkeypatch.setattr(imgcls.evaluation, "PREDICT_BATCH", 4)
     memory, streamed = (load_dataset(photos, options(mode, test_fraction=0.5)) for mode in MODES)
     knn = create_model("knn", k=3).fit(memory.train)
     a, _ = evaluate_model(knn, memory.test)
@@ -176,7 +176,7 @@ def test_a_file_spoiled_before_a_streamed_evaluation_is_skipped_and_listed(copy_
 # -- index -------------------------------------------------------------------------------------------
 
 def test_a_streamed_index_holds_and_finds_what_one_built_in_memory_does(photos, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.similarity.build, "STREAM_CHUNK", 8)
+    monkeypatch.setattr(imgcls.similarity.build, "PREDICT_BATCH", 8)
     indexes = {}
     for mode in MODES:
         indexes[mode] = ImageIndex()
@@ -207,7 +207,7 @@ def sick_photos(copy_of, tmp_path) -> Path:
 
 @pytest.mark.parametrize("features", ["pixels", "cnn"])
 def test_the_doctor_finds_the_same_streamed_as_in_memory(sick_photos, features, cnn_run, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.doctor.checks, "READ_BATCH", 8)
+    monkeypatch.setattr(imgcls.doctor.detection, "PREDICT_BATCH", 8)
     monkeypatch.setattr(imgcls.data.files, "VERIFY_BATCH", 8)
     monkeypatch.setattr(imgcls.doctor.nearest, "BLOCK_BYTES", 5 * SIDE * SIDE * 3)   # 5 pixel rows a block
     doctor = DoctorOptions(features="pixels" if features == "pixels" else str(cnn_run),

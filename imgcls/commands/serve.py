@@ -11,6 +11,7 @@ from pathlib import Path
 from imgcls.commands.common import add_command, add_runtime_flag, runtime_choice
 from imgcls.commands.completers import SAVED_MODEL, completes
 from imgcls.errors import ImgclsError
+from imgcls.serving import defaults
 
 NAME = "serve"
 ENV_VAR = "IMGCLS_API_KEY"           # the key, kept off the command line where `ps` shows it
@@ -30,12 +31,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     completes(parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
                                   help="saved model, exported .onnx file or pretrained name "
                                        "(default: efficientnet_lite0)"), SAVED_MODEL)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=32, help="images per forward pass (1: no micro-batching)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
-    parser.add_argument("--queue-size", type=int, default=256, help="requests waiting before 503 (default: 256)")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit (default: 20)")
+    parser.add_argument("--host", default=defaults.HOST)
+    parser.add_argument("--port", type=int, default=defaults.PORT)
+    parser.add_argument("--max-batch", type=int, default=defaults.MAX_BATCH,
+                        help="images per forward pass (1: no micro-batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.MAX_WAIT_MS,
+                        help="how long a batch waits to fill up")
+    parser.add_argument("--queue-size", type=int, default=defaults.QUEUE_SIZE,
+                        help=f"requests waiting before 503 (default: {defaults.QUEUE_SIZE})")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.MAX_UPLOAD_BYTES / 2**20,
+                        help=f"request size limit (default: {defaults.MAX_UPLOAD_BYTES / 2**20:g})")
     parser.add_argument("--top-k", type=int, default=None,
                         help="labels ranked per image unless a request asks (default: 5; every label for a "
                              "multi-label model)")

@@ -3,7 +3,6 @@ from the official address and checked against the published checksum."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
+from imgcls.storage import cache_dir, file_digest
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -65,7 +65,8 @@ NAMED_DATASETS = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("IMGCLS_DATA") or Path.home() / ".cache" / "imgcls" / "datasets")
+    """Where downloaded datasets are kept: $IMGCLS_DATA, else cache_dir()/datasets."""
+    return Path(os.environ.get("IMGCLS_DATA") or cache_dir() / "datasets")
 
 
 def locate(dataset: NamedDataset, path: Path | None = None, download: bool = True) -> Path:
@@ -99,7 +100,7 @@ def download_dataset(dataset: NamedDataset, target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for file_name, md5 in dataset.files:
         destination = target / file_name
-        if not (destination.is_file() and _md5(destination) == md5):
+        if not (destination.is_file() and file_digest(destination, "md5") == md5):
             _download_from_mirrors(dataset, file_name, md5, destination)
         if file_name.endswith(".tar.gz"):
             with tarfile.open(destination) as tar:
@@ -119,7 +120,7 @@ def _download_from_mirrors(dataset: NamedDataset, file_name: str, md5: str, dest
         except OSError as exc:
             errors.append(f"{url}: {exc}")
             continue
-        if _md5(destination) == md5:
+        if file_digest(destination, "md5") == md5:
             return
         destination.unlink()
         errors.append(f"{url}: checksum mismatch (expected md5 {md5})")
@@ -137,11 +138,3 @@ def _fetch(url: str, destination: Path) -> None:
                 tmp.write(chunk)
                 advance(len(chunk))
     shutil.move(tmp.name, destination)
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

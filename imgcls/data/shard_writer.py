@@ -28,6 +28,7 @@ from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_data
 from imgcls.data.shards import FORMAT, MANIFEST, VERSION, is_shards_folder, read_manifest
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
+from imgcls.storage import write_text
 
 _FORMAT_SUFFIX = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
@@ -59,9 +60,7 @@ def write_shards(source: str | Path, out: Path, shard_size: int) -> dict:
         raise ImgclsError(f"{source}: none of its {total} files is a readable image; no shards written")
     manifest |= {"image_sizes": [[h, w, n] for (h, w), n in sorted(writer.sizes.items())],
                  "grayscale": writer.grayscale, "skipped": [s.to_dict() for s in writer.skipped]}
-    temporary = out / (MANIFEST + ".partial")
-    temporary.write_text(json.dumps(manifest))
-    temporary.replace(out / MANIFEST)     # the manifest appears last, once every shard it lists is whole
+    write_text(out / MANIFEST, json.dumps(manifest))    # last, once every shard it lists is whole
     report_skipped(writer.skipped, strict=False)
     return manifest
 

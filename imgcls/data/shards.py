@@ -25,6 +25,7 @@ from imgcls.data.dataset import SkippedFile
 from imgcls.data.files import FileList
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.storage import check_format_version
 
 MANIFEST = "manifest.json"
 FORMAT = "imgcls-shards"
@@ -103,9 +104,7 @@ def read_manifest(folder: Path) -> dict:
         raise ImgclsError(f"{path}: not a readable shards manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ImgclsError(f"{path}: not a manifest of imgcls shards (written by imgcls shards)")
-    if manifest.get("version", 0) > VERSION:
-        raise ImgclsError(f"{path}: shards format version {manifest['version']} is newer than this imgcls reads "
-                          f"({VERSION}); upgrade imgcls")
+    check_format_version(path, "shards", manifest.get("version", 0), VERSION)
     return manifest
 
 

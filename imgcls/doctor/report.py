@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imgcls import __version__
-from imgcls.doctor.checks import DoctorReport, DuplicateGroup
+from imgcls.doctor.findings import DoctorReport, DuplicateGroup
 
 SHOWN = 100          # duplicate groups and near pairs drawn in the HTML report (doctor.json has all)
 TOP = 5              # findings listed per check in the terminal

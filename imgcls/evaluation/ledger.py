@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from imgcls.run_folder import RunFolder
+from imgcls.storage import write_text
 
 
 def record_test_evaluation(out_dir: str | Path, model: str, command: str | None = None) -> int:
@@ -21,10 +22,7 @@ def record_test_evaluation(out_dir: str | Path, model: str, command: str | None 
     records = test_evaluations(out_dir)
     records.append({"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": command or shlex.join(["imgcls", *sys.argv[1:]]), "model": model})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(records, indent=2))
     return len(records)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,7 +137,7 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     if ev.task == MultiLabelEvaluation.task:
         return _write_multilabel(ev, info, run, data, images, figures)
     paths = {"json": run.report_json, "confusion_matrix": run.confusion_matrix, "html": run.report_html}
-    paths["json"].write_text(json.dumps(data, indent=2))
+    run.write_json(paths["json"], data)
     plot_confusion_matrix(ev, paths["confusion_matrix"])
     shown = {"Confusion matrix": paths["confusion_matrix"], **(figures or {})}
     if images is not None and ev.y_pred is not None and plot_mistakes(ev, images, run.mistakes, heatmaps=heatmaps):
@@ -151,7 +150,7 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
 def _write_multilabel(ev: MultiLabelEvaluation, info: RunInfo, run: RunFolder, data: dict, images,
                       figures: dict[str, Path] | None) -> dict[str, Path]:
     paths = {"json": run.report_json, "html": run.report_html}
-    paths["json"].write_text(json.dumps(data, indent=2))
+    run.write_json(paths["json"], data)
     shown = {}
     if plot_pr_curves(ev, run.pr_curves):
         paths["pr_curves"] = shown[PR_CURVES] = run.pr_curves

@@ -4,6 +4,7 @@ It sits after inference (it decodes files and opens models as prediction does) a
 serving, whose /v1/classify returns heatmaps with explain=true.
 """
 
-from imgcls.explain.explanation import METHODS, Explanation, Neighbour, default_method, explain, network_layers
+from imgcls.explain.explanation import METHODS, default_method, explain, network_layers
+from imgcls.explain.results import Explanation, Neighbour
 
 __all__ = ["METHODS", "Explanation", "Neighbour", "default_method", "explain", "network_layers"]

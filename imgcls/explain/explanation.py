@@ -19,7 +19,6 @@ one label to explain in every image instead.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,43 +26,15 @@ import torch
 from imgcls.data.dataset import as_image_tensor
 from imgcls.errors import ImgclsError
 from imgcls.explain.attribution import GRADCAM_METHODS, NETWORK_METHODS, attribute
+from imgcls.explain.intrinsic import explain_knn, explain_linear
 from imgcls.explain.layers import Layers, find_layers
+from imgcls.explain.results import Explanation
 from imgcls.models.neural import Normalize
 from imgcls.runtime import resolve_device
 
 OWN_METHODS = {"neighbours": "neighbours", "template": "template"}   # capabilities.explained_by -> its one method
 METHODS = (*NETWORK_METHODS, *OWN_METHODS.values())
 BATCH = 16          # images per attribution pass: bounds the memory of the backward pass
-
-
-@dataclass
-class Neighbour:
-    index: int             # row of the training set (as model.kneighbors numbers them)
-    label: str             # its label; for multi-label models its labels joined by ";"
-    distance: float
-
-
-@dataclass
-class Explanation:
-    image: int                        # which of the images explained
-    target: str                       # the label explained
-    target_index: int
-    score: float                      # the model's probability of the target for this image
-    method: str
-    map: np.ndarray                   # float32 (H, W) at the model's input resolution
-    layer: str | None = None          # the network layer a Grad-CAM map was read from
-    above_threshold: bool = True      # multi-label: whether the target is a label the model predicts
-    neighbours: list[Neighbour] = field(default_factory=list)   # kNN
-    template: np.ndarray | None = None                           # linear: W's row as (C, H, W)
-
-    def to_dict(self) -> dict:
-        """What explanations.json records (the map goes to its own .npy file)."""
-        out = {"target": self.target, "score": self.score, "method": self.method, "layer": self.layer}
-        if not self.above_threshold:
-            out["above_threshold"] = False
-        if self.neighbours:
-            out["neighbours"] = [vars(n) for n in self.neighbours]
-        return out
 
 
 def default_method(model) -> str:
@@ -87,10 +58,8 @@ def explain(model, images, method: str | None = None, target: str | None = None,
     proba = np.asarray(model.predict_proba(images))
     picks = _targets(model, proba, target)
     if kind == "neighbours":
-        from imgcls.explain.intrinsic import explain_knn
         return explain_knn(model, images, picks, proba)
     if kind == "template":
-        from imgcls.explain.intrinsic import explain_linear
         return explain_linear(model, images, picks, proba)
     return _explain_network(model, images, picks, proba, method, layer)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from imgcls.explain.explanation import Explanation, Neighbour
+from imgcls.explain.results import Explanation, Neighbour
 
 
 def explain_knn(model, images: torch.Tensor, picks: list[tuple[int, int, bool]], proba: np.ndarray

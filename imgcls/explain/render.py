@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imgcls.data.images import Preprocessing, input_box
-from imgcls.explain.explanation import Explanation
+from imgcls.explain.results import Explanation
 
 COLORMAP = "turbo"
 MIN_SIDE = 224        # overlays of small images (28 px) are enlarged to at least this side

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import tempfile
 import warnings
@@ -47,6 +46,7 @@ from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
 from imgcls.run_folder import RunFolder
+from imgcls.storage import atomic_path, sha256_file
 from imgcls.inference.onnx_model import (ABSTAINING_FORMAT_VERSION, CALIBRATED_FORMAT_VERSION, INPUT_NAME,
                                          METADATA_KEY, MULTI_LABEL_FORMAT_VERSION, OUTPUT_NAME,
                                          SINGLE_LABEL_FORMAT_VERSION)
@@ -119,15 +119,6 @@ def prediction_params(model) -> dict:
     return {k: v for k, v in model.get_params().items() if k not in training}
 
 
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256, read a megabyte at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_model(model, path: str | Path, format: str = "onnx", *, int8: bool = False, calibration=None,
                  calibration_images: int = CALIBRATION_IMAGES, opset: int = DEFAULT_OPSET,
                  source: str | Path | None = None) -> Path:
@@ -192,8 +183,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Te
     metadata["quantization"] = {"scheme": "int8 static, QDQ, per-channel int8 weights, uint8 activations",
                                 "calibration_images": len(images)}
     _set_onnx_metadata(quantized, json.dumps(metadata))
-    int8_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(quantized, str(int8_path))
+    with atomic_path(int8_path) as temporary:
+        onnx.save(quantized, str(temporary))
     return int8_path
 
 
@@ -267,7 +258,8 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, metadata: dict, pa
         raise ImgclsError(f"the ONNX exporter could not write opset {opset} for this network "
                           f"(it wrote {produced}); export with opset {produced}")
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
-    program.save(str(path), external_data=False)
+    with atomic_path(path) as temporary:
+        program.save(str(temporary), external_data=False)
     return path
 
 

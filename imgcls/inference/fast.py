@@ -8,7 +8,7 @@ both, and runs the faster. A CPU flag would be a guess (Intel AMX and AMD EPYC d
 networks), so the choice is measured, once per machine (CPU model, thread count, torch and ONNX
 Runtime versions), and recorded beside the export.
 
-The cache lives in fastpath.cache_dir() / "onnx" / KEY, where KEY is a digest of the source
+The cache lives in storage.cache_dir() / "onnx" / KEY, where KEY is a digest of the source
 model file's SHA-256 (for a pretrained model: its name and its weights file's SHA-256) with the
 imgcls and torch versions that export. Never the export's own bytes: an export embeds its
 `exported_at` time. Each entry holds:
@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -41,10 +40,10 @@ import torch
 
 from imgcls import __version__
 from imgcls.errors import ImgclsError
-from imgcls.fastpath import cache_dir, cpu_model, race
-from imgcls.inference.export import sha256_file
+from imgcls.fastpath import cpu_model, race
 from imgcls.inference.onnx_model import OnnxClassifier, _cpu_count
 from imgcls.progress import console
+from imgcls.storage import atomic_path, cache_dir, sha256_file, write_text
 
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "IMGCLS_RUNTIME"
@@ -253,19 +252,16 @@ class CacheEntry:
         _say(f"exporting {label} to ONNX for faster inference (once; cached in {self.folder})")
         record = {"entry_version": ENTRY_VERSION, "source": str(source), "source_sha256": sha256_file(source),
                   "imgcls_version": __version__, "torch_version": torch.__version__}
-        temporary = _temporary(self.export_path)
         try:
-            export_model(model, temporary, source=source)
-            exported = OnnxClassifier.load(temporary)
-            check = parity(model, exported, *check_images(model))
+            with atomic_path(self.export_path) as temporary:      # in place only once its parity is known
+                export_model(model, temporary, source=source)
+                exported = OnnxClassifier.load(temporary)
+                check = parity(model, exported, *check_images(model))
         except OSError:
-            temporary.unlink(missing_ok=True)
             raise
         except Exception as exc:      # the exporter raises many kinds; any of them means "run in PyTorch"
-            temporary.unlink(missing_ok=True)
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             return self._write({**record, "error": reason})
-        os.replace(temporary, self.export_path)
         record |= {"export_bytes": self.export_path.stat().st_size, "export_sha256": sha256_file(self.export_path),
                    "parity": check.to_dict(), "parity_summary": check.summary(), "decisions": {}}
         return self._write(record)
@@ -290,16 +286,9 @@ class CacheEntry:
         return choice
 
     def _write(self, record: dict) -> dict:
-        """Replace entry.json atomically (a temporary file in the same folder, then a rename)."""
-        temporary = _temporary(self.entry_path)
-        temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(temporary, self.entry_path)
+        """Replace entry.json atomically."""
+        write_text(self.entry_path, json.dumps(record, indent=1, sort_keys=True))
         return record
-
-
-def _temporary(path: Path) -> Path:
-    """A name beside path that no other process or thread writes to."""
-    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def runtime_name(model) -> str:

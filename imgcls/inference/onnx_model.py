@@ -25,6 +25,7 @@ from imgcls.models.abstention import Abstention
 from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.calibration import calibration_from_dict
 from imgcls.runtime import with_tta
+from imgcls.storage import check_format_version
 from imgcls.task import task_from_dict
 
 # The file format, written by imgcls.inference.export and read here: the graph's input and output
@@ -81,9 +82,7 @@ class OnnxClassifier(Classifier):
         if raw is None:
             raise ImgclsError(f"{path}: an ONNX model, but not one exported by imgcls (no imgcls metadata)")
         metadata = json.loads(raw)
-        if metadata.get("format_version", 0) > FORMAT_VERSION:
-            raise ImgclsError(f"{path}: export format {metadata.get('format_version')} is newer than this imgcls "
-                              "reads; upgrade imgcls")
+        check_format_version(path, "export", metadata.get("format_version", 0), FORMAT_VERSION)
         return cls(session, metadata, path)
 
     def get_params(self, deep: bool = True) -> dict:

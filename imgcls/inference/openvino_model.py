@@ -17,6 +17,7 @@ import torch
 
 from imgcls.errors import ImgclsError
 from imgcls.inference.onnx_model import FORMAT_VERSION, OUTPUT_NAME, OnnxClassifier, _cpu_count
+from imgcls.storage import check_format_version
 
 METADATA_RT_KEY = "imgcls"
 
@@ -51,9 +52,7 @@ class OpenVinoClassifier(OnnxClassifier):
         if not model.has_rt_info([METADATA_RT_KEY]):
             raise ImgclsError(f"{path}: an OpenVINO model, but not one exported by imgcls (no imgcls metadata)")
         metadata = json.loads(model.get_rt_info([METADATA_RT_KEY]).astype(str))
-        if metadata.get("format_version", 0) > FORMAT_VERSION:
-            raise ImgclsError(f"{path}: export format {metadata.get('format_version')} is newer than this imgcls "
-                              "reads; upgrade imgcls")
+        check_format_version(path, "export", metadata.get("format_version", 0), FORMAT_VERSION)
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                      "INFERENCE_NUM_THREADS": threads or _cpu_count()})
         return cls(compiled, metadata, path)

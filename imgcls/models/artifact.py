@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from imgcls.models.calibration import calibration_from_dict
 from imgcls.models.inputs import classes_from_json, classes_to_json
 from imgcls.models.registry import create_model
 from imgcls.run_folder import RunFolder
+from imgcls.storage import atomic_path, check_format_version
 from imgcls.task import task_from_dict
 
 ABSTENTION_PREFIX = "abstention."      # tensors of the abstention, not of the classifier
@@ -76,15 +75,8 @@ def save_model(model, path: str | Path) -> Path:
 def write_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
     """Tensors plus JSON metadata (under the header key "imgcls"), written atomically."""
     tensors = {name: t.contiguous() for name, t in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"imgcls": json.dumps(metadata)})
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 would make a shared model unreadable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, sync_folder=True) as temporary:
+        save_file(tensors, temporary, metadata={"imgcls": json.dumps(metadata)})
 
 
 def read_safetensors_metadata(path: Path) -> dict | None:
@@ -120,9 +112,7 @@ def read_metadata(path: str | Path) -> dict:
         raise ImgclsError(f"{path}: a safetensors file, but not an imgcls model (no imgcls metadata)")
     if metadata.get("format") != FORMAT:
         raise ImgclsError(f"{path}: not an imgcls model (an {metadata.get('format', 'unknown')} file)")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ImgclsError(f"{path}: model format {metadata.get('format_version')} is newer than this imgcls "
-                          f"({__version__}) reads; upgrade imgcls")
+    check_format_version(path, "model", metadata.get("format_version", 0), FORMAT_VERSION)
     return metadata
 
 
@@ -165,9 +155,3 @@ def update_metrics(path: str | Path, metrics: dict) -> None:
     model = load_model(path)
     model.metrics_ = metrics
     save_model(model, resolve_model_path(path))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

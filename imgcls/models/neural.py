@@ -22,7 +22,7 @@ from imgcls.data.stream import readable_sample
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
-from imgcls.models import networks
+from imgcls.models import introspection, networks
 from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.registry import model_class, register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
@@ -207,13 +207,13 @@ class NeuralClassifier(Classifier, TrainingConfig):
     def first_layer_filters(self) -> np.ndarray | None:
         self._check_fitted()
         shape = self.input_shape
-        return _numpy(networks.layer_images(networks.first_layer(self.net_, shape), shape))
+        return _numpy(introspection.layer_images(introspection.first_layer(self.net_, shape), shape))
 
     def feature_stages(self) -> list[str]:
         """The network's stages, earliest first: names of the modules whose outputs are its feature
-        maps at each resolution (see networks.feature_stages); empty for networks without maps."""
+        maps at each resolution (see introspection.feature_stages); empty for networks without maps."""
         self._check_fitted()
-        return networks.feature_stages(self.net_, self.input_shape)
+        return introspection.feature_stages(self.net_, self.input_shape)
 
     @torch.no_grad()
     def feature_maps(self, images: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
@@ -228,7 +228,7 @@ class NeuralClassifier(Classifier, TrainingConfig):
                               f"{', '.join(self.feature_stages()) or '(none: no feature maps)'}")
         device = resolve_device(self.device)
         net = self.net_.to(device).eval()
-        return networks.outputs_of(net, [modules[name] for name in layers], images.to(device), layers)
+        return introspection.outputs_of(net, [modules[name] for name in layers], images.to(device), layers)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -250,12 +250,12 @@ class NeuralClassifier(Classifier, TrainingConfig):
         return _by_registry_name, (self.model_name,), self.__getstate__()
 
     def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
-        return networks.count_parameters(self.build_network(input_shape[0], num_classes, input_shape[1:],
-                                                            initial_weights=False))
+        return introspection.count_parameters(self.build_network(input_shape[0], num_classes, input_shape[1:],
+                                                                 initial_weights=False))
 
     @property
     def parameter_count(self) -> int | None:
-        return networks.count_parameters(self.net_) if self.is_fitted else None
+        return introspection.count_parameters(self.net_) if self.is_fitted else None
 
 
 def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:

@@ -29,6 +29,7 @@ from imgcls.models.artifact import load_model, save_model
 from imgcls.models.neural import ImageNetwork, _network_class
 from imgcls.models.registry import create_model, register
 from imgcls.run_folder import RunFolder
+from imgcls.storage import cache_dir
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -68,7 +69,8 @@ for _name, _spec in PRETRAINED.items():
 
 
 def model_cache() -> Path:
-    return Path(os.environ.get("IMGCLS_MODELS") or Path.home() / ".cache" / "imgcls" / "models")
+    """Where converted pretrained models are kept: $IMGCLS_MODELS, else cache_dir()/models."""
+    return Path(os.environ.get("IMGCLS_MODELS") or cache_dir() / "models")
 
 
 def pretrained_model(name: str = DEFAULT_MODEL):

@@ -30,7 +30,7 @@ from imgcls.errors import ImgclsError
 from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.distance import ExactSearch
 from imgcls.models.knn import as_probabilities, predictions_from_votes, vote
-from imgcls.models.networks import count_parameters
+from imgcls.models.introspection import count_parameters
 from imgcls.models.neural import ImageNetwork, NeuralClassifier
 from imgcls.models.registry import register_prefix
 from imgcls.progress import progress_bar

@@ -55,6 +55,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from imgcls.serving import defaults
 from imgcls.serving.docs import add_docs
 from imgcls.serving.hf import hf_routes
 from imgcls.serving.limits import BodyLimit, add_error_handlers
@@ -65,9 +66,9 @@ from imgcls.serving.v1 import v1_routes
 from imgcls.serving.open_inference import v2_routes
 
 
-def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
-               max_upload_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000,
-               top_k: int | None = None, api_key: str | None = None,
+def create_app(model, *, max_batch: int = defaults.MAX_BATCH, max_wait_ms: float = defaults.MAX_WAIT_MS,
+               queue_size: int = defaults.QUEUE_SIZE, max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES,
+               max_pixels: int = defaults.MAX_PIXELS, top_k: int | None = None, api_key: str | None = None,
                cors_origins: Iterable[str] = ()) -> FastAPI:
     """An ASGI app serving `model` (any imgcls classifier, saved, pretrained or exported).
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgcls.serving import defaults
+
 
 class Overloaded(Exception):
     """The queue is full; try again shortly."""
@@ -28,8 +30,8 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, queue_size: int = 256):
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = defaults.MAX_BATCH,
+                 max_wait_ms: float = defaults.MAX_WAIT_MS, queue_size: int = defaults.QUEUE_SIZE):
         self.predict, self.max_batch, self.max_wait = predict, max(1, max_batch), max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self.batches = 0          # forward passes run, for /healthz and the load benchmark

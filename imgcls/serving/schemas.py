@@ -1,12 +1,18 @@
 """The shapes of what the server answers, as pydantic models: FastAPI validates every reply against
 them and publishes them in /openapi.json, so a client generated from the spec (or schemathesis,
-which checks each reply against it) sees exactly what is sent."""
+which checks each reply against it) sees exactly what is sent. KServe's v2 inference request is
+described here too (request_body_schema puts it in the spec), though its route reads the body
+itself: the binary tensor extension and gzip bodies are not JSON that FastAPI could parse."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
+
+# an 8x8 grey gradient as PNG: what /docs's "Try it out" sends first, and schemathesis too, so a
+# request that succeeds is among those checked against the reply's schema
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR42mNkEIAAJgGKGACOGAQAwSeVywAAAABJRU5ErkJggg=="
 
 
 class Error(BaseModel):
@@ -70,6 +76,93 @@ class ClassifyReply(BaseModel):
     model: str
     time_ms: float = Field(ge=0)
     results: list[Result] = Field(description="one per image, in the order sent")
+
+
+# -- KServe's Open Inference Protocol (v2) -------------------------------------------------------
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="the protocol extensions the server speaks")
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool = Field(description="whether the server takes requests (false with a 503)")
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool = Field(description="whether the model takes requests (false with a 503)")
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: Literal["BYTES", "UINT8", "FP32", "BOOL"]
+    shape: list[int] = Field(description="-1: any size (the number of images)")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata] = Field(description="send exactly one of them")
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(BaseModel):
+    name: Literal["files", "pixels", "images"]
+    datatype: Literal["BYTES", "UINT8", "FP32"] = Field(description="files: BYTES, pixels: UINT8, images: FP32")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(description="[N] for files, [N, C, H, W] for pixels and images")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: its bytes after the JSON header")
+    data: list | None = Field(None, description="the tensor flattened row-major (files: base64 strings), unless "
+                                                "it comes as binary data")
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(description="scores, labels, or predicted (multi-label models)")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data (true: as binary data), "
+                                                                "classification (the count best, for scores)")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = Field(None, description="echoed in the reply")
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = Field(None, description="default: every output")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output: every output as binary data")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: Literal["FP32", "BYTES", "BOOL"]
+    shape: list[int]
+    data: list | None = Field(None, description="the tensor flattened row-major, unless sent as binary data")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: its bytes after the JSON header")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    outputs: list[ResponseOutput]
+    id: str | None = Field(None, description="the request's id, when it sent one")
+
+
+def request_body_schema(model: type[BaseModel]) -> dict:
+    """model's JSON schema with its definitions written in place, for a route's openapi_extra
+    requestBody: no route declares model as its body, so the spec's components do not hold it."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolved(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolved(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolved(value) for key, value in node.items()}
+        return [resolved(value) for value in node] if isinstance(node, list) else node
+    return resolved(schema)
 
 
 def errors(*statuses: int) -> dict[int, dict]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgcls.inference.predict import ranked_k
+from imgcls.serving import defaults
 from imgcls.serving.batcher import MicroBatcher, Overloaded
 from imgcls.serving.explainer import Explainer
 from imgcls.serving.uploads import BadInput, decode_upload
@@ -18,8 +19,8 @@ from imgcls.serving.uploads import BadInput, decode_upload
 
 @dataclass
 class Limits:
-    max_upload_bytes: int = 20 * 1024 * 1024   # all of one request's images together
-    max_pixels: int = 40_000_000               # per image, checked before decoding
+    max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES   # all of one request's images together
+    max_pixels: int = defaults.MAX_PIXELS               # per image, checked before decoding
 
 
 @dataclass

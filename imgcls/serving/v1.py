@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from imgcls.explain import METHODS
 from imgcls.inference.predict import predictions
 from imgcls.serving.hf import hf_request, hf_response
-from imgcls.serving.schemas import ClassifyReply, Health, ModelInfo, errors
+from imgcls.serving.schemas import EXAMPLE_PNG, ClassifyReply, Health, ModelInfo, errors
 from imgcls.serving.service import Service
 from imgcls.serving.uploads import MAX_FILES, flag, photo_size, read_uploads
 
@@ -56,9 +56,6 @@ def v1_routes(service: Service) -> APIRouter:
     return router
 
 
-# an 8x8 grey gradient as PNG: what /docs's "Try it out" sends first, and schemathesis too, so a
-# request that succeeds is among those checked against the reply's schema
-_EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR42mNkEIAAJgGKGACOGAQAwSeVywAAAABJRU5ErkJggg=="
 _EXPLAIN_FIELDS = {
     "explain": {"type": "boolean", "description": "add a heatmap per image (base64 PNG) under explanations"},
     "explain_method": {"type": "string", "enum": list(METHODS),
@@ -80,7 +77,7 @@ _CLASSIFY_BODY = {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"},
                            "minItems": 1, "maxItems": MAX_FILES},
                 "top_k": {"type": "integer", "minimum": 1}, **_EXPLAIN_FIELDS}, "required": ["images"]},
-                "example": {"images": [_EXAMPLE_PNG], "top_k": 3}},
+                "example": {"images": [EXAMPLE_PNG], "top_k": 3}},
         },
     },
 }

@@ -16,13 +16,11 @@ from imgcls.data.load import DataOptions, DatasetFiles, dataset_files, load_data
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
 from imgcls.progress import console
+from imgcls.runtime import PREDICT_BATCH
 from imgcls.similarity.features import load_features
 from imgcls.similarity.index import ImageIndex, index_path
 
 SPLITS = ("train", "val", "test")
-
-
-STREAM_CHUNK = 512      # images decoded and embedded at a time (a network runs 512 at a time too)
 
 
 @dataclass
@@ -66,7 +64,7 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
     """Add the images of source's splits (default: all of them) to index, except those it holds.
 
     The dataset is loaded as the data flags say (--data-mode, --memory-budget, --cache) and read
-    STREAM_CHUNK images at a time through image_batches: streamed, only the chunks in flight are
+    PREDICT_BATCH images at a time through image_batches: streamed, only the chunks in flight are
     decoded, never a file the index already holds, and a file that no longer decodes is reported
     and left out, as an unreadable file is when the images are loaded into memory."""
     options = decode_options(index, options)
@@ -83,7 +81,7 @@ def index_dataset(index: ImageIndex, source: str, splits: list[str] | None = Non
         skipped += len(names) - len(fresh)
         part, names = part.subset(fresh), [names[i] for i in fresh]
         shown = part.names(split)
-        for rows, images, failed in image_batches(part.images, STREAM_CHUNK, f"indexing {split}"):
+        for rows, images, failed in image_batches(part.images, PREDICT_BATCH, f"indexing {split}"):
             unreadable += [SkippedFile(shown[i], reason) for i, reason in failed]
             chunk = ImageDataset(images, part.labels[rows], part.class_names)
             index.add(chunk, [names[i] for i in rows.tolist()], split, preprocessing=data.preprocessing)

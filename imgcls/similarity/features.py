@@ -13,7 +13,6 @@ how files are decoded for it (`preprocessing`; None: the dataset's own choice), 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from imgcls.data.images import Preprocessing
 from imgcls.errors import ImgclsError
+from imgcls.storage import sha256_file
 
 PIXELS = "pixels"
 METRICS = ("l2", "cosine")
@@ -60,7 +60,7 @@ class EmbeddingFeatures:
         """What identifies the network, so an index notices when the file behind it changes."""
         if self.model_file is None:
             return {}
-        return {"model_sha256": hashlib.sha256(self.model_file.read_bytes()).hexdigest()}
+        return {"model_sha256": sha256_file(self.model_file)}
 
 
 def load_features(spec: str) -> PixelFeatures | EmbeddingFeatures:

@@ -32,6 +32,7 @@ from imgcls.errors import ImgclsError
 from imgcls.models.artifact import read_safetensors_metadata, write_safetensors
 from imgcls.models.distance import ExactSearch
 from imgcls.similarity.features import PIXELS, distances_from_l2, load_features, metric_of
+from imgcls.storage import check_format_version
 
 KINDS = ("exact", "hnsw")
 INDEX_FILE = "index.safetensors"
@@ -234,8 +235,7 @@ class ImageIndex:
         meta = read_safetensors_metadata(path)
         if not meta or meta.get("format") != FORMAT:
             raise ImgclsError(f"{path}: not an imgcls index (build one with `imgcls index`)")
-        if meta["format_version"] > FORMAT_VERSION:
-            raise ImgclsError(f"{path}: index format {meta['format_version']} is newer than this imgcls reads")
+        check_format_version(path, "index", meta.get("format_version"), FORMAT_VERSION)
         tensors = load_file(str(path))
         index = cls(meta["features"], meta["kind"], **meta["hnsw"])
         index._vectors.reset(tensors["vectors"])

@@ -8,8 +8,6 @@ from (seed, epoch), so resuming from the end of an epoch replays the rest exactl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,26 +15,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from imgcls.errors import ImgclsError
+from imgcls.storage import atomic_path
 
 FORMAT = "imgcls-checkpoint-1"
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write tensors + JSON meta to path atomically: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory; clone the few that do (tied weights).
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta),
-                                          "tensor_count": str(len(tensors))})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, sync_folder=True) as temporary:
+        save_file(tensors, temporary, metadata={"format": FORMAT, "meta": json.dumps(meta),
+                                                "tensor_count": str(len(tensors))})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
