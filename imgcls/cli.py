@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
+    parser.set_defaults(root_parser=parser)     # for commands that read the whole command line (completion)
     return parser
 
 

@@ -42,8 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     import shtab
 
-    from imgcls.cli import build_parser
-    parser = build_parser()
+    parser = args.root_parser        # the whole command line, as imgcls.cli built it
     with_paths_by_default(parser, shtab.FILE)
     script = shtab.complete(parser, args.shell)
     print(script + (_BASH_NO_SPACE_AFTER_A_PREFIX if args.shell == "bash" else ""), end="")

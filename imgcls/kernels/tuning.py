@@ -29,7 +29,7 @@ import time
 import torch
 
 from imgcls import fastpath
-from imgcls.kernels import ISA_NAMES, Plan, UInt8KNN, plans
+from imgcls.kernels.uint8_knn import ISA_NAMES, Plan, UInt8KNN, plans
 
 SLICE_QUERIES = 2048          # one search call's worth (models/distance.py's _KERNEL_CHUNK)
 SLICE_REFERENCES = 4096
