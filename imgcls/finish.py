@@ -23,7 +23,8 @@ from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_repor
 from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_reliability
 from imgcls.evaluation.ledger import LOG_FILE, record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
-from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
+from imgcls.evaluation.sanity import (LABELS_HINT, find_lr_advice, learning_rate_hint, learning_warnings,
+                                     lr_advice_warning, model_advice, overfitting_warning, useless_model_warnings)
 from imgcls.evaluation.weights import model_figures
 from imgcls.models.abstention import fit_abstention
 from imgcls.models.artifact import save_model
@@ -186,13 +187,19 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
 
 def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple[list[str], dict | None]:
     """What the run's report should warn about (imgcls.evaluation.sanity): a useless or collapsed
-    single-label model, overfitting in its history, and a learning rate far from the finder's
-    advice (found beside the run; see find_lr_advice), with that advice to record."""
+    single-label model, a network that did not learn (its history), overfitting, and a learning
+    rate far from the finder's advice (found beside the run; see find_lr_advice), with that advice
+    to record. Each warning says what to try for this model."""
     found = []
-    if evaluation.task == "single-label" and evaluation.y_pred is not None:
-        found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names)
-    found += overfitting_warning(getattr(model, "history_", None) or [])
+    history = getattr(model, "history_", None) or []
     lr, advice = model.get_params().get("lr"), find_lr_advice(out, name, dataset)
+    hint = learning_rate_hint(model.model_name, lr, advice[0]["suggested_lr"] if advice else None)
+    if evaluation.task == "single-label" and evaluation.y_pred is not None:
+        remedy = "; or ".join(a for a in (model_advice(model.model_name), hint) if a) or LABELS_HINT
+        found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names, remedy)
+        share = np.bincount(evaluation.y_true, minlength=len(evaluation.class_names)) / max(len(evaluation.y_true), 1)
+        found += learning_warnings(history, share, remedy)
+    found += overfitting_warning(history)
     if lr is None or advice is None:
         return found, None
     (result, path) = advice
