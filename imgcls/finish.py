@@ -26,7 +26,7 @@ from imgcls.evaluation.report import confident_mistakes
 from imgcls.evaluation.sanity import (LABELS_HINT, find_lr_advice, learning_rate_hint, learning_warnings,
                                      lr_advice_warning, model_advice, overfitting_warning, useless_model_warnings)
 from imgcls.evaluation.weights import model_figures
-from imgcls.models.abstention import fit_abstention
+from imgcls.models.abstention import abstention_summary, fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
 from imgcls.progress import console, stdout
@@ -70,8 +70,7 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
     if abstain:
         model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
                                            reference=splits.train)
-        console.print(f"abstention: {abstain['score']} above {model.abstention_.threshold:.4g} answers unknown "
-                      f"(accepts {model.abstention_.fitted_on['accepted']:.1%} of val)")
+        console.print(f"abstention: {model.abstention_.describe()}", highlight=False)
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
@@ -160,9 +159,13 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
                    config={**(config or {}), "test_evaluations": count}, warnings=warnings)
     calibration, calibration_figures = calibration_report(model, evaluation, splits.test, out)
+    abstention = abstention_summary(model, splits.test) if evaluation.task == "single-label" else None
     if print_table:
         print_report(evaluation, info, stdout)
         print_calibration(calibration)
+        if abstention:
+            stdout.print(f"abstention: {abstention['text']}; on the test split it accepts "
+                         f"{abstention['test_accepted']:.1%}", highlight=False)
     else:                                   # the table is left out (compare prints its own); the warnings are not
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
@@ -172,7 +175,8 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     # filters or templates, where it has them; the reliability diagram of a calibrated model
     figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
-                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration)
+                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration,
+                         abstention=abstention)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     paths["json"].write_text(json.dumps(data, indent=2))

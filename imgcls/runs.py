@@ -24,7 +24,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_report
 from imgcls.evaluation.weights import model_figures
 from imgcls.finish import RunResult, calibration_report, fit_and_report, mistake_heatmaps, print_calibration
-from imgcls.models.abstention import Abstention, check_accept, check_score, fit_abstention
+from imgcls.models.abstention import Abstention, check_accept, check_enough_images, check_score, fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.models.calibration import check_method
 from imgcls.models.registry import create_model
@@ -140,6 +140,7 @@ def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
                           "when none is above its threshold")
     if splits.val is None or not len(splits.val):
         raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
+    check_enough_images(len(splits.val), abstain["accept"])
 
 
 def abstain_saved(model_path: str | Path, data: str, options: DataOptions, abstain: dict,
