@@ -5,6 +5,7 @@ test), the report saying what the threshold rests on, the saved model and its ex
 predict's JSON and text, the server over HTTP, old files, and bad --accept values."""
 
 import json
+import sys
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,8 @@ from imgcls.serving.app import create_app
 from test_serving import LiveServer, png_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "before_sklearn"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import defaults  # noqa: E402  (bench/defaults.py: the zoo's datasets and their writers)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +107,31 @@ def test_conformal_coverage_holds_over_many_random_splits(n, accept):
     plain = np.quantile(calibration, accept, axis=1, method="inverted_cdf")
     if n <= 50:
         assert np.mean(rest <= plain[:, None]) < accept
+
+
+def test_the_default_score_is_knn_for_logits_and_msp_for_votes(linear, digits):
+    assert fit_abstention(linear, digits.val, 0.9, reference=digits.train).score == "knn"
+    assert fit_abstention(linear, digits.val, 0.9).score == "msp"             # no reference images for knn
+    knn = create_model("knn", k=5).fit(digits.train)
+    assert knn.logits_are_votes and not linear.logits_are_votes
+    assert fit_abstention(knn, digits.val, 0.9, reference=digits.train).score == "msp"
+
+
+def test_a_cnn_on_digits_0_to_4_answers_unknown_for_most_of_5_to_9_by_default(tmp_path):
+    """The issue's example: --accept 0.95 with the default score (msp answered unknown for 13%)."""
+    images, labels, order = defaults.digits_split()
+    train, test = order[:1347], order[1347:]
+    train, test = train[labels[train] < 5], test[labels[test] < 5]
+    folder = defaults.write_idx(tmp_path / "digits-0-4", (images[train], labels[train]), (images[test], labels[test]))
+    out = tmp_path / "cnn"
+    assert main(["train", str(folder), "--model", "cnn", "--bf16", "off", "--accept", "0.95",
+                 "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model.abstention_.score == "knn"
+    _, unseen = model.predict_with_rejection(images[labels >= 5])
+    _, seen = model.predict_with_rejection(images[test])
+    assert np.mean(model.abstention_.rejects(unseen)) > 0.5          # 59% measured (msp: 13%)
+    assert np.mean(model.abstention_.rejects(seen)) < 0.15
 
 
 def test_save_load_round_trip_and_older_readers_refuse(linear, digits, tmp_path, monkeypatch):
