@@ -4,7 +4,10 @@ FPR at 95% TPR (scikit-learn's metrics), no download.
 - far-OOD: LeNet-5 (or each of --models) trained on Fashion-MNIST (a seeded subsample, a few
   epochs, so it takes minutes on two cores), tested against scikit-learn's handwritten digits
   upscaled to 28x28 (0..255 uint8);
-- near-OOD: the same model trained on 8 Fashion-MNIST classes, tested against the 2 held out.
+- near-OOD: the same model trained on 8 Fashion-MNIST classes, tested against the 2 held out;
+- digits (--parts digits): trained on scikit-learn's digits 0-4 (imgcls's split of them; 66
+  validation images choose the threshold), tested against all of the digits 5-9: the small-data
+  case of issue 22 (--models cnn).
 
 In-distribution images are the Fashion-MNIST test images of the trained classes. "FPR at 95% TPR"
 is the share of OOD images still answered when 95% of in-distribution test images are. "accepted"
@@ -14,6 +17,7 @@ do) is not an imgcls option: it is here to show what the logits cost.
 
     .venv/bin/python bench/ood.py --json /tmp/ood.json
     .venv/bin/python bench/ood.py --models lenet5,linear,knn --train-images 10000 --epochs 3   # quicker
+    .venv/bin/python bench/ood.py --models cnn,linear,knn --parts digits
 """
 
 from __future__ import annotations
@@ -93,48 +97,70 @@ def compare(model, train: ImageDataset, val: ImageDataset, test: ImageDataset, o
     return rows
 
 
-def train_model(name: str, train: ImageDataset, val: ImageDataset, epochs: int, seed: int):
+def train_model(name: str, train: ImageDataset, val: ImageDataset, epochs: int | None, seed: int):
+    """Fit model `name` (epochs None: imgcls's default for it)."""
     start = time.perf_counter()
-    params = {} if name == "knn" else {"epochs": epochs, "seed": seed} if name != "linear" else {"epochs": epochs}
+    params = {} if name == "knn" else {"seed": seed} if name != "linear" else {}
+    params.update({"epochs": epochs} if epochs is not None and name != "knn" else {})
     model = create_model(name, **params).fit(train, validation=val)
     return model, time.perf_counter() - start
+
+
+def experiments(args) -> dict:
+    """name -> a function giving (train, val, test, OOD images, what they are), for each of args.parts."""
+    def fashion():
+        splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0.1, seed=args.seed))
+        return splits, subsample(splits.train, args.train_images, args.seed)
+
+    def far():
+        splits, train = fashion()
+        return (train, splits.val, splits.test, digits_28(), args.epochs,
+                f"{len(train):,} Fashion-MNIST images; OOD: {len(load_digits().images):,} sklearn digits at 28x28")
+
+    def near():
+        splits, train = fashion()
+        held = [int(c) for c in args.held_out.split(",")]
+        kept = [c for c in range(splits.train.num_classes) if c not in held]
+        names = ", ".join(splits.train.class_names[c] for c in held)
+        ood = only(splits.test, held).images
+        return (only(train, kept), only(splits.val, kept), only(splits.test, kept), ood, args.epochs,
+                f"{len(kept)} Fashion-MNIST classes; OOD: the {len(ood):,} test images of the held-out {names}")
+
+    def digits():
+        splits = load_dataset("digits", DataOptions(seed=args.seed))
+        low, high = list(range(5)), list(range(5, 10))
+        ood = torch.cat([only(part, high).images for part in (splits.train, splits.val, splits.test)])
+        return (only(splits.train, low), only(splits.val, low), only(splits.test, low), ood, None,
+                f"sklearn digits 0-4, imgcls's default epochs; OOD: the {len(ood):,} digits 5-9")
+
+    known = {"far": far, "near": near, "digits": digits}
+    unknown = [p for p in args.parts.split(",") if p not in known]
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    return {p: known[p] for p in args.parts.split(",")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="lenet5", help="comma-separated imgcls models, e.g. lenet5,linear,knn")
+    parser.add_argument("--parts", default="far,near", help="comma-separated, of: far, near, digits")
     parser.add_argument("--train-images", type=int, default=20_000, help="Fashion-MNIST training subsample")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the far and near parts")
     parser.add_argument("--held-out", default="8,9", help="near-OOD: the Fashion-MNIST classes left out of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     print(banner())
-    splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0.1, seed=args.seed))
-    train = subsample(splits.train, args.train_images, args.seed)
-    held = [int(c) for c in args.held_out.split(",")]
-    kept = [c for c in range(splits.train.num_classes) if c not in held]
-    near_train, near_val, near_test = only(train, kept), only(splits.val, kept), only(splits.test, kept)
-    near_ood = only(splits.test, held).images
-    names = ", ".join(splits.train.class_names[c] for c in held)
     results = {"settings": vars(args)}
-    for name in args.models.split(","):
-        model, seconds = train_model(name, train, splits.val, args.epochs, args.seed)
-        accuracy = model.score(splits.test)
-        print(f"\nfar-OOD: {name} on {len(train):,} Fashion-MNIST images, {args.epochs} epochs, {seconds:.0f} s, "
-              f"test accuracy {accuracy:.1%}; OOD: {len(load_digits().images):,} sklearn digits at 28x28")
-        far = {"train_seconds": seconds, "test_accuracy": accuracy,
-               "scores": compare(model, train, splits.val, splits.test, digits_28())}
-        show(far["scores"])
-
-        model, seconds = train_model(name, near_train, near_val, args.epochs, args.seed)
-        accuracy = model.score(near_test)
-        print(f"\nnear-OOD: {name} on {len(near_train):,} images of 8 classes, {seconds:.0f} s, test accuracy "
-              f"{accuracy:.1%}; OOD: the {len(near_ood):,} test images of the held-out {names}")
-        near = {"train_seconds": seconds, "test_accuracy": accuracy, "held_out": names,
-                "scores": compare(model, near_train, near_val, near_test, near_ood)}
-        show(near["scores"])
-        results[name] = {"far": far, "near": near}
+    for part, make in experiments(args).items():
+        train, val, test, ood, epochs, what = make()
+        for name in args.models.split(","):
+            model, seconds = train_model(name, train, val, epochs, args.seed)
+            accuracy = model.score(test)
+            print(f"\n{part}-OOD: {name} on {what}; trained in {seconds:.0f} s, test accuracy {accuracy:.1%}")
+            rows = compare(model, train, val, test, ood)
+            show(rows)
+            results.setdefault(name, {})[part] = {"train_seconds": seconds, "test_accuracy": accuracy, "scores": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
