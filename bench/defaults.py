@@ -251,10 +251,14 @@ def headline(report: dict) -> tuple[str, float]:
 
 
 def with_quick_epochs(flags: list[str], epochs: int) -> list[str]:
-    """flags with --epochs epochs appended for a network (the last --epochs wins), as they are otherwise."""
+    """flags with --epochs set to epochs for a network (a recipe's too), as they are otherwise."""
     model = flags[flags.index("--model") + 1] if "--model" in flags else None
-    network = "--config" in flags or (model is not None and model not in ("knn", "transfer:efficientnet_lite0"))
-    return [*flags, "--epochs", str(epochs)] if network else flags
+    if "--config" not in flags and (model is None or model in ("knn", "transfer:efficientnet_lite0")):
+        return flags
+    if "--epochs" in flags:
+        at = flags.index("--epochs") + 1
+        return [*flags[:at], str(epochs), *flags[at + 1:]]
+    return [*flags, "--epochs", str(epochs)]
 
 
 def run_train(data: Path, flags: list[str], out: Path) -> dict:
