@@ -1,9 +1,13 @@
 """How well each rejection score tells unseen kinds of images from the training kind: AUROC and
 FPR at 95% TPR (scikit-learn's metrics), no download.
 
-- far-OOD: LeNet-5 trained on Fashion-MNIST (a seeded subsample, a few epochs, so it takes minutes
-  on two cores), tested against scikit-learn's handwritten digits upscaled to 28x28 (0..255 uint8);
-- near-OOD: the same network trained on 8 Fashion-MNIST classes, tested against the 2 held out.
+- far-OOD: LeNet-5 (or each of --models) trained on Fashion-MNIST (a seeded subsample, a few
+  epochs, so it takes minutes on two cores), tested against scikit-learn's handwritten digits
+  upscaled to 28x28 (0..255 uint8);
+- near-OOD: the same model trained on 8 Fashion-MNIST classes, tested against the 2 held out;
+- digits (--parts digits): trained on scikit-learn's digits 0-4 (imgcls's split of them; 66
+  validation images choose the threshold), tested against all of the digits 5-9: the small-data
+  case of issue 22 (--models cnn).
 
 In-distribution images are the Fashion-MNIST test images of the trained classes. "FPR at 95% TPR"
 is the share of OOD images still answered when 95% of in-distribution test images are. "accepted"
@@ -12,6 +16,8 @@ knn-embedding (the network's unit-length pre-logit embedding instead of its logi
 do) is not an imgcls option: it is here to show what the logits cost.
 
     .venv/bin/python bench/ood.py --json /tmp/ood.json
+    .venv/bin/python bench/ood.py --models lenet5,linear,knn --train-images 10000 --epochs 3   # quicker
+    .venv/bin/python bench/ood.py --models cnn,linear,knn --parts digits
 """
 
 from __future__ import annotations
@@ -74,13 +80,15 @@ def metrics(id_scores: np.ndarray, ood_scores: np.ndarray, threshold: float | No
 
 def compare(model, train: ImageDataset, val: ImageDataset, test: ImageDataset, ood: torch.Tensor) -> dict:
     rows = {}
-    for score in SCORES:
+    for score in SCORES:           # (a kNN model's energy is 0 for every image: AUROC 0.5)
         start = time.perf_counter()
         abstention = fit_abstention(model, val, ACCEPT, score, reference=train)
         _, id_scores = model.predict_with_rejection(test, abstention)
         _, ood_scores = model.predict_with_rejection(ood, abstention)
         rows[score] = {**metrics(id_scores, ood_scores, abstention.threshold),
                        "seconds": round(time.perf_counter() - start, 1)}
+    if not hasattr(model, "embed"):
+        return rows
     # The reference row: kNN on the pre-logit embedding (not an imgcls option).
     reference = subsample(train, 10_000)
     search = ExactSearch(unit_rows(model.embed(reference)), "l2")
@@ -89,45 +97,70 @@ def compare(model, train: ImageDataset, val: ImageDataset, test: ImageDataset, o
     return rows
 
 
-def train_model(train: ImageDataset, val: ImageDataset, epochs: int, seed: int):
+def train_model(name: str, train: ImageDataset, val: ImageDataset, epochs: int | None, seed: int):
+    """Fit model `name` (epochs None: imgcls's default for it)."""
     start = time.perf_counter()
-    model = create_model("lenet5", epochs=epochs, seed=seed).fit(train, validation=val)
+    params = {} if name == "knn" else {"seed": seed} if name != "linear" else {}
+    params.update({"epochs": epochs} if epochs is not None and name != "knn" else {})
+    model = create_model(name, **params).fit(train, validation=val)
     return model, time.perf_counter() - start
+
+
+def experiments(args) -> dict:
+    """name -> a function giving (train, val, test, OOD images, what they are), for each of args.parts."""
+    def fashion():
+        splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0.1, seed=args.seed))
+        return splits, subsample(splits.train, args.train_images, args.seed)
+
+    def far():
+        splits, train = fashion()
+        return (train, splits.val, splits.test, digits_28(), args.epochs,
+                f"{len(train):,} Fashion-MNIST images; OOD: {len(load_digits().images):,} sklearn digits at 28x28")
+
+    def near():
+        splits, train = fashion()
+        held = [int(c) for c in args.held_out.split(",")]
+        kept = [c for c in range(splits.train.num_classes) if c not in held]
+        names = ", ".join(splits.train.class_names[c] for c in held)
+        ood = only(splits.test, held).images
+        return (only(train, kept), only(splits.val, kept), only(splits.test, kept), ood, args.epochs,
+                f"{len(kept)} Fashion-MNIST classes; OOD: the {len(ood):,} test images of the held-out {names}")
+
+    def digits():
+        splits = load_dataset("digits", DataOptions(seed=args.seed))
+        low, high = list(range(5)), list(range(5, 10))
+        ood = torch.cat([only(part, high).images for part in (splits.train, splits.val, splits.test)])
+        return (only(splits.train, low), only(splits.val, low), only(splits.test, low), ood, None,
+                f"sklearn digits 0-4, imgcls's default epochs; OOD: the {len(ood):,} digits 5-9")
+
+    known = {"far": far, "near": near, "digits": digits}
+    unknown = [p for p in args.parts.split(",") if p not in known]
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    return {p: known[p] for p in args.parts.split(",")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="lenet5", help="comma-separated imgcls models, e.g. lenet5,linear,knn")
+    parser.add_argument("--parts", default="far,near", help="comma-separated, of: far, near, digits")
     parser.add_argument("--train-images", type=int, default=20_000, help="Fashion-MNIST training subsample")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the far and near parts")
     parser.add_argument("--held-out", default="8,9", help="near-OOD: the Fashion-MNIST classes left out of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     print(banner())
-    splits = load_dataset("fashion-mnist", DataOptions(val_fraction=0.1, seed=args.seed))
-    train = subsample(splits.train, args.train_images, args.seed)
     results = {"settings": vars(args)}
-
-    model, seconds = train_model(train, splits.val, args.epochs, args.seed)
-    accuracy = model.score(splits.test)
-    print(f"\nfar-OOD: lenet5 on {len(train):,} Fashion-MNIST images, {args.epochs} epochs, {seconds:.0f} s, "
-          f"test accuracy {accuracy:.1%}; OOD: {len(load_digits().images):,} sklearn digits at 28x28")
-    results["far"] = {"train_seconds": seconds, "test_accuracy": accuracy,
-                      "scores": compare(model, train, splits.val, splits.test, digits_28())}
-    show(results["far"]["scores"])
-
-    held = [int(c) for c in args.held_out.split(",")]
-    kept = [c for c in range(splits.train.num_classes) if c not in held]
-    near_train, near_val, near_test = only(train, kept), only(splits.val, kept), only(splits.test, kept)
-    ood = only(splits.test, held).images
-    model, seconds = train_model(near_train, near_val, args.epochs, args.seed)
-    accuracy = model.score(near_test)
-    names = ", ".join(splits.train.class_names[c] for c in held)
-    print(f"\nnear-OOD: lenet5 on {len(near_train):,} images of 8 classes, {seconds:.0f} s, test accuracy "
-          f"{accuracy:.1%}; OOD: the {len(ood):,} test images of the held-out {names}")
-    results["near"] = {"train_seconds": seconds, "test_accuracy": accuracy, "held_out": names,
-                       "scores": compare(model, near_train, near_val, near_test, ood)}
-    show(results["near"]["scores"])
+    for part, make in experiments(args).items():
+        train, val, test, ood, epochs, what = make()
+        for name in args.models.split(","):
+            model, seconds = train_model(name, train, val, epochs, args.seed)
+            accuracy = model.score(test)
+            print(f"\n{part}-OOD: {name} on {what}; trained in {seconds:.0f} s, test accuracy {accuracy:.1%}")
+            rows = compare(model, train, val, test, ood)
+            show(rows)
+            results.setdefault(name, {})[part] = {"train_seconds": seconds, "test_accuracy": accuracy, "scores": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

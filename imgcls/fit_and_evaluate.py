@@ -29,9 +29,10 @@ from imgcls.evaluation import RunInfo, evaluate_model, print_report, write_repor
 from imgcls.evaluation.calibration import BINS_TEXT, calibration_summary, plot_reliability
 from imgcls.evaluation.ledger import record_test_evaluation
 from imgcls.evaluation.report import confident_mistakes
-from imgcls.evaluation.sanity import find_lr_advice, lr_advice_warning, overfitting_warning, useless_model_warnings
+from imgcls.evaluation.sanity import (LABELS_HINT, find_lr_advice, learning_rate_hint, learning_warnings,
+                                     lr_advice_warning, model_advice, overfitting_warning, useless_model_warnings)
 from imgcls.evaluation.weight_images import model_figures
-from imgcls.models.abstention import fit_abstention
+from imgcls.models.abstention import abstention_summary, fit_abstention
 from imgcls.models.artifact import save_model
 from imgcls.models.base import Classifier
 from imgcls.models.calibration import check_method, default_method, fit_calibration, uncalibrated
@@ -113,8 +114,7 @@ def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | 
     if abstain:
         model.abstention_ = fit_abstention(model, splits.val, abstain["accept"], abstain["score"],
                                            reference=splits.train)
-        console.print(f"abstention: {abstain['score']} above {model.abstention_.threshold:.4g} answers unknown "
-                      f"(accepts {model.abstention_.fitted_on['accepted']:.1%} of val)")
+        console.print(f"abstention: {model.abstention_.describe()}", highlight=False)
     if splits.val is not None and len(splits.val):
         val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
@@ -202,9 +202,13 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
                    skipped_files=[s.to_dict() for s in splits.skipped], extra_metrics=extra,
                    config={**(config or {}), "test_evaluations": count}, warnings=warnings)
     calibration, calibration_figures = calibration_report(model, evaluation, splits.test, out)
+    abstention = abstention_summary(model, splits.test) if evaluation.task == "single-label" else None
     if print_table:
         print_report(evaluation, info, stdout)
         print_calibration(calibration)
+        if abstention:
+            stdout.print(f"abstention: {abstention['text']}; on the test split it accepts "
+                         f"{abstention['test_accepted']:.1%}", highlight=False)
     else:                                   # the table is left out (compare prints its own); the warnings are not
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/] {name}: {warning}", highlight=False)
@@ -214,7 +218,8 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     # filters or templates, where it has them; the reliability diagram of a calibrated model
     figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
-                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration)
+                         heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration,
+                         abstention=abstention)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     run.write_json(paths["json"], data)
@@ -229,13 +234,19 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
 
 def run_warnings(model, name: str, evaluation, dataset: str, out: Path) -> tuple[list[str], dict | None]:
     """What the run's report should warn about (imgcls.evaluation.sanity): a useless or collapsed
-    single-label model, overfitting in its history, and a learning rate far from the finder's
-    advice (found beside the run; see find_lr_advice), with that advice to record."""
+    single-label model, a network that did not learn (its history), overfitting, and a learning
+    rate far from the finder's advice (found beside the run; see find_lr_advice), with that advice
+    to record. Each warning says what to try for this model."""
     found = []
-    if evaluation.task == "single-label" and evaluation.y_pred is not None:
-        found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names)
-    found += overfitting_warning(model.history_)
+    history = model.history_
     lr, advice = model.get_params().get("lr"), find_lr_advice(out, name, dataset)
+    hint = learning_rate_hint(model.model_name, lr, advice[0]["suggested_lr"] if advice else None)
+    if evaluation.task == "single-label" and evaluation.y_pred is not None:
+        remedy = "; or ".join(a for a in (model_advice(model.model_name), hint) if a) or LABELS_HINT
+        found += useless_model_warnings(evaluation.y_true, evaluation.y_pred, evaluation.class_names, remedy)
+        share = np.bincount(evaluation.y_true, minlength=len(evaluation.class_names)) / max(len(evaluation.y_true), 1)
+        found += learning_warnings(history, share, remedy)
+    found += overfitting_warning(history)
     if lr is None or advice is None:
         return found, None
     (result, path) = advice

@@ -99,8 +99,7 @@ def calibrated_model(model, splits, method: str, abstain: dict | None = None):
         check_can_abstain(splits, abstain)
         calibrated.abstention_ = fit_abstention(calibrated, splits.val, abstain["accept"], abstain["score"],
                                                 reference=splits.train)
-        print(f"abstention: {abstain['score']} above {calibrated.abstention_.threshold:.4g} answers unknown "
-              f"(accepts {calibrated.abstention_.fitted_on['accepted']:.1%} of val)")
+        print(f"abstention: {calibrated.abstention_.describe()}")
     return calibrated
 
 

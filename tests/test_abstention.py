@@ -1,9 +1,11 @@
 """Abstention ("I don't know"): rejection scores against direct NumPy / scikit-learn computations,
-thresholds that accept what was asked on validation (and, within sampling, on test), the saved
-model and its exported ONNX file, predict's JSON and text, the server over HTTP, old files, and
-bad --accept values."""
+split-conformal thresholds against a direct computation and their coverage guarantee over many
+random splits, thresholds that accept what was asked on validation (and, within sampling, on
+test), the report saying what the threshold rests on, the saved model and its exported ONNX file,
+predict's JSON and text, the server over HTTP, old files, and bad --accept values."""
 
 import json
+import sys
 from pathlib import Path
 
 import httpx
@@ -18,11 +20,13 @@ from imgcls.inference import OnnxClassifier, export_model
 from imgcls.inference.predict import predictions
 from imgcls.models import create_model, load_model, read_metadata
 from imgcls.models import artifact
-from imgcls.models.abstention import SCORES, fit_abstention
+from imgcls.models.abstention import SCORES, conformal_rank, fit_abstention, images_needed, threshold_for
 from imgcls.serving.app import create_app
 from test_serving import LiveServer, png_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "before_sklearn"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import defaults  # noqa: E402  (bench/defaults.py: the zoo's datasets and their writers)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +67,71 @@ def test_threshold_accepts_the_requested_share(linear, digits, score, accept):
     abstention = fit_abstention(linear, digits.val, accept, score, reference=digits.train)
     _, val = linear.predict_with_rejection(digits.val, abstention)
     n = len(val)
-    assert np.mean(~abstention.rejects(val)) == pytest.approx(np.ceil(accept * n) / n)   # ties aside, exactly
-    assert abstention.fitted_on == {"split": "val", "images": n, "accepted": pytest.approx(np.ceil(accept * n) / n)}
+    rank = int(np.ceil((n + 1) * accept))
+    assert np.mean(~abstention.rejects(val)) == pytest.approx(rank / n)   # ties aside, exactly
+    assert abstention.fitted_on == {"split": "val", "images": n, "accepted": pytest.approx(rank / n),
+                                    "method": "split-conformal", "rank": rank}
     _, test = linear.predict_with_rejection(digits.test, abstention)
     sampling = np.sqrt(accept * (1 - accept) * (1 / n + 1 / len(test)))
     assert abs(np.mean(~abstention.rejects(test)) - accept) < 4 * sampling + 0.01   # unseen images of the same kind
+
+
+def test_the_conformal_threshold_equals_a_direct_computation():
+    rng = np.random.default_rng(0)
+    for n in (5, 19, 20, 57, 200, 1001):
+        scores = rng.lognormal(size=n)
+        for accept in (0.5, 0.8, 0.9, 0.95, 0.99):
+            k = -(-(n + 1) * round(accept * 100) // 100)        # ceil((n + 1) * accept) in integers
+            assert conformal_rank(n, accept) == k
+            expected = sorted(scores)[k - 1] if k <= n else np.inf
+            assert threshold_for(scores, accept) == expected, (n, accept)
+    assert [images_needed(a) for a in (0.5, 0.8, 0.9, 0.95, 0.99)] == [1, 4, 9, 19, 99]
+    assert threshold_for(np.arange(18.0), 0.95) == np.inf and threshold_for(np.arange(19.0), 0.95) == 18.0
+
+
+@pytest.mark.parametrize("n, accept", [(20, 0.9), (50, 0.95), (100, 0.8), (300, 0.99)])
+def test_conformal_coverage_holds_over_many_random_splits(n, accept):
+    """Split a pool of synthetic scores at random, many times, into n calibration scores and the
+    rest: the mean share of the rest accepted is at least accept (split-conformal's guarantee),
+    and under accept + 1 / (n + 1). The plain accept-quantile falls short at small n."""
+    rng = np.random.default_rng(1)
+    pool = np.r_[rng.lognormal(size=700), rng.normal(5, 1, 300)]        # a skewed, two-humped score
+    trials = 4000
+    order = np.argsort(rng.random((trials, len(pool))), axis=1)          # a random split per row
+    calibration, rest = pool[order[:, :n]], pool[order[:, n:]]
+    conformal = np.sort(calibration, axis=1)[:, conformal_rank(n, accept) - 1]
+    accepted = np.mean(rest <= conformal[:, None], axis=1)
+    assert accept <= accepted.mean() < accept + 1 / (n + 1)
+    expected = conformal_rank(n, accept) / (n + 1)                      # E[F(k-th of n)] = k / (n + 1)
+    assert accepted.mean() == pytest.approx(expected, abs=4 * accepted.std() / np.sqrt(trials))
+    plain = np.quantile(calibration, accept, axis=1, method="inverted_cdf")
+    if n <= 50:
+        assert np.mean(rest <= plain[:, None]) < accept
+
+
+def test_the_default_score_is_knn_for_logits_and_msp_for_votes(linear, digits):
+    assert fit_abstention(linear, digits.val, 0.9, reference=digits.train).score == "knn"
+    assert fit_abstention(linear, digits.val, 0.9).score == "msp"             # no reference images for knn
+    knn = create_model("knn", k=5).fit(digits.train)
+    assert knn.logits_are_votes and not linear.logits_are_votes
+    assert fit_abstention(knn, digits.val, 0.9, reference=digits.train).score == "msp"
+
+
+def test_a_cnn_on_digits_0_to_4_answers_unknown_for_most_of_5_to_9_by_default(tmp_path):
+    """The issue's example: --accept 0.95 with the default score (msp answered unknown for 13%)."""
+    images, labels, order = defaults.digits_split()
+    train, test = order[:1347], order[1347:]
+    train, test = train[labels[train] < 5], test[labels[test] < 5]
+    folder = defaults.write_idx(tmp_path / "digits-0-4", (images[train], labels[train]), (images[test], labels[test]))
+    out = tmp_path / "cnn"
+    assert main(["train", str(folder), "--model", "cnn", "--bf16", "off", "--accept", "0.95",
+                 "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model.abstention_.score == "knn"
+    _, unseen = model.predict_with_rejection(images[labels >= 5])
+    _, seen = model.predict_with_rejection(images[test])
+    assert np.mean(model.abstention_.rejects(unseen)) > 0.5          # 59% measured (msp: 13%)
+    assert np.mean(model.abstention_.rejects(seen)) < 0.15
 
 
 def test_save_load_round_trip_and_older_readers_refuse(linear, digits, tmp_path, monkeypatch):
@@ -127,6 +191,19 @@ def write_pngs(folder: Path, digits, n_digits: int = 6, n_noise: int = 4) -> Pat
     return folder
 
 
+def test_the_report_says_what_the_threshold_rests_on(abstaining_run):
+    model = load_model(abstaining_run)
+    fitted = model.abstention_.fitted_on
+    assert fitted["images"] == 144 and fitted["method"] == "split-conformal" and fitted["rank"] == 73
+    report = json.loads((abstaining_run / "report.json").read_text())
+    assert report["abstention"]["fitted_on"] == fitted and report["abstention"]["threshold"] == model.abstention_.threshold
+    _, test = model.predict_with_rejection(load_dataset("digits").test)
+    assert report["abstention"]["test_accepted"] == pytest.approx(np.mean(~model.abstention_.rejects(test)))
+    assert "the threshold rests on 144 val images" in report["abstention"]["text"]
+    html = (abstaining_run / "report.html").read_text()
+    assert "The threshold rests on 144 val images" in " ".join(html.split())
+
+
 def test_train_accept_then_predict_json_and_text(abstaining_run, digits, tmp_path, capsys):
     model = load_model(abstaining_run)
     assert model.abstention_.score == "energy" and model.abstention_.accept == 0.5
@@ -166,12 +243,17 @@ def test_abstain_command_sets_it_on_a_saved_model(tmp_path, digits, capsys):
     ["train", "digits", "--model", "linear", "--accept", "1.5"],
     ["abstain", "no/such/run", "digits", "--accept", "1"],
     ["train", "digits", "--accept", "0.9", "--val-fraction", "0"],
+    ["train", "digits", "--model", "linear", "--accept", "0.999"],      # 144 val images; 999 needed
+    ["train", "digits", "--model", "linear", "--accept", "0.95", "--val-fraction", "0.01"],
 ])
 def test_bad_accept_gets_a_one_line_error(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert ("--accept must be between 0 and 1" in err or "validation split" in err)
+    assert ("--accept must be between 0 and 1" in err or "validation split" in err
+            or "validation images to choose a threshold" in err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+    if "0.999" in argv:
+        assert "--accept 0.999 needs at least 999 validation images" in err and "has 144" in err
 
 
 def test_serve_answers_unknown_over_http(abstaining_run, digits):

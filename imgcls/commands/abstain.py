@@ -33,7 +33,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from imgcls.saved_models import abstain_saved
     path, abstention = abstain_saved(args.model, args.data, data_options(args), abstention_request(args), args.out)
-    print(f"abstention: {abstention.score} above {abstention.threshold:.4g} answers unknown "
-          f"(accepts {abstention.fitted_on['accepted']:.1%} of {abstention.fitted_on['images']:,} val images)\n"
-          f"model: {path}")
+    print(f"abstention: {abstention.describe()}\nmodel: {path}")
     return 0

@@ -55,9 +55,10 @@ def add_abstention_flags(parser: argparse.ArgumentParser, accept_default: float 
         group.add_argument("--accept", type=float, default=accept_default, metavar="FRACTION",
                            help="share of validation images to answer as before, in (0, 1), e.g. 0.95: the "
                                 f"rest of the score range answers 'unknown' ({default})"),
-        group.add_argument("--reject-score", choices=["msp", "energy", "knn"], default="msp",
+        group.add_argument("--reject-score", choices=["auto", "msp", "energy", "knn"], default="auto",
                            help="msp: 1 - top probability; energy: -logsumexp(logits); knn: distance to the "
-                                "10th nearest training image's unit logits (default: msp)"),
+                                "10th nearest training image's unit logits; auto: knn, or msp for kNN models, "
+                                "whose logits are votes (measured best by bench/ood.py; default: auto)"),
     ]
 
 

@@ -12,8 +12,20 @@ Scores, higher meaning less like the training data:
   temperature (calibration) leaves unit-length logits unchanged. The reference vectors are
   saved with the model; the search is ExactSearch, the exact kernel behind the similarity index.
 
-The threshold is chosen on validation images for a target acceptance rate: with accept=0.95 it
-is the 95th percentile of their scores, so 95% of in-distribution images are answered as before.
+The default, auto, is knn for models with logits of their own and msp for kNN models, whose
+logits are votes: what bench/ood.py measured best for each (see default_score).
+
+The threshold is chosen on n validation images for a target acceptance rate, as split-conformal
+prediction chooses its own (Vovk et al., 2005; Angelopoulos & Bates, "A Gentle Introduction to
+Conformal Prediction and Distribution-Free Uncertainty Quantification", 2021, section 1): the
+ceil((n + 1) * accept)-th smallest of their scores. For a new image exchangeable with them (of
+the same kind), the chance that it scores at or under that threshold is then at least accept,
+whatever the scores' distribution and however few the images, and (without ties) under
+accept + 1 / (n + 1). The plain accept-quantile, the ceil(n * accept)-th smallest, falls short
+of accept on average by up to 1 / (n + 1): little on 6,000 images, 0.5 points on 200, 5 on 20.
+When ceil((n + 1) * accept) exceeds n there is no such threshold (it would be +inf, accepting
+everything), and fitting says how many images the accept rate needs: accept / (1 - accept),
+19 for 0.95, 99 for 0.99.
 Scores come from predict_proba and the model's logits (Classifier.predict_logits), so a
 calibrated model's are used; fit the abstention after calibrating.
 """
@@ -33,7 +45,7 @@ from imgcls.errors import ImgclsError
 from imgcls.models.distance import ExactSearch
 
 SCORES = ("msp", "energy", "knn")
-DEFAULT_SCORE = "msp"
+DEFAULT_SCORE = "auto"        # knn, or msp for a model whose logits are votes: see default_score
 DEFAULT_ACCEPT = 0.95
 KNN_K = 10
 REFERENCE_MAX = 10_000       # training images kept as knn reference (Sun et al.: a 1% sample still works)
@@ -55,7 +67,8 @@ class Abstention:
     fitted_on: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_score(self.score)
+        if self.score not in SCORES:
+            raise ImgclsError(f"unknown rejection score {self.score!r}; valid: {', '.join(SCORES)}")
         if self.score == "knn" and (self.reference is None or not len(self.reference)):
             raise ImgclsError("a knn abstention needs the training images' reference vectors")
 
@@ -72,6 +85,18 @@ class Abstention:
         if self.score == "energy":
             return energy_score(logits)
         return knn_score(logits, self._search(), self.k)
+
+    def describe(self) -> str:
+        """One line: the score, the threshold and what it rests on, e.g. "knn above 0.3119 answers unknown;
+        the threshold rests on 135 val images (split-conformal: the 129th smallest score), of which it
+        accepts 95.6%"."""
+        text = f"{self.score} above {self.threshold:.4g} answers unknown"
+        fitted = self.fitted_on
+        if not fitted.get("images"):
+            return text + " (threshold set by hand)"
+        how = f"split-conformal: the {_ordinal(fitted['rank'])} smallest score" if fitted.get("rank") else "quantile"
+        return (f"{text}; the threshold rests on {fitted['images']:,} {fitted.get('split', 'val')} images ({how}), "
+                f"of which it accepts {fitted['accepted']:.1%}")
 
     def rejects(self, scores: np.ndarray) -> np.ndarray:
         """Which inputs are answered "unknown": those scoring above the threshold."""
@@ -123,16 +148,55 @@ class Abstention:
                    k=int(data.get("k", KNN_K)), reference=reference, fitted_on=dict(data.get("fitted_on") or {}))
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n:,}{suffix}"
+
+
+def abstention_summary(model, data, split: str = "test") -> dict | None:
+    """For report.json: the model's abstention (score, threshold, accept, what the threshold rests
+    on) and the share of data's images it accepts (answers as before); None for a model that
+    does not abstain."""
+    abstention = model.abstention_
+    if abstention is None:
+        return None
+    out = {key: value for key, value in abstention.to_dict().items() if key != "reference_tensor"}
+    if data is not None and len(data):
+        _, scores = model.predict_with_rejection(data)
+        out[f"{split}_accepted"] = float(np.mean(~abstention.rejects(scores)))
+        out[f"{split}_images"] = int(len(scores))
+    out["text"] = abstention.describe()
+    return out
+
+
 def check_score(score: str) -> None:
-    if score not in SCORES:
-        raise ImgclsError(f"unknown rejection score {score!r}; valid: {', '.join(SCORES)}")
+    """A score a user may ask for: one of SCORES, or auto (see default_score)."""
+    if score not in ("auto", *SCORES):
+        raise ImgclsError(f"unknown rejection score {score!r}; valid: auto, {', '.join(SCORES)}")
+
+
+def default_score(model, reference=None) -> str:
+    """The score "auto" stands for: the one that told unseen kinds of images apart best in
+    bench/ood.py for this kind of model (AUROC).
+
+    knn for models with logits of their own (networks, linear), the best or within a point of it
+    everywhere: far-OOD 0.939 against msp's 0.793 and energy's 0.909 for LeNet-5, 0.882 against
+    0.734 and 0.669 for a linear model; near-OOD 0.664 against msp's 0.670 (LeNet-5) and 0.727
+    against 0.511 (linear); digits 0-4 against 5-9, 0.940 against msp's 0.929 and energy's 0.949
+    for the course CNN. Energy, best on the digits, fails a linear model (0.365 near-OOD).
+    msp for a model whose logits are the logs of its neighbours' votes (kNN, transfer --mode
+    knn): knn on those discrete vectors measured worse (far-OOD 0.633 against msp's 0.775, near
+    0.611 against 0.647). Without reference (training) images, which knn needs, msp.
+    """
+    if model.logits_are_votes or reference is None or not len(reference):
+        return "msp"
+    return "knn"
 
 
 def check_accept(accept: float) -> None:
     """The acceptance rate must lie strictly between 0 and 1 (1 would accept everything)."""
     if not (isinstance(accept, (int, float)) and math.isfinite(accept) and 0 < accept < 1):
         raise ImgclsError(f"--accept must be between 0 and 1 (exclusive), e.g. 0.95; got {accept}")
-
 
 
 def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
@@ -145,6 +209,7 @@ def check_can_abstain(splits: DatasetSplits, abstain: dict) -> None:
                           "when none is above its threshold")
     if splits.val is None or not len(splits.val):
         raise ImgclsError("--accept chooses its threshold on the validation split; use a --val-fraction above 0")
+    check_enough_images(len(splits.val), abstain["accept"])
 
 
 def msp_score(proba: np.ndarray) -> np.ndarray:
@@ -168,25 +233,55 @@ def knn_score(logits: np.ndarray, search: ExactSearch, k: int) -> np.ndarray:
     return distances[:, -1].double().numpy()
 
 
+def conformal_rank(n: int, accept: float) -> int:
+    """ceil((n + 1) * accept): the rank (1-based, smallest first) of the calibration score that is
+    the conformal threshold; above n, no threshold accepts `accept` of new images for sure."""
+    return math.ceil((n + 1) * accept - 1e-9)      # 1e-9: (n + 1) * 0.95 may land a hair above an integer
+
+
+def images_needed(accept: float) -> int:
+    """The fewest calibration images with a finite conformal threshold for accept: n >= accept / (1 - accept)."""
+    n = max(1, math.floor(accept / (1 - accept)) - 1)
+    while conformal_rank(n, accept) > n:
+        n += 1
+    return n
+
+
 def threshold_for(scores: np.ndarray, accept: float) -> float:
-    """The smallest threshold that accepts (score <= threshold) at least `accept` of scores:
-    their accept-quantile (the ceil(accept * n)-th smallest)."""
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), accept, method="inverted_cdf"))
+    """The split-conformal threshold for accept: the ceil((n + 1) * accept)-th smallest of the n
+    calibration scores, +inf when that rank exceeds n. A new exchangeable image scores at or under
+    it (is accepted) with probability at least accept."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rank = conformal_rank(len(scores), accept)
+    if rank > len(scores):
+        return math.inf
+    return float(np.partition(scores, rank - 1)[rank - 1])
+
+
+def check_enough_images(n: int, accept: float, split: str = "val") -> None:
+    """Refuse an accept rate that n calibration images cannot support (its conformal threshold is +inf)."""
+    if conformal_rank(n, accept) > n:
+        raise ImgclsError(f"--accept {accept:g} needs at least {images_needed(accept)} validation images to choose a "
+                          f"threshold, and the {split} split has {n}: raise --val-fraction or lower --accept")
 
 
 def fit_abstention(model, validation, accept: float = DEFAULT_ACCEPT, score: str = DEFAULT_SCORE, *,
                    reference=None, k: int = KNN_K, split: str = "val", seed: int = 0) -> Abstention:
-    """An Abstention for model whose threshold accepts `accept` of the validation images
-    (an ImageDataset or images of the model's kind). knn needs `reference`: the training images,
+    """An Abstention for model whose threshold, chosen on the validation images (an ImageDataset
+    or images of the model's kind) by threshold_for, accepts at least `accept` of new images of
+    their kind; too few images for accept are an error. score: one of SCORES, or "auto" for
+    default_score's choice. knn needs `reference`: the training images,
     of which up to REFERENCE_MAX (a seeded random sample) are kept. Does not change model; set
     model.abstention_ to the result."""
     check_accept(accept)
     check_score(score)
+    score = default_score(model, reference) if score == "auto" else score
     if model.task_.multi_label:
         raise ImgclsError("abstention is for single-label models; a multi-label model already answers "
                           "no label when none is above its threshold")
     if validation is None or not len(validation):
         raise ImgclsError("choosing a rejection threshold needs validation images (a val split)")
+    check_enough_images(len(validation), accept, split)
     if k < 1:
         raise ImgclsError("the knn rejection score needs k of at least 1")
     vectors = None
@@ -203,5 +298,6 @@ def fit_abstention(model, validation, accept: float = DEFAULT_ACCEPT, score: str
     threshold = threshold_for(scores, accept)
     accepted = float(np.mean(scores <= threshold))
     return replace(draft, threshold=threshold,
-                   fitted_on={"split": split, "images": int(len(scores)), "accepted": accepted})
+                   fitted_on={"split": split, "images": int(len(scores)), "accepted": accepted,
+                              "method": "split-conformal", "rank": conformal_rank(len(scores), accept)})
 

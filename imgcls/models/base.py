@@ -187,6 +187,12 @@ class Classifier(ClassifierMixin, BaseEstimator):
         return False
 
     @property
+    def logits_are_votes(self) -> bool:
+        """Whether predict_logits gives the logs of the shares of a vote (kNN's neighbours) rather
+        than logits of the model's own: abstention's default score reads the two differently."""
+        return False
+
+    @property
     def takes_images(self) -> bool:
         """Whether this fitted model classifies images (False: it was fitted on feature vectors)."""
         return self.preprocessing_ is not None

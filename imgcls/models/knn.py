@@ -44,6 +44,10 @@ class KNNClassifier(Classifier):
     metric: str = "l2"
     weights: str = "uniform"
 
+    @property
+    def logits_are_votes(self) -> bool:
+        return True
+
     def check_params(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ImgclsValueError(f"k must be a positive whole number, not {self.k!r}")

@@ -221,6 +221,10 @@ class TransferClassifier(NeuralClassifier):
     def has_logits(self) -> bool:
         return self.mode != "knn"      # knn mode's probabilities are votes; its head is never trained
 
+    @property
+    def logits_are_votes(self) -> bool:
+        return self.mode == "knn"
+
     def _predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         if self.mode != "knn":
             return super()._predict_proba(images)
