@@ -109,9 +109,9 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     preprocessing), predicting in `runtime` (see imgcls.inference.resolve_model)."""
     from imgcls.inference.resolve import resolve_model
     model = resolve_model(str(model_path), runtime)
-    if options.size is not None or options.channels is not None:
+    if options.size is not None or options.channels is not None or options.decode is not None:
         raise ImgclsError("eval decodes images exactly as the model expects "
-                          f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")
+                          f"({_decode_text(model.preprocessing_)}); drop --image-size, --channels and --decode")
     splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     part = getattr(splits, split)
     if part is None:
@@ -153,8 +153,9 @@ def abstain_saved(model_path: str | Path, data: str, options: DataOptions, absta
     if not model.takes_images:
         raise ImgclsError(f"{model_path}: a model fitted on feature vectors; fit its abstention from Python "
                           "(imgcls.models.abstention.fit_abstention)")
-    if options.size is not None or options.channels is not None:
-        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size and --channels")
+    if options.size is not None or options.channels is not None or options.decode is not None:
+        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size, --channels "
+                          "and --decode")
     splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     check_can_abstain(splits, abstain)
     if splits.val.class_names != model.class_names_:
@@ -166,7 +167,7 @@ def abstain_saved(model_path: str | Path, data: str, options: DataOptions, absta
 
 def _decode_text(prep) -> str:
     return (f"{prep.channels} channel(s), {prep.size[0]}x{prep.size[1]}, {prep.resize}, crop {prep.crop_pct:g}, "
-            f"{prep.interpolation}")
+            f"{prep.interpolation}, {prep.decode} decode")
 
 
 def _sizes_text(splits: DatasetSplits) -> str:
