@@ -9,6 +9,7 @@ imports the training loop to get logits.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,27 @@ from imgcls.errors import ImgclsError
 from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster
 
 TTA_MODES = ("none", "flip")
+MAX_PASS_ROWS = 512       # images per no-grad forward pass...
+PASS_BYTES = 2**25        # ...fewer where their float32 input would pass 32 MB (photos at 160 px and up)
+READ_ROWS = 64            # streamed images are read (decoded by the workers) at least this many at a time
+
+
+def rows_per_pass(shape) -> int:
+    """Images per no-grad forward pass for images shaped (N, C, H, W): 512, halved until their
+    float32 input fits PASS_BYTES (at least 8), so a pass's memory does not grow with the image
+    size. A power of two: 512 and READ_ROWS stay multiples of it."""
+    per_image = 4 * math.prod(shape[1:])
+    rows = MAX_PASS_ROWS
+    while rows > 8 and rows * per_image > PASS_BYTES:
+        rows //= 2
+    return rows
+
+
+def rows_per_read(shape) -> int:
+    """Images read at a time when a split is streamed through a network: a multiple of
+    rows_per_pass (and of an exported model's 64), so each forward pass sees the same images as
+    on the split in memory, and the outputs come out identical."""
+    return max(READ_ROWS, rows_per_pass(shape))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,11 +86,12 @@ def has_convolutions(net: nn.Module) -> bool:
 
 @torch.no_grad()
 def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device, bf16: bool, channels_last: bool,
-                   batch_size: int = 512, forward=None, progress=None) -> torch.Tensor:
+                   batch_size: int | None = None, forward=None, progress=None) -> torch.Tensor:
     """Float32 outputs on the CPU of forward (default: the network itself, giving logits) for
-    uint8 images (N, C, H, W), in batches."""
+    uint8 images (N, C, H, W), in batches (default: rows_per_pass)."""
     net.eval()
     forward = forward or net
+    batch_size = batch_size or rows_per_pass(images.shape)
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for start in range(0, len(images), batch_size):

@@ -145,7 +145,7 @@ def test_eval_of_a_streamed_folder_reports_what_memory_reports(cnn_run, photos, 
 
 
 def test_streamed_evaluation_in_many_batches_equals_memory(photos, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.evaluation, "STREAM_BATCH", 4)
+    monkeypatch.setattr(imgcls.evaluation, "rows_per_read", lambda shape: 4)
     memory, streamed = (load_dataset(photos, options(mode, test_fraction=0.5)) for mode in MODES)
     knn = create_model("knn", k=3).fit(memory.train)
     a, _ = evaluate_model(knn, memory.test)

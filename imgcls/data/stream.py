@@ -247,6 +247,37 @@ def readable_sample(images: torch.Tensor | ImageFiles, count: int) -> torch.Tens
     return decoded[ok]
 
 
+STATISTICS_CHUNK = 32     # rows widened to int32 at a time while summing pixel statistics
+
+
+def pixel_statistics(images: torch.Tensor | ImageFiles, count: int, batch_size: int = 256
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (float32 (C,), pixels scaled to 0..1) of up to
+    `count` images spread evenly over images (all of them if fewer), leaving out any streamed file
+    that no longer decodes. The images are read batch_size at a time (streamed ones decoded by the
+    workers, see image_batches) and summed exactly in integers, so memory holds a batch, not the
+    sample, and the figures are the same in memory and streamed, however the rows are batched."""
+    positions = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(np.int64)
+    if isinstance(images, torch.Tensor):
+        batches = (images[torch.from_numpy(positions[i:i + batch_size])] for i in range(0, len(positions), batch_size))
+    else:
+        batches = (batch for _, batch, _ in image_batches(images.subset(positions), batch_size))
+    channels = images.shape[1]
+    sums, squares, pixels = [0] * channels, [0] * channels, 0
+    for batch in batches:
+        for start in range(0, len(batch), STATISTICS_CHUNK):
+            chunk = batch[start:start + STATISTICS_CHUNK].to(torch.int32)      # 255 ** 2 fits; uint8 would wrap
+            sums = [a + b for a, b in zip(sums, chunk.sum((0, 2, 3), dtype=torch.int64).tolist())]
+            squares = [a + b for a, b in zip(squares, (chunk * chunk).sum((0, 2, 3), dtype=torch.int64).tolist())]
+        pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
+    if pixels < 2:
+        raise ImgclsError("no readable images to take pixel statistics from")
+    # Python integers: exact, so the unbiased variance (as torch.std) suffers no cancellation.
+    mean = [s / pixels / 255 for s in sums]
+    std = [max((q * pixels - s * s) / (pixels * (pixels - 1)), 0) ** 0.5 / 255 for s, q in zip(sums, squares)]
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
 class _BatchDecoder(torch.utils.data.Dataset):
     """What a DataLoader worker runs: one whole batch of positions per item (one trip between
     processes per batch, not per image)."""

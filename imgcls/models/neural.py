@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.data.stream import readable_sample
+from imgcls.data.stream import pixel_statistics
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
@@ -133,8 +133,8 @@ class NeuralClassifier(Classifier, TrainingConfig):
             if prep.channels == 1:
                 mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
         else:
-            pixels = readable_sample(data.images, 4096).float() / 255
-            mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+            mean, std = pixel_statistics(data.images, 4096)
+            std = std.clamp_min(1e-3)
         net.normalize.mean.copy_(mean.view(1, -1, 1, 1))
         net.normalize.std.copy_(std.view(1, -1, 1, 1))
         return net

@@ -25,11 +25,11 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
-from imgcls.data.stream import readable_sample
+from imgcls.data.stream import image_batches, readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
-from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
+from imgcls.runtime import predict_logits, resolve_device, rows_per_read, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
 from imgcls.training.augment import AugmentConfig, augment_batch, mix
@@ -88,7 +88,7 @@ class Trainer:
                 record["seconds"] = time.perf_counter() - start
                 record["images_per_second"] = len(train) / record["seconds"]
                 if val is not None and len(val):
-                    record.update(self.evaluate(val))
+                    record.update(self._validated(val))
                 self._end_epoch(record)
         finally:
             self._emit("on_train_end")     # also when interrupted: hooks close their displays
@@ -129,6 +129,16 @@ class Trainer:
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
         return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
+
+    def _validated(self, val: ImageDataset) -> dict:
+        """evaluate(val); a worker decoding it that dies stops the run with one line: the epoch's
+        end was not saved, so --resume continues from the last checkpoint."""
+        try:
+            return self.evaluate(val)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise self._stopped_by(WorkerDied.from_loader(exc, what="validation")) from None
 
     def _stopped_by(self, exc: Exception) -> ImgclsError:
         """A decoding worker died (killed for memory, say). When the trainer learnt of it while
@@ -238,16 +248,41 @@ class Trainer:
     def evaluate(self, data: ImageDataset) -> dict:
         """Validation figures on data. Under torchrun each rank runs its own slice of data and the
         outputs are gathered, so every rank reaches the same figures (and the same early-stopping
-        decision) having computed only its share."""
+        decision) having computed only its share. Streamed images are decoded by the workers; a
+        file that no longer decodes is left out of the figures and listed in state.unreadable."""
         if self.world > 1:
             distributed.broadcast_buffers(self.eval_net)   # batch-norm statistics: rank 0's, the saved ones
         start, stop = distributed.my_slice(len(data), self.rank, self.world)
-        mine = data.images[start:stop] if isinstance(data.images, torch.Tensor) else data.images.subset(range(start, stop))
-        logits = predict_logits(self.eval_net, mine, device=self.device, bf16=self.bf16,
-                                channels_last=self.channels_last)
-        if self.world > 1:
-            logits = distributed.gather_rows(logits.reshape(len(mine), self.num_classes), len(data), self.device)
+        if isinstance(data.images, torch.Tensor):
+            logits = predict_logits(self.eval_net, data.images[start:stop], device=self.device, bf16=self.bf16,
+                                    channels_last=self.channels_last)
+            ok = torch.ones(len(logits), dtype=torch.bool)
+        else:
+            logits, ok = self._streamed_logits(data, start, stop)
+        if self.world > 1:   # the ok flags travel as one more column
+            both = torch.cat([logits.reshape(stop - start, self.num_classes), ok[:, None].float()], 1)
+            both = distributed.gather_rows(both, len(data), self.device)
+            logits, ok = both[:, :-1], both[:, -1].bool()
+        if not ok.all():
+            return self.task.validation_metrics(logits[ok], data.labels[ok])
         return self.task.validation_metrics(logits, data.labels)
+
+    def _streamed_logits(self, data: ImageDataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, ok) of rows start:stop of a streamed dataset, decoded by the workers a read at a
+        time (as evaluation reads them, so memory holds a few reads, never the split)."""
+        mine = data.images.subset(range(start, stop))
+        logits = torch.zeros(len(mine), self.num_classes)
+        ok = torch.zeros(len(mine), dtype=torch.bool)
+        names = data.names("val")
+        for rows, images, unreadable in image_batches(mine, rows_per_read(mine.shape)):
+            if len(rows):
+                logits[rows] = predict_logits(self.eval_net, images, device=self.device, bf16=self.bf16,
+                                              channels_last=self.channels_last)
+                ok[rows] = True
+            known = {name for name, _ in self.state.unreadable}
+            self.state.unreadable += [[names[start + row], reason] for row, reason in unreadable
+                                      if names[start + row] not in known]
+        return logits, ok
 
     @property
     def eval_net(self) -> nn.Module:
@@ -421,8 +456,8 @@ class WorkerDied(ImgclsError):
     """A DataLoader worker decoding the training images exited (killed, out of memory, crashed)."""
 
     @classmethod
-    def from_loader(cls, exc: Exception, while_waiting: bool = False) -> WorkerDied:
-        died = cls("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
+    def from_loader(cls, exc: Exception, while_waiting: bool = False, what: str = "training") -> WorkerDied:
+        died = cls(f"a worker decoding the {what} images died (" + str(exc).split(".")[0].strip()
                    + "; killed for memory? try fewer workers or a smaller --batch-size)")
         died.while_waiting = while_waiting
         return died
