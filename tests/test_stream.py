@@ -49,6 +49,29 @@ def test_streamed_training_and_prediction_equal_in_memory(photos):
     np.testing.assert_array_equal(a.predict_proba(memory.test), b.predict_proba(streamed.test))   # flip TTA too
 
 
+def test_random_resized_crops_are_cut_by_the_workers_from_the_batchs_own_draws(photos, tmp_path, monkeypatch):
+    """rrc on streamed data: the workers cut each batch's crops, drawn from the batch's generator as
+    in memory. From the decode cache's rows they are the in-memory crops exactly (equal weights);
+    from the files they are resampled once from the file's pixels, and the trainer never again."""
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    cached = load_dataset(photos, DataOptions(data_mode="stream", cache=str(tmp_path / "cache")))
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    settings = {"augment": "rrc=0.3,flip", "tta": "none"}
+    a, b = train(memory, **settings), train(cached, **settings)
+    for (name, x), y in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
+        assert torch.equal(x, y), name
+    from imgcls.training import augment
+    cnn = create_model("cnn", **{k: v for k, v in {**NET, **settings}.items() if k != "model"})
+    batches = [(0, 0), (1, 2)]
+    expected = [cnn.preview_training_batch(memory.train, epoch, index) for epoch, index in batches]
+    monkeypatch.setattr(augment, "crop_frames", lambda *_: pytest.fail("the trainer resampled a streamed batch"))
+    for (epoch, index), (expected_positions, expected_x, _) in zip(batches, expected):
+        positions, x, _ = cnn.preview_training_batch(streamed.train, epoch, index)
+        assert torch.equal(positions, expected_positions)
+        assert (x - expected_x).abs().mean() < 12 and (x != expected_x).any()  # the same crops, resampled once
+    assert train(streamed, **settings).history_[-1]["val_accuracy"] > 0.5
+
+
 def test_auto_streams_only_beyond_the_memory_budget(photos, capsys):
     assert not load_dataset(photos, DataOptions()).train.streamed
     assert load_dataset(photos, DataOptions(memory_budget=10_000)).train.streamed   # 72 x 768 bytes decoded
@@ -123,7 +146,8 @@ def test_a_dying_worker_stops_the_run_with_one_line_and_resume_finishes_it(photo
                 os.kill(os.getpid(), signal.SIGKILL)
         return real(self, positions)
 
-    settings = {k: v for k, v in NET.items() if k != "model"} | {"epochs": 2, "batch_size": 8, "checkpoint_every": 2}
+    settings = {k: v for k, v in NET.items() if k != "model"} | {"epochs": 2, "batch_size": 8, "checkpoint_every": 2,
+                                                                 "augment": "rrc=0.5,flip"}
     monkeypatch.setattr(stream._BatchDecoder, "__getitem__", dies_on_the_ninth_batch)
     with pytest.raises(ImgclsError, match=r"worker decoding the training images died .* --resume") as err:
         create_model("cnn", **settings).fit(splits.train, validation=splits.val, run_dir=tmp_path / "run")

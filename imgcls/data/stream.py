@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, decode_image, decode_many
+from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, crop_frames, decode_image, decode_many
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 
@@ -97,9 +97,14 @@ class ImageFiles:
         images, ok, _ = self.decode_reporting(positions)
         return images, ok
 
-    def decode_reporting(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    def decode_reporting(self, positions: Sequence[int], crops=None
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
         """decode, and why each row that is not ok failed: {row: reason}, the reason a file skipped
-        while loading into memory would get ("truncated or corrupt image", ...)."""
+        while loading into memory would get ("truncated or corrupt image", ...).
+
+        crops: a random resized crop (top, left, height, width) per row (see batches), each row
+        resampled from its crop instead of whole: from the file's own pixels, or with a cache from
+        the cached row (crop_frames, as images in memory are cropped)."""
         images = np.zeros((len(positions), *self.shape[1:]), np.uint8)
         ok = np.zeros(len(positions), bool)
         reasons: dict[int, str] = {}
@@ -107,16 +112,19 @@ class ImageFiles:
         if self.cache is not None:
             ok[:] = self.cache.read(positions, stamps, images)
         todo = np.flatnonzero(~ok)
+        # Without a cache, crops are taken from the files; a cache needs whole rows to keep.
+        direct = crops is not None and self.cache is None
+        boxes = [tuple(crops[row]) if direct else None for row in todo]
         if len(todo) > 16:
-            decoded, good, bad = decode_many([self.files[positions[row]] for row in todo], self.prep)
+            decoded, good, bad = decode_many([self.files[positions[row]] for row in todo], self.prep, crops=boxes)
             images[todo[good]] = decoded
             ok[todo[good]] = True
             failed = np.delete(todo, good)          # decode_many lists its failures in order
             reasons.update({int(row): reason for row, (_, reason) in zip(failed, bad)})
         else:
-            for row in todo:
+            for row, box in zip(todo, boxes):
                 try:
-                    images[row] = decode_image(self.files[positions[row]], self.prep)
+                    images[row] = decode_image(self.files[positions[row]], self.prep, box)
                     ok[row] = True
                 except UnreadableImage as exc:
                     reasons[int(row)] = str(exc)
@@ -124,18 +132,27 @@ class ImageFiles:
             self.cache.write([positions[row] for row in todo if ok[row]], images[todo[ok[todo]]],
                              [stamps[row] for row in todo if ok[row]])
         tensor = torch.from_numpy(images)
+        if crops is not None and not direct and ok.any():
+            kept = torch.from_numpy(ok)
+            tensor[kept] = crop_frames(tensor[kept], np.asarray(crops)[ok])
         return (tensor.flip(3) if self.flipped else tensor), torch.from_numpy(ok), reasons
 
-    def batches(self, index_batches: Sequence[torch.Tensor], workers: int | None = None
+    def batches(self, index_batches: Sequence[torch.Tensor], workers: int | None = None, crops=None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, ok) for each batch of positions, decoded in `workers` processes, two batches ahead each."""
-        for images, ok, _ in self._loader(index_batches, self.workers if workers is None else workers):
+        """(images, ok) for each batch of positions, decoded in `workers` processes, two batches ahead each.
+
+        crops: for each batch, its rows' random resized crops, (n, 4) rows (top, left, height,
+        width) in the pixels of the decoded size (imgcls.training.augment.crop_boxes), or None:
+        the workers cut the crops while decoding, so each image is decoded and resampled once."""
+        items = list(index_batches) if crops is None else list(zip(index_batches, crops))
+        for images, ok, _ in self._loader(items, self.workers if workers is None else workers):
             yield images, ok
 
-    def _loader(self, index_batches: Sequence, workers: int) -> torch.utils.data.DataLoader:
-        """(images, ok, reasons) per batch of positions, in order; workers processes decode, each at
-        most PREFETCH batches ahead, so at most workers x PREFETCH batches are decoded and unread."""
-        return torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(index_batches),
+    def _loader(self, items: Sequence, workers: int) -> torch.utils.data.DataLoader:
+        """(images, ok, reasons) per batch of positions (or of (positions, crops)), in order; workers
+        processes decode, each at most PREFETCH batches ahead, so at most workers x PREFETCH batches
+        are decoded and unread."""
+        return torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(items),
                                            num_workers=workers, prefetch_factor=PREFETCH if workers else None)
 
     def decoded_bytes(self) -> int:
@@ -285,13 +302,14 @@ class _BatchDecoder(torch.utils.data.Dataset):
     def __init__(self, files: ImageFiles):
         self.files = files
 
-    def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+        positions, crops = item if isinstance(item, tuple) else (item, None)
         positions = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
         if torch.utils.data.get_worker_info() is not None:
             # One thread per worker process; without workers this runs in the caller's process,
             # whose thread count (the network's, next) must stay as it was.
             torch.set_num_threads(1)
-        return self.files.decode_reporting(positions)
+        return self.files.decode_reporting(positions, None if crops is None else np.asarray(crops))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -32,7 +32,7 @@ from imgcls.task import SingleLabel, Task
 from imgcls.runtime import predict_logits, resolve_device, rows_per_read, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
-from imgcls.training.augment import AugmentConfig, augment_batch, mix
+from imgcls.training.augment import AugmentConfig, augment_batch, crop_boxes, mix
 from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.schedule import lr_at
 
@@ -105,10 +105,11 @@ class Trainer:
         # Each rank gathers (and decodes, and augments) only its own share of every batch.
         shares = [batch[self.rank::self.world] for batch in all_positions[state.batches_done:]]
         try:
-            for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, shares),
-                                                                   start=state.batches_done):
+            gathered = self._gathered(images, labels, shares, epoch, state.batches_done)
+            for index, (batch, images_in, labels_in) in enumerate(gathered, start=state.batches_done):
                 torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index),
+                                           cropped=not isinstance(images, torch.Tensor))
                 first = index - index % cfg.accumulate                 # the group of batches this one is in
                 last = min(first + cfg.accumulate, batches) - 1
                 group_samples = min((last + 1) * cfg.batch_size, samples) - first * cfg.batch_size
@@ -176,12 +177,18 @@ class Trainer:
             self.state.unreadable = [[name, reason] for name, reason in known.items()]
         return totals
 
-    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor]):
-        """(positions, uint8 images, labels) of each batch: gathered from memory, or decoded from the
-        files by DataLoader workers, a few batches ahead; a file that no longer decodes is left out
-        of its batch and listed in state.unreadable."""
+    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor], epoch: int, first: int):
+        """(positions, uint8 images, labels) of each batch (batch `first` of epoch `epoch` onwards):
+        gathered from memory, or decoded from the files by DataLoader workers, a few batches ahead;
+        a file that no longer decodes is left out of its batch and listed in state.unreadable. The
+        workers also cut a streamed batch's random resized crops (rrc), drawn from the batch's
+        generator as augment_batch draws them (crop_boxes), so each image is decoded and resampled
+        once, and its batch arrives cropped."""
         if not isinstance(images, torch.Tensor):
-            for batch, (x, ok) in zip(positions, _watched(images.batches([p.cpu() for p in positions]))):
+            crops = [crop_boxes(len(p), images.prep.size, self.augment, self.batch_generator(epoch, index))
+                     for index, p in enumerate(positions, start=first)] if self.augment.rrc_scale else None
+            decoded = images.batches([p.cpu() for p in positions], crops=crops)
+            for batch, (x, ok) in zip(positions, _watched(decoded)):
                 if not ok.all():
                     self._note_unreadable(batch.cpu()[~ok], images)
                 keep = ok.to(batch.device)
@@ -329,14 +336,16 @@ class Trainer:
             dist.broadcast_object_list(choice, src=0)
         return bool(choice[0])
 
-    def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
+    def augmented(self, x: torch.Tensor, gen: torch.Generator, cropped: bool = False) -> torch.Tensor:
+        x = augment_batch(x, self.augment, gen, cropped=cropped) if self.augment.changes_images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
-        x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+                       cropped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix.
+        cropped: the images come with their random resized crops cut (streamed batches)."""
+        x, y = mix(self.augmented(images, gen, cropped), labels, self.augment, gen, self.task.multi_label,
+                   self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def epoch_batches(self, labels: torch.Tensor, epoch: int) -> list[torch.Tensor]:
@@ -360,8 +369,8 @@ class Trainer:
                               f"there is no batch {index}")
         images = train.images.to(self.device) if isinstance(train.images, torch.Tensor) else train.images
         positions, images_in, labels_in = next(self._gathered(images, train.labels.to(self.device),
-                                                              [batches[index]]))
-        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+                                                              [batches[index]], epoch, index))
+        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), cropped=train.streamed)
         return positions, x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
