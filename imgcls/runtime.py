@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.errors import ImgclsError
-from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster
+from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster, fp32_channels_last_is_faster
 
 TTA_MODES = ("none", "flip")
 MAX_PASS_ROWS = 512       # images per no-grad forward pass...
@@ -71,13 +71,21 @@ def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, e
     return bf16_is_faster(net, example, train, channels_last=has_convolutions(net))
 
 
-def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
+def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool,
+                      example: torch.Tensor | None = None, train: bool = False) -> bool:
     """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
-    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it can be
-    slower, so auto leaves it off there."""
+    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it is
+    faster for some networks (depthwise convolutions) and slower for others: with an example
+    input it is measured (imgcls.fastpath, cached), without one left off."""
     if setting != "auto":
         return setting == "on"
-    return has_convolutions(net) and bf16 and device.type in ("cpu", "cuda")
+    if not has_convolutions(net) or device.type not in ("cpu", "cuda"):
+        return False
+    if bf16:
+        return True
+    if device.type != "cpu" or example is None or not len(example):
+        return False
+    return fp32_channels_last_is_faster(net, example, train)
 
 
 def has_convolutions(net: nn.Module) -> bool:

@@ -299,8 +299,7 @@ class Trainer:
     def setup(self, train: ImageDataset) -> None:
         """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
         n_train = len(train)
-        self.bf16 = self._decide_bf16(train)
-        self.channels_last = use_channels_last(self.cfg.channels_last, self.device, self.net, self.bf16)
+        self.bf16, self.channels_last = self._decide_precision(train)
         self.task = train.task
         self.num_classes = train.num_classes
         self.monitor = monitored(self.cfg.monitor, self.task)
@@ -326,15 +325,17 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
-    def _decide_bf16(self, train: ImageDataset) -> bool:
-        """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
-        so every rank trains in the same precision."""
-        example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
-        choice = [use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
-                  if self.rank == 0 else False]
+    def _decide_precision(self, train: ImageDataset) -> tuple[bool, bool]:
+        """(bf16, channels_last): --bf16 and --channels-last auto are measured on rank 0 (on a copy
+        of the network, a batch of train) and shared, so every rank trains alike."""
+        choice = [False, False]
+        if self.rank == 0:
+            example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
+            bf16 = use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
+            choice = [bf16, use_channels_last(self.cfg.channels_last, self.device, self.net, bf16, example, train=True)]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
-        return bool(choice[0])
+        return bool(choice[0]), bool(choice[1])
 
     def augmented(self, x: torch.Tensor, gen: torch.Generator, cropped: bool = False) -> torch.Tensor:
         x = augment_batch(x, self.augment, gen, cropped=cropped) if self.augment.changes_images else x.float()
