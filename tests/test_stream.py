@@ -80,6 +80,20 @@ def test_auto_streams_only_beyond_the_memory_budget(photos, capsys):
         load_dataset(photos, DataOptions(data_mode="disk"))
 
 
+def test_a_transfer_finetune_learns_from_a_streamed_folder_as_from_memory(photos):
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    settings = dict(mode="finetune", input_size=32, epochs=1, head_epochs=1, batch_size=16, bf16="off",
+                    channels_last="off", augment="flip")
+    a = create_model("transfer:efficientnet_lite0", **settings).fit(memory.train, validation=memory.val)
+    b = create_model("transfer:efficientnet_lite0", **settings).fit(streamed.train, validation=streamed.val)
+    for (name, x), y in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert [r["val_loss"] for r in a.history_] == [r["val_loss"] for r in b.history_]
+    with pytest.raises(ImgclsError, match="needs its training images in memory"):   # probe embeds them all at once
+        create_model("transfer:efficientnet_lite0", mode="probe", input_size=32).fit(streamed.train)
+
+
 def test_a_file_spoiled_after_listing_is_skipped_and_reported(photos, tmp_path):
     splits = load_dataset(photos, DataOptions(data_mode="stream"))
     victim = splits.train.paths[3]

@@ -94,7 +94,12 @@ class TransferClassifier(NeuralClassifier):
     head_epochs: int = 1       # finetune: epochs with the body frozen
     body_lr: float = 0.1       # finetune: the body's learning rate as a fraction of lr
     backbone: ClassVar[str] = ""
-    learns_from_streams: ClassVar[bool] = False   # its probe and kNN modes embed the whole training set at once
+
+    @property
+    def learns_from_streams(self) -> bool:
+        """finetune trains batch by batch, so it reads streamed datasets (the workers decode them); the
+        probe and knn modes embed the whole training set at once, in memory."""
+        return self.mode == "finetune"
 
     def check_params(self) -> None:
         super().check_params()
