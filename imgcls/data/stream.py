@@ -267,7 +267,7 @@ def readable_sample(images: torch.Tensor | ImageFiles, count: int) -> torch.Tens
 STATISTICS_CHUNK = 32     # rows widened to int32 at a time while summing pixel statistics
 
 
-def pixel_statistics(images: torch.Tensor | ImageFiles, count: int, batch_size: int = 256
+def pixel_statistics(images: torch.Tensor | ImageFiles, count: int, batch_size: int = 64
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation (float32 (C,), pixels scaled to 0..1) of up to
     `count` images spread evenly over images (all of them if fewer), leaving out any streamed file
