@@ -45,7 +45,9 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() if not x.is_floating_point() else x
-        return (x * (1 / 255) - self.mean) / self.std
+        # One pass over the batch, x * (1 / (255 std)) - mean / std, instead of three: the batch is
+        # the largest tensor of a small network's step (a tenth of LeNet-5's at 160 px).
+        return torch.addcmul(-self.mean / self.std, x, 1 / (255 * self.std))
 
 
 class ImageNetwork(nn.Module):
