@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from imgcls.data import DataOptions, load_dataset
+from imgcls.data.images import crop_frames
 from imgcls.errors import ImgclsError
 from imgcls.finish import fit_and_report
 from imgcls.models import create_model
@@ -130,6 +131,9 @@ def test_the_decode_cache_is_filled_once_and_never_stale(photos, tmp_path, write
     write_image(changed, np.zeros((16, 16, 3), np.uint8))
     fresh = again.test.images[:]
     assert fresh[0].sum() == 0 and torch.equal(fresh[1:], first[1:])   # the changed file decoded anew
+    crops = [(2, 3, 10, 12), (0, 0, 16, 16), (4, 1, 8, 9)]             # random resized crops, as training cuts them
+    cut, ok, _ = again.test.images.decode_reporting([0, 1, 2], crops)
+    assert ok.all() and torch.equal(cut, crop_frames(fresh[:3], crops))
     assert train(again).predict_proba(again.test).shape == (len(again.test), 3)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ImgclsError, match="--cache .*cannot keep decoded images there"):
