@@ -189,10 +189,10 @@ class Trainer:
                      for index, p in enumerate(positions, start=first)] if self.augment.rrc_scale else None
             decoded = images.batches([p.cpu() for p in positions], crops=crops)
             for batch, (x, ok) in zip(positions, _watched(decoded)):
-                if not ok.all():
+                if not ok.all():     # files that stopped decoding leave their batch (else: no copy of it)
                     self._note_unreadable(batch.cpu()[~ok], images)
-                keep = ok.to(batch.device)
-                yield batch[keep], x[ok].to(self.device), labels[batch[keep]]
+                    batch, x = batch[ok.to(batch.device)], x[ok]
+                yield batch, x.to(self.device), labels[batch]
             return
         for batch in positions:
             yield batch, images[batch], labels[batch]
