@@ -2,6 +2,9 @@
 
 - `bf16_is_faster`: whether bf16 autocast (with channels_last for convolutional networks) beats
   fp32 for this network;
+- `fp32_channels_last_is_faster`: whether, in fp32, a convolutional network runs faster in
+  channels_last (oneDNN's kernels for it: EfficientNet-Lite0's depthwise convolutions train
+  2.5x faster on an AMD EPYC; small convolutions can lose);
 - `fastest`: which of several exact implementations of the same work is quickest (the kNN
   engines use it);
 - `measured_once`, `interleaved_times` and `int8_gemm_run`: the pieces for a measurement of
@@ -11,8 +14,10 @@ A CPU flag is a guess: AMX-capable Intel CPUs and AMD EPYC CPUs with AVX-512 bf1
 run bf16 matrix work natively, but how much faster a given network gets differs, and on a CPU
 without either bf16 loses. So on a CPU that has AMX or AVX-512 bf16, `--bf16 auto` times a few
 forward (and, for training, backward) passes of a copy of the actual network on a batch of the
-actual input in both precisions, and takes bf16 where it is at least MIN_GAIN times as fast.
-The answer is cached per CPU model, torch version, thread count, network and input shape, in
+actual input in both precisions, and takes bf16 where it is at least MIN_GAIN times as fast as
+the faster fp32 layout (contiguous, or channels_last for convolutional networks, which fp32
+takes where it is MIN_GAIN times as fast as contiguous). The answers are cached per CPU model,
+torch version, thread count, network (and how much of it trains) and input shape, in
 fast_paths.json in cache_dir() ($IMGCLS_CACHE, else $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls),
 so the measurement runs once.
 """
@@ -34,7 +39,9 @@ from torch import nn
 from imgcls.storage import cache_dir, write_text
 
 MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth its rounding
-MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes
+MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes...
+MEASURE_BYTES = 2**23  # ...but fewer rows of large images (8 MB of float input: 13 at 224 px), so a
+                       # fine-tuned EfficientNet is measured in seconds, not minutes
 TIMED_STEPS = 3
 RACE_ROUNDS = 5
 
@@ -55,18 +62,31 @@ def cpu_model() -> str:
 
 def bf16_is_faster(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> bool:
     """The cached or freshly measured answer for this network and input on this CPU."""
+    return bool(_measured(net, example, train, channels_last)["bf16"])
+
+
+def fp32_channels_last_is_faster(net: nn.Module, example: torch.Tensor, train: bool) -> bool:
+    """Whether fp32 runs this convolutional network faster in channels_last than contiguous, on this
+    CPU (measured with bf16_is_faster's question, and cached with it)."""
+    return bool(_measured(net, example, train, channels_last=True, bf16=bf16_capable_cpu())["fp32_channels_last"])
+
+
+def _measured(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool, bf16: bool = True) -> dict:
+    """The cache's entry for this network and input, measured now where it is missing."""
     key = _key(net, example, train, channels_last)
     cache = _read_cache()
-    if key not in cache:
-        gain = measure_gain(net, example, train, channels_last)
-        cache[key] = {"gain": round(gain, 3), "bf16": gain >= MIN_GAIN}
+    if "fp32_channels_last" not in cache.get(key, {}):
+        found = measure(net, example, train, channels_last, bf16)
+        gain, layout = found["gain"], found["fp32_channels_last"]
+        cache[key] = {"gain": round(gain, 3), "bf16": gain >= MIN_GAIN, "fp32_channels_last": layout}
         _write_cache(cache)
         from imgcls.progress import console
-        choice = "bf16 autocast" + (" + channels_last" if channels_last else "") if gain >= MIN_GAIN else "fp32"
-        console.print(f"fast path: {choice} ({'training' if train else 'inference'}: bf16 measured at {gain:.2f}x "
-                      f"fp32's speed for this network on this CPU; cached in {cache_path()})", highlight=False,
-                      soft_wrap=True)
-    return bool(cache[key]["bf16"])
+        fp32 = "fp32" + (" + channels_last" if layout else "")
+        choice = "bf16 autocast" + (" + channels_last" if channels_last else "") if gain >= MIN_GAIN else fp32
+        bf16_text = f"bf16 measured at {gain:.2f}x {fp32}'s speed" if bf16 else f"{fp32} measured fastest"
+        console.print(f"fast path: {choice} ({'training' if train else 'inference'}: {bf16_text} for this network "
+                      f"on this CPU; cached in {cache_path()})", highlight=False, soft_wrap=True)
+    return cache[key]
 
 
 def fastest(what: str, candidates: dict[str, Callable[[], object]], key: str) -> str:
@@ -153,13 +173,29 @@ def measured_once(what: str, key: str, measure: Callable[[], tuple[dict, str, bo
 
 
 def measure_gain(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> float:
-    """fp32 time / bf16 time of a few steps on a copy of net (the original and the random number
-    generators are left as they were, so a measured run trains exactly like a cached one)."""
-    batch = example[:MEASURE_BATCH].float()
+    """fp32 time / bf16 time of a few steps on a copy of net (see measure)."""
+    return measure(net, example, train, channels_last)["gain"]
+
+
+def measure(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool, bf16: bool = True) -> dict:
+    """A few steps on copies of net (the original and the random number generators are left as
+    they were, so a measured run trains exactly like a cached one): in fp32, contiguous and (for
+    channels_last networks) channels_last, the latter kept where MIN_GAIN times as fast; and with
+    bf16, bf16 autocast (channels_last as asked). {"gain": the faster fp32's time / bf16's
+    (0 without bf16), "fp32_channels_last": whether fp32 took channels_last}."""
+    per_image = 4 * max(1, example[0].numel()) if len(example) else 1
+    batch = example[:max(8, min(MEASURE_BATCH, MEASURE_BYTES // per_image))].float()
     with torch.random.fork_rng(devices=[]):
         fp32 = _seconds(copy.deepcopy(net), batch, train, bf16=False, channels_last=False)
-        bf16 = _seconds(copy.deepcopy(net), batch, train, bf16=True, channels_last=channels_last)
-    return fp32 / max(bf16, 1e-9)
+        layout = False
+        if channels_last:
+            fp32_cl = _seconds(copy.deepcopy(net), batch, train, bf16=False, channels_last=True)
+            layout = fp32 / max(fp32_cl, 1e-9) >= MIN_GAIN
+            fp32 = fp32_cl if layout else fp32
+        if not bf16:
+            return {"gain": 0.0, "fp32_channels_last": layout}
+        bf16_seconds = _seconds(copy.deepcopy(net), batch, train, bf16=True, channels_last=channels_last)
+    return {"gain": fp32 / max(bf16_seconds, 1e-9), "fp32_channels_last": layout}
 
 
 def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, channels_last: bool) -> float:
@@ -186,9 +222,12 @@ def cache_path() -> Path:
 
 def _key(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> str:
     parameters = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad) if train else parameters
     body = getattr(net, "body", net)
+    # A frozen part (a fine-tune's first stage) trains without its backward pass: another question.
+    size = f"{parameters}" if trainable == parameters else f"{parameters} ({trainable} trained)"
     return "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads",
-                     f"{type(body).__name__}:{parameters}", "x".join(map(str, example.shape[1:])),
+                     f"{type(body).__name__}:{size}", "x".join(map(str, example.shape[1:])),
                      "train" if train else "infer", "channels_last" if channels_last else "contiguous"])
 
 

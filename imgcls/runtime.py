@@ -9,22 +9,43 @@ imports the training loop to get logits.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from imgcls.errors import ImgclsError
-from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster
+from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster, fp32_channels_last_is_faster
 
 TTA_MODES = ("none", "flip")
-# Images a network runs at a time when it predicts, and so the batch in which evaluation, indexing
-# and the doctor read a whole split: a streamed split then meets the network in the same batches
+# Images a network runs at a time when it predicts (at most; see rows_per_pass), and so the batch in
+# which evaluation, indexing and the doctor read a whole split: a streamed split then meets the network in the same batches
 # as the split in memory (512 is a multiple of an exported model's 64 too), and its probabilities
 # come out identical. 512 keeps one batch of decoded photos small (224 px RGB: 77 MB as uint8,
 # 308 MB as float32), and is past the point where bigger batches pay: on 2 CPU threads the course
 # CNN predicted 28 px images 4x as fast in batches of 512 as of 16, and within 10% of batches of 2048.
 PREDICT_BATCH = 512
+PASS_BYTES = 2**25        # fewer in a pass where their float32 input would pass 32 MB (photos at 160 px and up)
+READ_ROWS = 64            # streamed images are read (decoded by the workers) at least this many at a time
+
+
+def rows_per_pass(shape) -> int:
+    """Images per no-grad forward pass for images shaped (N, C, H, W): 512, halved until their
+    float32 input fits PASS_BYTES (at least 8), so a pass's memory does not grow with the image
+    size. A power of two: 512 and READ_ROWS stay multiples of it."""
+    per_image = 4 * math.prod(shape[1:])
+    rows = PREDICT_BATCH
+    while rows > 8 and rows * per_image > PASS_BYTES:
+        rows //= 2
+    return rows
+
+
+def rows_per_read(shape) -> int:
+    """Images read at a time when a split is streamed through a network: a multiple of
+    rows_per_pass (and of an exported model's 64), so each forward pass sees the same images as
+    on the split in memory, and the outputs come out identical."""
+    return max(READ_ROWS, rows_per_pass(shape))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,13 +77,21 @@ def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, e
     return bf16_is_faster(net, example, train, channels_last=has_convolutions(net))
 
 
-def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
+def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool,
+                      example: torch.Tensor | None = None, train: bool = False) -> bool:
     """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
-    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it can be
-    slower, so auto leaves it off there."""
+    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it is
+    faster for some networks (depthwise convolutions) and slower for others: with an example
+    input it is measured (imgcls.fastpath, cached), without one left off."""
     if setting != "auto":
         return setting == "on"
-    return has_convolutions(net) and bf16 and device.type in ("cpu", "cuda")
+    if not has_convolutions(net) or device.type not in ("cpu", "cuda"):
+        return False
+    if bf16:
+        return True
+    if device.type != "cpu" or example is None or not len(example):
+        return False
+    return fp32_channels_last_is_faster(net, example, train)
 
 
 def has_convolutions(net: nn.Module) -> bool:
@@ -71,11 +100,12 @@ def has_convolutions(net: nn.Module) -> bool:
 
 @torch.no_grad()
 def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device, bf16: bool, channels_last: bool,
-                   batch_size: int = PREDICT_BATCH, forward=None, progress=None) -> torch.Tensor:
+                   batch_size: int | None = None, forward=None, progress=None) -> torch.Tensor:
     """Float32 outputs on the CPU of forward (default: the network itself, giving logits) for
-    uint8 images (N, C, H, W), in batches."""
+    uint8 images (N, C, H, W), in batches (default: rows_per_pass)."""
     net.eval()
     forward = forward or net
+    batch_size = batch_size or rows_per_pass(images.shape)
     outputs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for start in range(0, len(images), batch_size):

@@ -30,9 +30,9 @@ def evaluate_saved(model_path: str | Path, data: str, options: DataOptions, out:
     preprocessing), predicting in `runtime` (see imgcls.inference.resolve_model)."""
     from imgcls.inference.resolve import resolve_model
     model = resolve_model(str(model_path), runtime)
-    if options.size is not None or options.channels is not None:
+    if options.size is not None or options.channels is not None or options.decode is not None:
         raise ImgclsError("eval decodes images exactly as the model expects "
-                          f"({_decode_text(model.preprocessing_)}); drop --image-size and --channels")
+                          f"({_decode_text(model.preprocessing_)}); drop --image-size, --channels and --decode")
     splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     part = getattr(splits, split)          # the split named: train, val or test
     if part is None:
@@ -65,8 +65,9 @@ def calibrate_saved(model_path: str | Path, data: str, options: DataOptions, out
         raise ImgclsError(f"{model_path} is an exported model; calibrate the saved model, then export it again")
     method = method or ("temperature" if model.has_logits else "sigmoid")
     check_method(model, method)
-    if options.size is not None or options.channels is not None:
-        raise ImgclsError("calibrate decodes images exactly as the model expects; drop --image-size and --channels")
+    if options.size is not None or options.channels is not None or options.decode is not None:
+        raise ImgclsError("calibrate decodes images exactly as the model expects; drop --image-size, --channels "
+                          "and --decode")
     splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     calibrated = calibrated_model(model, splits, method, abstain)
     out = Path(out)
@@ -113,8 +114,9 @@ def abstain_saved(model_path: str | Path, data: str, options: DataOptions, absta
     if not model.takes_images:
         raise ImgclsError(f"{model_path}: a model fitted on feature vectors; fit its abstention from Python "
                           "(imgcls.models.abstention.fit_abstention)")
-    if options.size is not None or options.channels is not None:
-        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size and --channels")
+    if options.size is not None or options.channels is not None or options.decode is not None:
+        raise ImgclsError("abstain decodes images exactly as the model expects; drop --image-size, --channels "
+                          "and --decode")
     splits = load_dataset(data, dataclasses.replace(options, preprocessing=model.preprocessing_))
     check_can_abstain(splits, abstain)
     if splits.val.class_names != model.class_names_:
@@ -126,4 +128,4 @@ def abstain_saved(model_path: str | Path, data: str, options: DataOptions, absta
 
 def _decode_text(prep) -> str:
     return (f"{prep.channels} channel(s), {prep.size[0]}x{prep.size[1]}, {prep.resize}, crop {prep.crop_pct:g}, "
-            f"{prep.interpolation}")
+            f"{prep.interpolation}, {prep.decode} decode")

@@ -133,7 +133,8 @@ def test_a_shard_cut_short_is_named_when_loading(jpegs, tmp_path, capsys):
         load_dataset(out)
 
 
-def test_a_shard_cut_short_mid_training_skips_its_samples_and_names_it(tmp_path, write_image):
+@pytest.mark.parametrize("augment", ["crop=2,flip", "rrc,flip"])      # rrc: the workers crop while decoding
+def test_a_shard_cut_short_mid_training_skips_its_samples_and_names_it(tmp_path, write_image, augment):
     """The shard is cut after loading: training goes on without its lost samples, and the run's
     report lists them with the shard's name; the test split (another shard) is evaluated as usual."""
     rng = np.random.default_rng(1)
@@ -148,7 +149,7 @@ def test_a_shard_cut_short_mid_training_skips_its_samples_and_names_it(tmp_path,
     manifest = json.loads((out / "manifest.json").read_text())["splits"]["train"]["samples"]
     cut = manifest["offset"][16]                          # the last 8 samples lose their bytes
     victim.write_bytes(victim.read_bytes()[:cut])
-    settings = dict(NET)
+    settings = dict(NET, augment=augment)
     model = create_model(settings.pop("model"), **settings)
     fit_and_report(model, "cnn", splits, tmp_path / "run", {}, print_table=False)
     lost = {name: reason for name, reason in model.train_state_.unreadable}

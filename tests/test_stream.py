@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from imgcls.data import DataOptions, load_dataset
+from imgcls.data.images import crop_frames
 from imgcls.errors import ImgclsError
 from imgcls.fit_and_evaluate import fit_and_report
 from imgcls.models import create_model
@@ -49,12 +50,49 @@ def test_streamed_training_and_prediction_equal_in_memory(photos):
     np.testing.assert_array_equal(a.predict_proba(memory.test), b.predict_proba(streamed.test))   # flip TTA too
 
 
+def test_random_resized_crops_are_cut_by_the_workers_from_the_batchs_own_draws(photos, tmp_path, monkeypatch):
+    """rrc on streamed data: the workers cut each batch's crops, drawn from the batch's generator as
+    in memory. From the decode cache's rows they are the in-memory crops exactly (equal weights);
+    from the files they are resampled once from the file's pixels, and the trainer never again."""
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    cached = load_dataset(photos, DataOptions(data_mode="stream", cache=str(tmp_path / "cache")))
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    settings = {"augment": "rrc=0.3,flip", "tta": "none"}
+    a, b = train(memory, **settings), train(cached, **settings)
+    for (name, x), y in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
+        assert torch.equal(x, y), name
+    from imgcls.training import augment
+    cnn = create_model("cnn", **{k: v for k, v in {**NET, **settings}.items() if k != "model"})
+    batches = [(0, 0), (1, 2)]
+    expected = [cnn.preview_training_batch(memory.train, epoch, index) for epoch, index in batches]
+    monkeypatch.setattr(augment, "crop_frames", lambda *_: pytest.fail("the trainer resampled a streamed batch"))
+    for (epoch, index), (expected_positions, expected_x, _) in zip(batches, expected):
+        positions, x, _ = cnn.preview_training_batch(streamed.train, epoch, index)
+        assert torch.equal(positions, expected_positions)
+        assert (x - expected_x).abs().mean() < 12 and (x != expected_x).any()  # the same crops, resampled once
+    assert train(streamed, **settings).history_[-1]["val_accuracy"] > 0.5
+
+
 def test_auto_streams_only_beyond_the_memory_budget(photos, capsys):
     assert not load_dataset(photos, DataOptions()).train.streamed
     assert load_dataset(photos, DataOptions(memory_budget=10_000)).train.streamed   # 72 x 768 bytes decoded
     assert "over the memory budget" in capsys.readouterr().err
     with pytest.raises(ImgclsError, match="data mode"):
         load_dataset(photos, DataOptions(data_mode="disk"))
+
+
+def test_a_transfer_finetune_learns_from_a_streamed_folder_as_from_memory(photos):
+    memory = load_dataset(photos, DataOptions(data_mode="memory"))
+    streamed = load_dataset(photos, DataOptions(data_mode="stream"))
+    settings = dict(mode="finetune", input_size=32, epochs=1, head_epochs=1, batch_size=16, bf16="off",
+                    channels_last="off", augment="flip")
+    a = create_model("transfer:efficientnet_lite0", **settings).fit(memory.train, validation=memory.val)
+    b = create_model("transfer:efficientnet_lite0", **settings).fit(streamed.train, validation=streamed.val)
+    for (name, x), y in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert [r["val_loss"] for r in a.history_] == [r["val_loss"] for r in b.history_]
+    with pytest.raises(ImgclsError, match="needs its training images in memory"):   # probe embeds them all at once
+        create_model("transfer:efficientnet_lite0", mode="probe", input_size=32).fit(streamed.train)
 
 
 def test_a_file_spoiled_after_listing_is_skipped_and_reported(photos, tmp_path):
@@ -93,6 +131,9 @@ def test_the_decode_cache_is_filled_once_and_never_stale(photos, tmp_path, write
     write_image(changed, np.zeros((16, 16, 3), np.uint8))
     fresh = again.test.images[:]
     assert fresh[0].sum() == 0 and torch.equal(fresh[1:], first[1:])   # the changed file decoded anew
+    crops = [(2, 3, 10, 12), (0, 0, 16, 16), (4, 1, 8, 9)]             # random resized crops, as training cuts them
+    cut, ok, _ = again.test.images.decode_reporting([0, 1, 2], crops)
+    assert ok.all() and torch.equal(cut, crop_frames(fresh[:3], crops))
     assert train(again).predict_proba(again.test).shape == (len(again.test), 3)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ImgclsError, match="--cache .*cannot keep decoded images there"):
@@ -115,14 +156,16 @@ def test_a_dying_worker_stops_the_run_with_one_line_and_resume_finishes_it(photo
     splits = load_dataset(photos, DataOptions(data_mode="stream"))
     calls, real = tmp_path / "calls", stream._BatchDecoder.__getitem__
 
-    def dies_on_the_ninth_batch(self, positions):     # runs in the (forked) worker processes
-        with open(calls, "a") as f:
-            f.write(".")
-        if calls.stat().st_size == 9:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def dies_on_the_ninth_batch(self, positions):     # in the (forked) worker processes
+        if torch.utils.data.get_worker_info() is not None:
+            with open(calls, "a") as f:
+                f.write(".")
+            if calls.stat().st_size == 9:
+                os.kill(os.getpid(), signal.SIGKILL)
         return real(self, positions)
 
-    settings = {k: v for k, v in NET.items() if k != "model"} | {"epochs": 2, "batch_size": 8, "checkpoint_every": 2}
+    settings = {k: v for k, v in NET.items() if k != "model"} | {"epochs": 2, "batch_size": 8, "checkpoint_every": 2,
+                                                                 "augment": "rrc=0.5,flip"}
     monkeypatch.setattr(stream._BatchDecoder, "__getitem__", dies_on_the_ninth_batch)
     with pytest.raises(ImgclsError, match=r"worker decoding the training images died .* --resume") as err:
         create_model("cnn", **settings).fit(splits.train, validation=splits.val, run_dir=tmp_path / "run")

@@ -94,9 +94,9 @@ def decodes(monkeypatch, tmp_path):
     log.mkdir()
     real = ImageFiles.decode_reporting
 
-    def logged(self, positions):
+    def logged(self, positions, *crops):
         (log / f"{os.getpid()}-{time.perf_counter_ns()}").write_text(str(len(positions)))
-        return real(self, positions)
+        return real(self, positions, *crops)
     monkeypatch.setattr(ImageFiles, "decode_reporting", logged)
     return lambda: [int(p.read_text()) for p in sorted(log.iterdir())]
 
@@ -145,7 +145,7 @@ def test_eval_of_a_streamed_folder_reports_what_memory_reports(cnn_run, photos, 
 
 
 def test_streamed_evaluation_in_many_batches_equals_memory(photos, monkeypatch, decodes):
-    monkeypatch.setattr(imgcls.evaluation, "PREDICT_BATCH", 4)
+    monkeypatch.setattr(imgcls.evaluation, "rows_per_read", lambda shape: 4)
     memory, streamed = (load_dataset(photos, options(mode, test_fraction=0.5)) for mode in MODES)
     knn = create_model("knn", k=3).fit(memory.train)
     a, _ = evaluate_model(knn, memory.test)
@@ -265,9 +265,9 @@ def test_streaming_decodes_only_the_batches_in_flight(photos, tmp_path, monkeypa
     started.mkdir()
     real = ImageFiles.decode_reporting
 
-    def marked(self, positions):
+    def marked(self, positions, *crops):
         (started / f"{positions[0]:04d}").touch()
-        return real(self, positions)
+        return real(self, positions, *crops)
     monkeypatch.setattr(ImageFiles, "decode_reporting", marked)
     paths = find_images([photos])
     files = ImageFiles(paths, load_dataset(photos, options("memory")).preprocessing, workers=2)

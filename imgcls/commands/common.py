@@ -40,6 +40,11 @@ def add_data_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
         group.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB)"),
         group.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
                            help="how differently sized images reach --image-size (default: crop)"),
+        group.add_argument("--decode", choices=["draft", "full"], default=None,
+                           help="JPEGs: draft decodes a large photo at 1/2, 1/4 or 1/8 scale (libjpeg's DCT "
+                                "scaling, never below the pixels the target needs) before resizing it, faster; "
+                                "full decodes every pixel first (default: draft; a saved model decodes as it "
+                                "was trained)"),
         group.add_argument("--strict", action="store_true", help="stop on unreadable files instead of skipping them"),
         group.add_argument("--coarse", action="store_true", help="CIFAR-100: the 20 coarse superclasses"),
         *add_stream_flags(parser, group),
@@ -101,7 +106,8 @@ def _gigabytes(text: str) -> int:
 def data_options(args) -> "DataOptions":
     from imgcls.data.load import DataOptions
     return DataOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-                       size=args.image_size, channels=args.channels, resize=args.resize, strict=args.strict,
+                       size=args.image_size, channels=args.channels, resize=args.resize,
+                       decode=getattr(args, "decode", None), strict=args.strict,
                        coarse=args.coarse, **stream_options(args))
 
 

@@ -122,7 +122,7 @@ def _cell_labels(cell: str, multi_label: bool) -> list[str]:
 
 def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: Path, *,
                       size: int | tuple[int, int] | None, channels: int | None, resize: str,
-                      strict: bool, preprocessing: Preprocessing | None = None, check: bool = True,
+                      strict: bool, decode: str | None = None, preprocessing: Preprocessing | None = None, check: bool = True,
                       multi_label: bool = False, mode: str = "memory", memory_budget: int | None = None,
                       cache: str | None = None, probes: list[tuple[int, int, bool]] | None = None,
                       verify: bool = False
@@ -141,7 +141,7 @@ def decode_file_lists(lists: dict[str, FileList], class_names: list[str], root: 
                          else (dict.fromkeys(everything, None), []))
     if not readable:
         raise ImgclsError(f"{root}: none of the {len(everything)} files is a readable image")
-    prep = preprocessing or choose_preprocessing(probes or list(readable.values()), size, channels, resize)
+    prep = preprocessing or choose_preprocessing(probes or list(readable.values()), size, channels, resize, decode)
     streamed = choose_data_mode(mode, len(readable) * prep.channels * prep.size[0] * prep.size[1], memory_budget)
     if streamed and verify:
         for path, reason in undecodable(list(readable), prep):
@@ -210,9 +210,11 @@ def memory_bytes() -> int:
         return 8 * 10**9
 
 
-def choose_preprocessing(probes: list[tuple[int, int, bool]], size, channels, resize) -> Preprocessing:
+def choose_preprocessing(probes: list[tuple[int, int, bool]], size, channels, resize,
+                         decode: str | None = None) -> Preprocessing:
     """Documented default: grayscale when every image is; the common size when all agree, else a
-    square of the median short side (at most 64 px) reached by the resize policy."""
+    square of the median short side (at most 64 px) reached by the resize policy; JPEGs decoded
+    in draft mode unless decode says "full"."""
     if channels is None:
         channels = 1 if all(gray for _, _, gray in probes) else 3
     if size is None:
@@ -224,7 +226,7 @@ def choose_preprocessing(probes: list[tuple[int, int, bool]], size, channels, re
             size = (side, side)
     elif isinstance(size, int):
         size = (size, size)
-    return Preprocessing(channels=channels, size=size, resize=resize)
+    return Preprocessing(channels=channels, size=size, resize=resize, decode=decode or "draft")
 
 
 def report_skipped(skipped: list[SkippedFile], strict: bool) -> None:

@@ -4,6 +4,14 @@ Every odd file is normalised here and nowhere else:
 EXIF orientation is applied; palette, CMYK, 16-bit, grayscale+alpha and RGBA images are
 converted to the dataset's channel mode (transparent pixels are composited onto white);
 and images of another size are brought to the target size by the resize policy.
+
+A JPEG much larger than its target is decoded at a reduced scale (Preprocessing.decode "draft"):
+libjpeg's DCT scaling gives 1/2, 1/4 or 1/8 of the pixels for a fraction of the work (PIL's
+draft()), at the smallest scale that still has at least the pixels the output needs, and that is
+resized once. "full" decodes every pixel first, as imgcls always did (models saved before the
+choice existed decode so). A random resized crop for training can be taken here too
+(decode_image's crop): the crop's box is resampled straight from the file's pixels, so a
+streamed training image is decoded and resampled once.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgcls.errors import ImgclsError
@@ -33,6 +43,15 @@ RESIZE_POLICIES = {
     "stretch": "resize both sides to the target, distorting the aspect ratio",
 }
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+DECODES = {
+    "draft": "JPEGs decode at the smallest DCT scale (1/8, 1/4, 1/2, whole) that still has the pixels the "
+             "target needs, then resize once (faster for photos over twice the target size)",
+    "full": "every pixel is decoded, then resized (exact; how models saved before this choice decode)",
+}
+DRAFT_SCALES = (8, 4, 2)            # the reductions PIL's JPEG draft mode offers
+
+# A region of a model input: (top, left, height, width) in its pixels, as decoded whole.
+CropBox = tuple[int, int, int, int]
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -42,6 +61,8 @@ class Preprocessing:
 
     crop_pct < 1 (with the crop policy) takes the centre crop covering that share of the image
     before resizing, as ImageNet evaluation does (0.875 for 224 px: resize 256, crop 224).
+    decode: "draft" (JPEGs decoded at a reduced DCT scale where they are large enough) or
+    "full" (see DECODES); a saved model without it decodes "full", as it was trained.
     """
 
     channels: int
@@ -49,6 +70,7 @@ class Preprocessing:
     resize: str = "crop"
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
+    decode: str = "draft"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -59,6 +81,8 @@ class Preprocessing:
             raise ImgclsError(f"unknown interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
         if not 0 < self.crop_pct <= 1:
             raise ImgclsError(f"crop_pct must lie in (0, 1], not {self.crop_pct}")
+        if self.decode not in DECODES:
+            raise ImgclsError(f"unknown decode {self.decode!r}; valid: {', '.join(DECODES)}")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
 
     def to_dict(self) -> dict:
@@ -67,7 +91,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(channels=int(d["channels"]), size=tuple(d["size"]), resize=d.get("resize", "crop"),
-                   crop_pct=float(d.get("crop_pct", 1.0)), interpolation=d.get("interpolation", "bilinear"))
+                   crop_pct=float(d.get("crop_pct", 1.0)), interpolation=d.get("interpolation", "bilinear"),
+                   decode=d.get("decode", "full"))
 
 
 class Member(Protocol):
@@ -102,24 +127,120 @@ def probe_image(path: Path | str) -> tuple[int, int, bool]:
         raise UnreadableImage(_reason(exc)) from exc
 
 
-def decode_image(source: ImageSource, prep: Preprocessing) -> np.ndarray:
+def decode_image(source: ImageSource, prep: Preprocessing, crop: CropBox | None = None) -> np.ndarray:
     """Decode one file (or its bytes, or a member of an archive) into a uint8 array of shape
-    (channels, height, width)."""
+    (channels, height, width).
+
+    crop: a region of the image as decoded without it (top, left, height, width, in the pixels of
+    prep.size) to resample to prep.size instead: a random resized crop, taken from the file's own
+    pixels in one resample (with the pad policy, from the decoded image, by crop_frames).
+    A JPEG that fails to decode at a reduced scale is decoded whole before it counts as unreadable."""
+    try:
+        return _decode(source, prep, crop, draft=prep.decode == "draft")
+    except _DraftFailed:
+        return _decode(source, prep, crop, draft=False)
+
+
+class _DraftFailed(Exception):
+    """Decoding at a reduced DCT scale failed: try the whole image."""
+
+
+def _decode(source: ImageSource, prep: Preprocessing, crop: CropBox | None, draft: bool) -> np.ndarray:
+    gray = prep.channels == 1
+    scale, drafted = 1, False
     try:
         with Image.open(_opened(source)) as img:
             _check_pixels(img)
+            region = _source_region(_upright_size(img), prep, crop) if draft or crop else None
+            if draft and img.format == "JPEG":
+                scale, drafted = _draft(img, prep, region, gray)
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = _to_mode(img, "L" if prep.channels == 1 else "RGB")
-            img = _resize(img, prep)
+            img = _to_mode(img, "L" if gray else "RGB")
+            img = _resize(img, prep) if region is None or (scale == 1 and crop is None) else \
+                _resize_region(img, prep, region, scale)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if drafted:
+            raise _DraftFailed from exc
         raise UnreadableImage(_reason(exc)) from exc
     array = np.asarray(img, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if crop is not None and prep.resize == "pad":
+        # The padded frame has no source pixels to crop from: crop the decoded frame, as in memory.
+        return crop_frames(torch.from_numpy(np.ascontiguousarray(array))[None], [crop])[0].numpy()
+    return array
 
 
-def decode_many(paths: Sequence[ImageSource], prep: Preprocessing, progress=None) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
-    """Decode files in parallel threads (PIL releases the GIL while decoding).
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF rotation."""
+    return (img.height, img.width) if _exif_rotates(img) else img.size
+
+
+def _source_region(size: tuple[int, int], prep: Preprocessing, crop: CropBox | None
+                   ) -> tuple[float, float, float, float] | None:
+    """The region (left, top, right, bottom) of an upright image of size (width, height) that the
+    output is resampled from: the model input's box (input_box), or the crop's part of it. None
+    for the pad policy, whose box reaches beyond the image (pad resizes the whole image)."""
+    if prep.resize == "pad":
+        return None
+    left, top, right, bottom = input_box(*size, prep)
+    if crop is None:
+        return left, top, right, bottom
+    out_h, out_w = prep.size
+    sx, sy = (right - left) / out_w, (bottom - top) / out_h
+    y, x, h, w = crop
+    return left + x * sx, top + y * sy, left + (x + w) * sx, top + (y + h) * sy
+
+
+def _draft(img: Image.Image, prep: Preprocessing, region, gray: bool) -> tuple[int, bool]:
+    """Ask the JPEG decoder for the largest DCT reduction that keeps at least the output's pixels
+    over the region read (the whole image for pad); returns it (1: none) and whether the decoder
+    was asked for anything (a reduction, or luma only for a grayscale output)."""
+    out_h, out_w = prep.size
+    if region is None:      # pad: the whole image fits inside the output
+        width, height = _upright_size(img)
+        factor = max(width / out_w, height / out_h)
+    else:
+        factor = min((region[2] - region[0]) / out_w, (region[3] - region[1]) / out_h)
+    scale = next((s for s in DRAFT_SCALES if s <= factor), 1)
+    if scale == 1 and not (gray and img.mode == "RGB"):
+        return 1, False
+    # PIL picks the largest reduction s with s <= min(width // w, height // h); asking for
+    # (width // scale, height // scale) makes that exactly `scale` (for images over 16 px).
+    mode = "L" if gray and img.mode == "RGB" else None     # grayscale straight from the JPEG's luma
+    width = img.width
+    chosen = img.draft(mode, (max(width // scale, 1), max(img.height // scale, 1)))
+    return (round(width / chosen[1][2]) if chosen else 1), chosen is not None
+
+
+def _resize_region(img: Image.Image, prep: Preprocessing, region, scale: int) -> Image.Image:
+    """The region (in full-scale pixels) of img (decoded at 1/scale) resampled to the output size."""
+    box = [min(max(v / scale, 0.0), limit) for v, limit in zip(region, (img.width, img.height) * 2)]
+    height, width = prep.size
+    return img.resize((width, height), INTERPOLATIONS[prep.interpolation], box=tuple(box), reducing_gap=3.0)
+
+
+def crop_frames(images: torch.Tensor, boxes) -> torch.Tensor:
+    """Random resized crops of decoded images (N, C, H, W) uint8: each image's box (top, left,
+    height, width) resampled back to (H, W), bilinear with antialiasing (what torchvision's
+    resized_crop computes, to the pixel). The one way an image already decoded is cropped: in
+    memory by the trainer's augmentation, and streamed from the decoded cache's rows."""
+    size = tuple(images.shape[2:])
+    out = torch.empty_like(images)
+    for i, (top, left, height, width) in enumerate(torch.as_tensor(boxes).reshape(-1, 4).tolist()):
+        part = images[i:i + 1, :, top:top + height, left:left + width]
+        if part.device.type == "cpu":      # uint8 in, uint8 out: the CPU has the exact uint8 kernel
+            out[i] = F.interpolate(part, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        else:
+            resized = F.interpolate(part.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            out[i] = resized[0].round().clamp(0, 255).to(images.dtype)
+    return out
+
+
+def decode_many(paths: Sequence[ImageSource], prep: Preprocessing, progress=None,
+                crops: Sequence[CropBox | None] | None = None) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+    """Decode files in parallel threads (PIL releases the GIL while decoding), each with its crop
+    where crops are given (see decode_image).
 
     Returns the stacked images (N, C, H, W), the indices of the files that decoded, and
     (path, reason) for each file that did not.
@@ -129,7 +250,7 @@ def decode_many(paths: Sequence[ImageSource], prep: Preprocessing, progress=None
 
     def work(i: int):
         try:
-            out[i] = decode_image(paths[i], prep)
+            out[i] = decode_image(paths[i], prep, crops[i] if crops is not None else None)
             return i, None
         except UnreadableImage as exc:
             return i, str(exc)

@@ -42,6 +42,7 @@ class DataOptions:
     size: int | None = None        # target side in pixels for file datasets; None: see choose_preprocessing
     channels: int | None = None    # 1 or 3; None: grayscale only if every image is
     resize: str = "crop"           # crop | pad | stretch
+    decode: str | None = None      # draft | full: how JPEGs are decoded (imgcls.data.images.DECODES); None: draft
     strict: bool = False           # unreadable files are an error instead of a warning
     coarse: bool = False           # CIFAR-100: the 20 superclasses instead of the 100 classes
     download: bool = True
@@ -64,7 +65,8 @@ class DataOptions:
         size = (self.size, self.size) if isinstance(self.size, int) else (self.size or expected.size)
         crop = self.resize == "crop"
         prep = Preprocessing(channels=self.channels or expected.channels, size=size, resize=self.resize,
-                             crop_pct=expected.crop_pct if crop else 1.0, interpolation=expected.interpolation)
+                             crop_pct=expected.crop_pct if crop else 1.0, interpolation=expected.interpolation,
+                             decode=self.decode or expected.decode)
         return dataclasses.replace(self, preprocessing=prep)
 
 
@@ -188,7 +190,8 @@ def _load_cifar(folder: Path, options: DataOptions, name: str | None = None) -> 
 
 
 def _file_options(options: DataOptions) -> dict:
-    return dict(size=options.size, channels=options.channels, resize=options.resize, strict=options.strict,
+    return dict(size=options.size, channels=options.channels, resize=options.resize, decode=options.decode,
+                strict=options.strict,
                 preprocessing=options.preprocessing, check=not options.any_classes, mode=options.data_mode,
                 memory_budget=options.memory_budget, cache=options.cache, verify=options.verify)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, decode_image, decode_many
+from imgcls.data.images import ImageSource, Preprocessing, UnreadableImage, crop_frames, decode_image, decode_many
 from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 
@@ -97,9 +97,14 @@ class ImageFiles:
         images, ok, _ = self.decode_reporting(positions)
         return images, ok
 
-    def decode_reporting(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    def decode_reporting(self, positions: Sequence[int], crops=None
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
         """decode, and why each row that is not ok failed: {row: reason}, the reason a file skipped
-        while loading into memory would get ("truncated or corrupt image", ...)."""
+        while loading into memory would get ("truncated or corrupt image", ...).
+
+        crops: a random resized crop (top, left, height, width) per row (see batches), each row
+        resampled from its crop instead of whole: from the file's own pixels, or with a cache from
+        the cached row (crop_frames, as images in memory are cropped)."""
         images = np.zeros((len(positions), *self.shape[1:]), np.uint8)
         ok = np.zeros(len(positions), bool)
         reasons: dict[int, str] = {}
@@ -107,16 +112,19 @@ class ImageFiles:
         if self.cache is not None:
             ok[:] = self.cache.read(positions, stamps, images)
         todo = np.flatnonzero(~ok)
+        # Without a cache, crops are taken from the files; a cache needs whole rows to keep.
+        direct = crops is not None and self.cache is None
+        boxes = [tuple(crops[row]) if direct else None for row in todo]
         if len(todo) > 16:
-            decoded, good, bad = decode_many([self.files[positions[row]] for row in todo], self.prep)
+            decoded, good, bad = decode_many([self.files[positions[row]] for row in todo], self.prep, crops=boxes)
             images[todo[good]] = decoded
             ok[todo[good]] = True
             failed = np.delete(todo, good)          # decode_many lists its failures in order
             reasons.update({int(row): reason for row, (_, reason) in zip(failed, bad)})
         else:
-            for row in todo:
+            for row, box in zip(todo, boxes):
                 try:
-                    images[row] = decode_image(self.files[positions[row]], self.prep)
+                    images[row] = decode_image(self.files[positions[row]], self.prep, box)
                     ok[row] = True
                 except UnreadableImage as exc:
                     reasons[int(row)] = str(exc)
@@ -124,18 +132,27 @@ class ImageFiles:
             self.cache.write([positions[row] for row in todo if ok[row]], images[todo[ok[todo]]],
                              [stamps[row] for row in todo if ok[row]])
         tensor = torch.from_numpy(images)
+        if crops is not None and not direct and ok.any():
+            kept = torch.from_numpy(ok)
+            tensor[kept] = crop_frames(tensor[kept], np.asarray(crops)[ok])
         return (tensor.flip(3) if self.flipped else tensor), torch.from_numpy(ok), reasons
 
-    def batches(self, index_batches: Sequence[torch.Tensor], workers: int | None = None
+    def batches(self, index_batches: Sequence[torch.Tensor], workers: int | None = None, crops=None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, ok) for each batch of positions, decoded in `workers` processes, two batches ahead each."""
-        for images, ok, _ in self._loader(index_batches, self.workers if workers is None else workers):
+        """(images, ok) for each batch of positions, decoded in `workers` processes, two batches ahead each.
+
+        crops: for each batch, its rows' random resized crops, (n, 4) rows (top, left, height,
+        width) in the pixels of the decoded size (imgcls.training.augment.crop_boxes), or None:
+        the workers cut the crops while decoding, so each image is decoded and resampled once."""
+        items = list(index_batches) if crops is None else list(zip(index_batches, crops))
+        for images, ok, _ in self._loader(items, self.workers if workers is None else workers):
             yield images, ok
 
-    def _loader(self, index_batches: Sequence, workers: int) -> torch.utils.data.DataLoader:
-        """(images, ok, reasons) per batch of positions, in order; workers processes decode, each at
-        most PREFETCH batches ahead, so at most workers x PREFETCH batches are decoded and unread."""
-        return torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(index_batches),
+    def _loader(self, items: Sequence, workers: int) -> torch.utils.data.DataLoader:
+        """(images, ok, reasons) per batch of positions (or of (positions, crops)), in order; workers
+        processes decode, each at most PREFETCH batches ahead, so at most workers x PREFETCH batches
+        are decoded and unread."""
+        return torch.utils.data.DataLoader(_BatchDecoder(self), batch_size=None, sampler=list(items),
                                            num_workers=workers, prefetch_factor=PREFETCH if workers else None)
 
     def decoded_bytes(self) -> int:
@@ -247,6 +264,37 @@ def readable_sample(images: torch.Tensor | ImageFiles, count: int) -> torch.Tens
     return decoded[ok]
 
 
+STATISTICS_CHUNK = 32     # rows widened to int32 at a time while summing pixel statistics
+
+
+def pixel_statistics(images: torch.Tensor | ImageFiles, count: int, batch_size: int = 64
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (float32 (C,), pixels scaled to 0..1) of up to
+    `count` images spread evenly over images (all of them if fewer), leaving out any streamed file
+    that no longer decodes. The images are read batch_size at a time (streamed ones decoded by the
+    workers, see image_batches) and summed exactly in integers, so memory holds a batch, not the
+    sample, and the figures are the same in memory and streamed, however the rows are batched."""
+    positions = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(np.int64)
+    if isinstance(images, torch.Tensor):
+        batches = (images[torch.from_numpy(positions[i:i + batch_size])] for i in range(0, len(positions), batch_size))
+    else:
+        batches = (batch for _, batch, _ in image_batches(images.subset(positions), batch_size))
+    channels = images.shape[1]
+    sums, squares, pixels = [0] * channels, [0] * channels, 0
+    for batch in batches:
+        for start in range(0, len(batch), STATISTICS_CHUNK):
+            chunk = batch[start:start + STATISTICS_CHUNK].to(torch.int32)      # 255 ** 2 fits; uint8 would wrap
+            sums = [a + b for a, b in zip(sums, chunk.sum((0, 2, 3), dtype=torch.int64).tolist())]
+            squares = [a + b for a, b in zip(squares, (chunk * chunk).sum((0, 2, 3), dtype=torch.int64).tolist())]
+        pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
+    if pixels < 2:
+        raise ImgclsError("no readable images to take pixel statistics from")
+    # Python integers: exact, so the unbiased variance (as torch.std) suffers no cancellation.
+    mean = [s / pixels / 255 for s in sums]
+    std = [max((q * pixels - s * s) / (pixels * (pixels - 1)), 0) ** 0.5 / 255 for s, q in zip(sums, squares)]
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
 class _BatchDecoder(torch.utils.data.Dataset):
     """What a DataLoader worker runs: one whole batch of positions per item (one trip between
     processes per batch, not per image)."""
@@ -254,13 +302,14 @@ class _BatchDecoder(torch.utils.data.Dataset):
     def __init__(self, files: ImageFiles):
         self.files = files
 
-    def __getitem__(self, positions) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+        positions, crops = item if isinstance(item, tuple) else (item, None)
         positions = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
         if torch.utils.data.get_worker_info() is not None:
             # One thread per worker process; without workers this runs in the caller's process,
             # whose thread count (the network's, next) must stay as it was.
             torch.set_num_threads(1)
-        return self.files.decode_reporting(positions)
+        return self.files.decode_reporting(positions, None if crops is None else np.asarray(crops))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -20,7 +20,7 @@ from imgcls.evaluation.metrics import Evaluation, confusion_matrix, top_k_accura
 from imgcls.evaluation.multilabel import MultiLabelEvaluation, evaluate_multilabel
 from imgcls.evaluation.report import RunInfo, print_report, write_report
 from imgcls.progress import console
-from imgcls.runtime import PREDICT_BATCH
+from imgcls.runtime import rows_per_read
 from imgcls.task import SingleLabel, Task, task_from_dict, task_of_labels
 
 
@@ -71,10 +71,11 @@ def evaluate_model(model, data: ImageDataset, skipped: list[SkippedFile] | None 
 
 
 def _predict_streamed(model, data: ImageDataset, skipped: list[SkippedFile] | None):
-    """(rows that decoded, their predictions, their probabilities), PREDICT_BATCH images at a time."""
+    """(rows that decoded, their predictions, their probabilities), rows_per_read images at a time
+    (the same forward passes as in memory, so the probabilities come out identical)."""
     rows, preds, probas, failed = [], [], [], []
     names = data.names("image")
-    for positions, images, unreadable in image_batches(data.images, PREDICT_BATCH, "evaluating"):
+    for positions, images, unreadable in image_batches(data.images, rows_per_read(data.images.shape), "evaluating"):
         failed += [SkippedFile(names[i], reason) for i, reason in unreadable]
         if len(positions):
             y_pred, proba = model.predict_with_proba(images)

@@ -31,6 +31,7 @@ import torch
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
+from imgcls.runtime import rows_per_read
 
 METHODS = ("temperature", "sigmoid", "isotonic")
 # A fitted temperature is kept within these bounds: a validation split the model gets entirely
@@ -154,11 +155,15 @@ def fit_calibration(model, X, y=None, method: str = "temperature") -> Calibratio
     model._check_fitted()
     check_method(model, method)
     model = uncalibrated(model)
-    inputs, labels = calibration_data(model, X, y)
+    if method == "temperature" and isinstance(X, ImageDataset) and X.streamed:
+        views, labels = _streamed_views(model, X)     # only logits are kept, never the decoded split
+    else:
+        inputs, labels = calibration_data(model, X, y)
+        views = temperature_views(model, inputs) if method == "temperature" and len(labels) else None
     if not len(labels):
         raise ImgclsError("nothing to calibrate on: the validation data is empty")
     if method == "temperature":
-        return Temperature(fit_temperature(temperature_views(model, inputs), labels))
+        return Temperature(fit_temperature(views, labels))
     return _fit_one_vs_rest(model, inputs, labels, method)
 
 
@@ -175,12 +180,7 @@ def calibration_data(model, X, y=None) -> tuple[np.ndarray | torch.Tensor, np.nd
             raise ImgclsError(f"labels the model does not know: {', '.join(unknown[:5])}; it knows "
                               f"{', '.join(map(str, classes.tolist()))}")
         return X, np.array([index[v] for v in labels.tolist()], dtype=np.int64)
-    if X.multi_label:
-        raise ImgclsError("the calibration data is multi-label; calibration is for single-label models")
-    if sorted(X.class_names) != sorted(model.class_names_):
-        raise ImgclsError(f"the data's classes ({', '.join(X.class_names)}) differ from the model's "
-                          f"({', '.join(model.class_names_)}); calibrate on data of the classes it was trained on")
-    order = torch.as_tensor([model.class_names_.index(name) for name in X.class_names])
+    order = _class_order(model, X)
     if isinstance(X.images, torch.Tensor):
         return X.images, order[X.labels].numpy()
     rows, images = [], []
@@ -188,6 +188,30 @@ def calibration_data(model, X, y=None) -> tuple[np.ndarray | torch.Tensor, np.nd
         rows.append(positions), images.append(decoded)
     rows = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
     return (torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)), order[X.labels[rows]].numpy()
+
+
+def _class_order(model, X: ImageDataset) -> torch.Tensor:
+    """Each of X's class indices as the model's class index; refuses data the model cannot be calibrated on."""
+    if X.multi_label:
+        raise ImgclsError("the calibration data is multi-label; calibration is for single-label models")
+    if sorted(X.class_names) != sorted(model.class_names_):
+        raise ImgclsError(f"the data's classes ({', '.join(X.class_names)}) differ from the model's "
+                          f"({', '.join(model.class_names_)}); calibrate on data of the classes it was trained on")
+    return torch.as_tensor([model.class_names_.index(name) for name in X.class_names])
+
+
+def _streamed_views(model, X: ImageDataset) -> tuple[list[torch.Tensor], np.ndarray]:
+    """temperature_views and the labels of a streamed dataset, read (decoded by the workers) in
+    rows_per_read pieces: the same forward passes as in memory, so the same logits."""
+    order = _class_order(model, X)
+    parts, rows = [], []
+    for positions, decoded, _ in image_batches(X.images, rows_per_read(X.images.shape), "reading calibration images"):
+        if len(positions):
+            parts.append(temperature_views(model, decoded))
+            rows.append(positions)
+    if not rows:
+        return [], np.empty(0, dtype=np.int64)
+    return [torch.cat(view) for view in zip(*parts)], order[X.labels[torch.cat(rows)]].numpy()
 
 
 def temperature_views(model, inputs) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.data.stream import readable_sample
+from imgcls.data.stream import pixel_statistics
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.splits import check_balance
 from imgcls.errors import ImgclsError
@@ -27,6 +27,12 @@ from imgcls.models.base import Capabilities, Classifier
 from imgcls.models.registry import model_class, register, register_prefix
 from imgcls.runtime import TTA_MODES, predict_logits, resolve_device, use_bf16, use_channels_last, with_tta
 from imgcls.training.config import TrainingConfig, monitored
+
+
+# Images a network's normalisation statistics are taken from: per-channel means and deviations
+# settle long before that (their standard errors are under 1% of a pixel's range), and a streamed
+# dataset decodes each of them once more.
+STATISTICS_SAMPLE = 1024
 
 
 class Normalize(nn.Module):
@@ -39,7 +45,9 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() if not x.is_floating_point() else x
-        return (x * (1 / 255) - self.mean) / self.std
+        # One pass over the batch, x * (1 / (255 std)) - mean / std, instead of three: the batch is
+        # the largest tensor of a small network's step (a tenth of LeNet-5's at 160 px).
+        return torch.addcmul(-self.mean / self.std, x, 1 / (255 * self.std))
 
 
 class ImageNetwork(nn.Module):
@@ -135,8 +143,8 @@ class NeuralClassifier(Classifier, TrainingConfig):
             if prep.channels == 1:
                 mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
         else:
-            pixels = readable_sample(data.images, 4096).float() / 255
-            mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+            mean, std = pixel_statistics(data.images, STATISTICS_SAMPLE)
+            std = std.clamp_min(1e-3)
         net.normalize.mean.copy_(mean.view(1, -1, 1, 1))
         net.normalize.std.copy_(std.view(1, -1, 1, 1))
         return net

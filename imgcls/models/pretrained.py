@@ -45,6 +45,13 @@ class PretrainedSpec:
         return round(self.size / (self.size + 32), 3)
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """The official evaluation decode (JPEGs in draft mode: bench/pretrained_preprocessing.py
+        finds the same labels and confidence as a full decode)."""
+        return Preprocessing(channels=3, size=(self.size, self.size), resize="crop", crop_pct=self.crop_pct,
+                             interpolation="bicubic")
+
+    @property
     def module(self) -> str:
         return self.package.replace("-", "_")
 
@@ -79,7 +86,9 @@ def pretrained_model(name: str = DEFAULT_MODEL):
         raise ImgclsError(f"no pretrained weights for {name!r}; available: {', '.join(PRETRAINED)}")
     cached = RunFolder(model_cache() / name).model
     if cached.is_file():
-        return load_model(cached)
+        model = load_model(cached)
+        model.preprocessing_ = PRETRAINED[name].preprocessing   # the spec's, also for a file cached before it changed
+        return model
     model = _convert(name, PRETRAINED[name])
     save_model(model, cached)
     return model
@@ -108,8 +117,7 @@ def _convert(name: str, spec: PretrainedSpec):
     model = create_model(name, bf16="off")
     model.class_names_ = imagenet_class_names()
     model.classes_ = np.arange(len(model.class_names_))      # predict returns class indices
-    model.preprocessing_ = Preprocessing(channels=3, size=(spec.size, spec.size), resize="crop",
-                                         crop_pct=spec.crop_pct, interpolation="bicubic")
+    model.preprocessing_ = spec.preprocessing
     model.n_features_in_ = 3 * spec.size * spec.size
     model.net_ = model.build_network(3, 1000, (spec.size, spec.size))
     model.net_.body.load_state_dict(_in_order(source, model.net_.body.state_dict(), name))

@@ -82,6 +82,16 @@ class TransferNetwork(nn.Module):
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
+class _ModeCapabilities:
+    """TransferClassifier's capabilities, which depend on its mode: finetune trains batch by batch,
+    so it reads streamed datasets (the workers decode them); the probe and knn modes embed the whole
+    training set at once, in memory. Asked of the class, the answer is finetune's."""
+
+    def __get__(self, model, owner) -> Capabilities:
+        streams = model is None or model.mode == "finetune"
+        return replace(NeuralClassifier.capabilities, learns_from_streams=streams)
+
+
 @dataclass(repr=False, eq=False)
 class TransferClassifier(NeuralClassifier):
     """Training options (epochs, lr, batch_size, augment, ...) apply to finetune (and lr/epochs
@@ -96,8 +106,7 @@ class TransferClassifier(NeuralClassifier):
     head_epochs: int = 1       # finetune: epochs with the body frozen
     body_lr: float = 0.1       # finetune: the body's learning rate as a fraction of lr
     backbone: ClassVar[str] = ""
-    # Its probe and kNN modes embed the whole training set at once: no streamed training sets.
-    capabilities: ClassVar[Capabilities] = replace(NeuralClassifier.capabilities, learns_from_streams=False)
+    capabilities: ClassVar[Capabilities] = _ModeCapabilities()
 
     def check_params(self) -> None:
         super().check_params()

@@ -5,10 +5,14 @@ batch costs a handful of kernel launches however large it is. Each image gets it
 flip, angle, factors, rectangle), drawn as one (N, 13) tensor from the caller's generator, so a training
 run is reproducible and resumable from (seed, epoch).
 
-Stronger policies come from torchvision's transforms v2 on uint8 pixels: `rrc` (RandomResizedCrop back
-to the same size), `randaugment`, `trivialaugment` and `autoaugment`. They run image by image, so each
-image gets its own ops, inside `torch.random.fork_rng` seeded from the caller's generator: the draws
-replay from (seed, epoch) and torch's global RNG is left as it was. That loop is the price. Measured
+`rrc` (RandomResizedCrop back to the same size) draws its boxes first, from the caller's generator, by
+torchvision's rule (`crop_boxes`), and resamples them with torchvision's resized_crop; drawing them
+first lets the workers that decode a streamed batch draw the same boxes ahead and crop while decoding
+(imgcls.data.stream), so the trainer takes the batch as it comes (augment_batch's `cropped`).
+Stronger policies come from torchvision's transforms v2 on uint8 pixels: `randaugment`,
+`trivialaugment` and `autoaugment`. They run image by image, so each image gets its own ops, inside
+`torch.random.fork_rng` seeded from the caller's generator: the draws replay from (seed, epoch) and
+torch's global RNG is left as it was. That loop is the price. Measured
 on 2 CPU threads, a batch of 128 28x28 images (1 channel / 3 channels) costs: crop,flip 0.2 / 1.5 ms;
 rrc 6 / 6 ms; trivialaugment 7 / 9 ms; autoaugment 9 / 11 ms; randaugment=2:9 13 / 17 ms; rrc with
 randaugment 22 / 26 ms; mixup or cutmix 0.1-0.3 ms. Groups of 8 images sharing their ops would be about
@@ -26,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
+from imgcls.data.images import crop_frames
 from imgcls.errors import ImgclsError
 
 PAD_MODES = ("reflect", "zeros")
@@ -195,7 +199,37 @@ def _format_number(value: object) -> str:
     return text[:-2] if text.endswith(".0") else text  # "rotate=10", not "rotate=10.0"
 
 
-def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def crop_boxes(count: int, size: tuple[int, int], cfg: AugmentConfig, generator: torch.Generator
+               ) -> torch.Tensor | None:
+    """The random resized crops of a batch of `count` images of size (height, width): (count, 4)
+    int64 rows (top, left, height, width), or None when cfg has no rrc. torchvision's
+    RandomResizedCrop rule (rrc_scale..100% of the area, aspect 3/4..4/3, ten tries, then the
+    centre crop of the nearest allowed aspect), drawn for all images at once from one seed taken
+    from generator: the first draw augment_batch makes, so a batch's crops can be drawn ahead,
+    from the batch's own generator, by whoever decodes its images."""
+    if not cfg.rrc_scale:
+        return None
+    height, width = int(size[0]), int(size[1])
+    draws = torch.rand(count, 10, 4, generator=torch.Generator().manual_seed(_seed(generator)), dtype=torch.float64)
+    area = height * width * (cfg.rrc_scale + (1 - cfg.rrc_scale) * draws[..., 0])
+    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * draws[..., 1])
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)            # the first try that fits
+    pick = (lambda t: t.gather(1, first)[:, 0])
+    h, w = pick(h), pick(w)
+    top, left = (pick(draws[..., 2]) * (height - h + 1)).floor(), (pick(draws[..., 3]) * (width - w + 1)).floor()
+    boxes = torch.stack([top, left, h, w], 1).long()
+    if not fits.any(1).all():                       # none of the ten fit: torchvision's centre crop
+        ratio = width / height
+        ch, cw = ((round(width * 4 / 3), width) if ratio < 3 / 4 else
+                  (height, round(height * 4 / 3)) if ratio > 4 / 3 else (height, width))
+        boxes[~fits.any(1)] = torch.tensor([(height - ch) // 2, (width - cw) // 2, ch, cw])
+    return boxes
+
+
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+                  cropped: bool = False) -> torch.Tensor:
     """Augment a batch (N, C, H, W) of uint8 or float pixels in 0..255; returns float32 in 0..255, same shape.
 
     The input is converted to float32 once and never modified; an identity config returns that
@@ -203,17 +237,26 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     the generator's device and moved to images.device in one small copy, so a CPU generator serves
     CUDA images too and gives the same draws on any device (a CUDA generator also works). Op order:
     rrc and the policy (torchvision's, on uint8 pixels: a float input is rounded first), then crop,
-    flip, rotation, brightness, contrast, saturation, sharpness, erasing; each of the latter reads its
-    own columns of one (N, 13) draw, and the torchvision ops draw from one seed taken after it, so
-    turning an op on or off leaves the others' draws as they were. The result is clamped once at the
-    end where an op could leave 0..255 (brightness, contrast, saturation, sharpness). A channels_last input gives a channels_last output. Mixing is separate: see `mix`.
+    flip, rotation, brightness, contrast, saturation, sharpness, erasing. rrc's boxes are drawn
+    first (crop_boxes: one seed), then each of the others reads its own columns of one (N, 13)
+    draw, and the policy draws from one seed taken after it, so turning an op on or off leaves the
+    others' draws as they were. cropped: the images are this batch's rrc crops already (cut while
+    decoding, from boxes drawn by crop_boxes on a generator in the same state): the boxes are drawn,
+    so the later draws match, but not applied. The result is clamped once at the end where an op
+    could leave 0..255 (brightness, contrast, saturation, sharpness). A channels_last input gives a
+    channels_last output. Mixing is separate: see `mix`.
     """
     if images.dim() != 4:
         raise ImgclsError(f"augment_batch expects a batch shaped (N, C, H, W), got shape {tuple(images.shape)}")
     if not cfg.changes_images or len(images) == 0:
         return images.to(torch.float32)
+    boxes = crop_boxes(len(images), images.shape[2:], cfg, generator)
     u = torch.rand(len(images), _DRAWS, generator=generator, device=generator.device).to(images.device)
-    x = _torchvision_ops(images, cfg, _seed(generator)) if cfg.rrc_scale or cfg.policy != "none" else images
+    x = images
+    if boxes is not None and not cropped:
+        x = crop_frames(_uint8(x), boxes)
+    if cfg.policy != "none":
+        x = _policy(_uint8(x), cfg, _seed(generator))
     shift, flip, angle, bright, contrast, saturation, sharp, erase = u[:, :2], *u[:, 2:8].unbind(1), u[:, 8:]
     if cfg.crop_padding or cfg.flip:
         # A gather moves pixels without changing them: on uint8, before the float conversion, it
@@ -239,21 +282,16 @@ def _seed(generator: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
-def _torchvision_ops(images: torch.Tensor, cfg: AugmentConfig, seed: int) -> torch.Tensor:
-    """rrc then the policy, image by image (each its own ops), on uint8, drawing from a fork of the
-    global RNG seeded with seed: torchvision draws from the global RNG, which is left untouched."""
-    h, w = images.shape[2:]
-    ops = []
-    if cfg.rrc_scale:
-        ops.append(v2.RandomResizedCrop((h, w), scale=(cfg.rrc_scale, 1.0), antialias=True))
-    if cfg.policy == "randaugment":
-        ops.append(v2.RandAugment(cfg.policy_ops, cfg.policy_magnitude))
-    elif cfg.policy == "trivialaugment":
-        ops.append(v2.TrivialAugmentWide())
-    elif cfg.policy == "autoaugment":
-        ops.append(v2.AutoAugment())
-    transform = v2.Compose(ops)
-    pixels = images if images.dtype == torch.uint8 else images.round().clamp(0, 255).to(torch.uint8)
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    return images if images.dtype == torch.uint8 else images.round().clamp(0, 255).to(torch.uint8)
+
+
+def _policy(pixels: torch.Tensor, cfg: AugmentConfig, seed: int) -> torch.Tensor:
+    """The policy, image by image (each its own ops), on uint8, drawing from a fork of the global RNG
+    seeded with seed: torchvision draws from the global RNG, which is left untouched."""
+    from torchvision.transforms import v2       # here: importing torchvision costs a training run ~150 MB
+    transform = {"randaugment": lambda: v2.RandAugment(cfg.policy_ops, cfg.policy_magnitude),
+                 "trivialaugment": v2.TrivialAugmentWide, "autoaugment": v2.AutoAugment}[cfg.policy]()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.stack([transform(image) for image in pixels])

@@ -25,15 +25,15 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
-from imgcls.data.stream import readable_sample
+from imgcls.data.stream import image_batches, readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
 from imgcls.run_folder import RunFolder
-from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
+from imgcls.runtime import predict_logits, resolve_device, rows_per_read, use_bf16, use_channels_last
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
-from imgcls.training.augment import AugmentConfig, augment_batch, mix
+from imgcls.training.augment import AugmentConfig, augment_batch, crop_boxes, mix
 from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.schedule import lr_at
 
@@ -93,7 +93,7 @@ class Trainer:
                 record["seconds"] = time.perf_counter() - start
                 record["images_per_second"] = len(train) / record["seconds"]
                 if val is not None and len(val):
-                    record.update(self.evaluate(val))
+                    record.update(self._validated(val))
                 self._end_epoch(record)
         finally:
             self._emit("on_train_end")     # also when interrupted: hooks close their displays
@@ -110,10 +110,11 @@ class Trainer:
         # Each rank gathers (and decodes, and augments) only its own share of every batch.
         shares = [batch[self.rank::self.world] for batch in all_positions[state.batches_done:]]
         try:
-            for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, shares),
-                                                                   start=state.batches_done):
+            gathered = self._gathered(images, labels, shares, epoch, state.batches_done)
+            for index, (batch, images_in, labels_in) in enumerate(gathered, start=state.batches_done):
                 torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index),
+                                           cropped=not isinstance(images, torch.Tensor))
                 first = index - index % cfg.accumulate                 # the group of batches this one is in
                 last = min(first + cfg.accumulate, batches) - 1
                 group_samples = min((last + 1) * cfg.batch_size, samples) - first * cfg.batch_size
@@ -134,6 +135,16 @@ class Trainer:
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
         return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
+
+    def _validated(self, val: ImageDataset) -> dict:
+        """evaluate(val); a worker decoding it that dies stops the run with one line: the epoch's
+        end was not saved, so --resume continues from the last checkpoint."""
+        try:
+            return self.evaluate(val)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise self._stopped_by(WorkerDied.from_loader(exc, what="validation")) from None
 
     def _stopped_by(self, exc: Exception) -> ImgclsError:
         """A decoding worker died (killed for memory, say). When the trainer learnt of it while
@@ -171,16 +182,22 @@ class Trainer:
             self.state.unreadable = [[name, reason] for name, reason in known.items()]
         return totals
 
-    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor]):
-        """(positions, uint8 images, labels) of each batch: gathered from memory, or decoded from the
-        files by DataLoader workers, a few batches ahead; a file that no longer decodes is left out
-        of its batch and listed in state.unreadable."""
+    def _gathered(self, images, labels: torch.Tensor, positions: list[torch.Tensor], epoch: int, first: int):
+        """(positions, uint8 images, labels) of each batch (batch `first` of epoch `epoch` onwards):
+        gathered from memory, or decoded from the files by DataLoader workers, a few batches ahead;
+        a file that no longer decodes is left out of its batch and listed in state.unreadable. The
+        workers also cut a streamed batch's random resized crops (rrc), drawn from the batch's
+        generator as augment_batch draws them (crop_boxes), so each image is decoded and resampled
+        once, and its batch arrives cropped."""
         if not isinstance(images, torch.Tensor):
-            for batch, (x, ok) in zip(positions, _watched(images.batches([p.cpu() for p in positions]))):
-                if not ok.all():
+            crops = [crop_boxes(len(p), images.prep.size, self.augment, self.batch_generator(epoch, index))
+                     for index, p in enumerate(positions, start=first)] if self.augment.rrc_scale else None
+            decoded = images.batches([p.cpu() for p in positions], crops=crops)
+            for batch, (x, ok) in zip(positions, _watched(decoded)):
+                if not ok.all():     # files that stopped decoding leave their batch (else: no copy of it)
                     self._note_unreadable(batch.cpu()[~ok], images)
-                keep = ok.to(batch.device)
-                yield batch[keep], x[ok].to(self.device), labels[batch[keep]]
+                    batch, x = batch[ok.to(batch.device)], x[ok]
+                yield batch, x.to(self.device), labels[batch]
             return
         for batch in positions:
             yield batch, images[batch], labels[batch]
@@ -243,16 +260,41 @@ class Trainer:
     def evaluate(self, data: ImageDataset) -> dict:
         """Validation figures on data. Under torchrun each rank runs its own slice of data and the
         outputs are gathered, so every rank reaches the same figures (and the same early-stopping
-        decision) having computed only its share."""
+        decision) having computed only its share. Streamed images are decoded by the workers; a
+        file that no longer decodes is left out of the figures and listed in state.unreadable."""
         if self.world > 1:
             distributed.broadcast_buffers(self.eval_net)   # batch-norm statistics: rank 0's, the saved ones
         start, stop = distributed.my_slice(len(data), self.rank, self.world)
-        mine = data.images[start:stop] if isinstance(data.images, torch.Tensor) else data.images.subset(range(start, stop))
-        logits = predict_logits(self.eval_net, mine, device=self.device, bf16=self.bf16,
-                                channels_last=self.channels_last)
-        if self.world > 1:
-            logits = distributed.gather_rows(logits.reshape(len(mine), self.num_classes), len(data), self.device)
+        if isinstance(data.images, torch.Tensor):
+            logits = predict_logits(self.eval_net, data.images[start:stop], device=self.device, bf16=self.bf16,
+                                    channels_last=self.channels_last)
+            ok = torch.ones(len(logits), dtype=torch.bool)
+        else:
+            logits, ok = self._streamed_logits(data, start, stop)
+        if self.world > 1:   # the ok flags travel as one more column
+            both = torch.cat([logits.reshape(stop - start, self.num_classes), ok[:, None].float()], 1)
+            both = distributed.gather_rows(both, len(data), self.device)
+            logits, ok = both[:, :-1], both[:, -1].bool()
+        if not ok.all():
+            return self.task.validation_metrics(logits[ok], data.labels[ok])
         return self.task.validation_metrics(logits, data.labels)
+
+    def _streamed_logits(self, data: ImageDataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, ok) of rows start:stop of a streamed dataset, decoded by the workers a read at a
+        time (as evaluation reads them, so memory holds a few reads, never the split)."""
+        mine = data.images.subset(range(start, stop))
+        logits = torch.zeros(len(mine), self.num_classes)
+        ok = torch.zeros(len(mine), dtype=torch.bool)
+        names = data.names("val")
+        for rows, images, unreadable in image_batches(mine, rows_per_read(mine.shape)):
+            if len(rows):
+                logits[rows] = predict_logits(self.eval_net, images, device=self.device, bf16=self.bf16,
+                                              channels_last=self.channels_last)
+                ok[rows] = True
+            known = {name for name, _ in self.state.unreadable}
+            self.state.unreadable += [[names[start + row], reason] for row, reason in unreadable
+                                      if names[start + row] not in known]
+        return logits, ok
 
     @property
     def eval_net(self) -> nn.Module:
@@ -262,8 +304,7 @@ class Trainer:
     def setup(self, train: ImageDataset) -> None:
         """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
         n_train = len(train)
-        self.bf16 = self._decide_bf16(train)
-        self.channels_last = use_channels_last(self.cfg.channels_last, self.device, self.net, self.bf16)
+        self.bf16, self.channels_last = self._decide_precision(train)
         self.task = train.task
         self.num_classes = train.num_classes
         self.monitor = monitored(self.cfg.monitor, self.task)
@@ -289,24 +330,28 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
-    def _decide_bf16(self, train: ImageDataset) -> bool:
-        """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
-        so every rank trains in the same precision."""
-        example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
-        choice = [use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
-                  if self.rank == 0 else False]
+    def _decide_precision(self, train: ImageDataset) -> tuple[bool, bool]:
+        """(bf16, channels_last): --bf16 and --channels-last auto are measured on rank 0 (on a copy
+        of the network, a batch of train) and shared, so every rank trains alike."""
+        choice = [False, False]
+        if self.rank == 0:
+            example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
+            bf16 = use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
+            choice = [bf16, use_channels_last(self.cfg.channels_last, self.device, self.net, bf16, example, train=True)]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
-        return bool(choice[0])
+        return bool(choice[0]), bool(choice[1])
 
-    def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
+    def augmented(self, x: torch.Tensor, gen: torch.Generator, cropped: bool = False) -> torch.Tensor:
+        x = augment_batch(x, self.augment, gen, cropped=cropped) if self.augment.changes_images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
-        x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+                       cropped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix.
+        cropped: the images come with their random resized crops cut (streamed batches)."""
+        x, y = mix(self.augmented(images, gen, cropped), labels, self.augment, gen, self.task.multi_label,
+                   self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def epoch_batches(self, labels: torch.Tensor, epoch: int) -> list[torch.Tensor]:
@@ -330,8 +375,8 @@ class Trainer:
                               f"there is no batch {index}")
         images = train.images.to(self.device) if isinstance(train.images, torch.Tensor) else train.images
         positions, images_in, labels_in = next(self._gathered(images, train.labels.to(self.device),
-                                                              [batches[index]]))
-        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+                                                              [batches[index]], epoch, index))
+        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), cropped=train.streamed)
         return positions, x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -431,8 +476,8 @@ class WorkerDied(ImgclsError):
         self.while_waiting = while_waiting
 
     @classmethod
-    def from_loader(cls, exc: Exception, while_waiting: bool = False) -> WorkerDied:
-        return cls("a worker decoding the training images died (" + str(exc).split(".")[0].strip()
+    def from_loader(cls, exc: Exception, while_waiting: bool = False, what: str = "training") -> WorkerDied:
+        return cls(f"a worker decoding the {what} images died (" + str(exc).split(".")[0].strip()
                    + "; killed for memory? try fewer workers or a smaller --batch-size)", while_waiting)
 
 
