@@ -35,24 +35,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, example: torch.Tensor | None = None,
-             train: bool = False) -> bool:
-    """auto: on CUDA, where the GPU has bf16; on a CPU with native bf16 instructions (AMX or AVX-512
-    bf16), where bf16 autocast runs net faster than fp32 on inputs like example, as measured once
-    and cached (imgcls.fastpath); elsewhere, and without a network to measure, fp32."""
+def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, example: torch.Tensor | None = None
+             ) -> bool:
+    """Whether to run net (forward, no gradients) in bf16 autocast. auto: on CUDA, where the GPU has
+    bf16; on a CPU with native bf16 instructions (AMX or AVX-512 bf16), where bf16 autocast runs
+    net faster than fp32 on inputs like example, as measured once and cached (imgcls.fastpath);
+    elsewhere, and without a network to measure, fp32. Training chooses its own, measured at its
+    batch size (imgcls.training.execution)."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu" or net is None or example is None or not len(example) or not bf16_capable_cpu():
         return False
-    return bf16_is_faster(net, example, train, channels_last=has_convolutions(net))
+    return bf16_is_faster(net, example, channels_last=has_convolutions(net))
 
 
 def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
     """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
-    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it can be
-    slower, so auto leaves it off there."""
+    cuDNN have their fast kernels. In fp32 on the CPU it can be slower, so auto leaves it off there
+    (training measures both layouts instead: imgcls.training.execution)."""
     if setting != "auto":
         return setting == "on"
     return has_convolutions(net) and bf16 and device.type in ("cpu", "cuda")

@@ -279,5 +279,5 @@ def test_compile_on_trains_the_same_network(digits, tmp_path, monkeypatch):
                                [r["train_loss"] for r in runs["off"].history_], rtol=1e-4)
     saved = load_model(runs["on"].save(tmp_path / "compiled.safetensors"))     # plain names, no _orig_mod
     np.testing.assert_allclose(saved.predict_proba(images[:8]), runs["off"].predict_proba(images[:8]), atol=1e-4)
-    with pytest.raises(ImgclsError, match="compile must be on or off"):
+    with pytest.raises(ImgclsError, match="compile must be auto, on or off"):
         create_model("mlp", compile="yes").fit(images, labels)

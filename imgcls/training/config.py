@@ -37,9 +37,10 @@ class TrainingConfig:
     patience: int = 0                # early stopping after N epochs without improvement; 0 = off
     checkpoint_every: int = 0        # also write the resumable checkpoint every N optimiser steps; 0 = at epoch ends
     monitor: str = "auto"            # auto: val_accuracy, or val_mAP for multi-label data; or val_loss
-    channels_last: str = "auto"      # auto, on, off
-    bf16: str = "auto"               # auto, on, off
-    compile: str = "off"             # on: torch.compile the network (pays off on long GPU runs)
+    channels_last: str = "auto"      # auto, on, off (auto: measured, see imgcls.training.execution)
+    bf16: str = "auto"               # auto, on, off (auto: measured)
+    threads: int = 0                 # CPU threads for training; 0: torch's, or half of it where measured faster
+    compile: str = "auto"            # auto, on, off: torch.compile the training step (auto: where measured to repay compiling)
     device: str = "auto"
     seed: int = 0
 
@@ -55,7 +56,8 @@ class TrainingConfig:
              f"unknown device {self.device!r}; valid: {', '.join(DEVICES)} or cuda:N")
         for name in ("channels_last", "bf16"):
             need(getattr(self, name) in ("auto", "on", "off"), f"{name} must be auto, on or off")
-        need(self.compile in ("on", "off"), "compile must be on or off")
+        need(self.compile in ("auto", "on", "off"), "compile must be auto, on or off")
+        need(self.threads >= 0, "threads must be 0 (auto) or a number of threads")
         need(self.epochs >= 1 and self.batch_size >= 1 and self.accumulate >= 1,
              "epochs, batch_size and accumulate must be at least 1")
         need(self.checkpoint_every >= 0, "checkpoint_every must be 0 (off) or a number of steps")

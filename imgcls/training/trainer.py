@@ -29,11 +29,12 @@ from imgcls.data.stream import readable_sample
 from imgcls.data.splits import balanced_order, class_balance_weights
 from imgcls.errors import ImgclsError
 from imgcls.task import SingleLabel, Task
-from imgcls.runtime import predict_logits, resolve_device, use_bf16, use_channels_last
+from imgcls.runtime import predict_logits, resolve_device
 from imgcls.training import checkpoint as ckpt
 from imgcls.training import distributed
 from imgcls.training.augment import AugmentConfig, augment_batch, mix
 from imgcls.training.config import TrainingConfig, monitored
+from imgcls.training.execution import Execution, Settings, choose_execution
 from imgcls.training.schedule import lr_at
 
 
@@ -66,7 +67,7 @@ class Trainer:
         self.cfg, self.net, self.hooks = cfg, net, list(hooks)
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = resolve_device(cfg.device)
-        self.bf16 = self.channels_last = False     # decided in setup, on the training data
+        self.execution = Execution()     # decided in setup, on the training data
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
@@ -91,6 +92,7 @@ class Trainer:
                     record.update(self.evaluate(val))
                 self._end_epoch(record)
         finally:
+            self._restore_threads()
             self._emit("on_train_end")     # also when interrupted: hooks close their displays
         self._load_best()
         return self.state
@@ -255,10 +257,16 @@ class Trainer:
 
     # -- pieces -------------------------------------------------------------------------------
     def setup(self, train: ImageDataset) -> None:
-        """Device, optimiser, EMA, DDP wrapper, step counts and class weights for training on train."""
+        """Device, execution (precision, layout, threads, compile), optimiser, EMA, DDP wrapper,
+        step counts and class weights for training on train."""
         n_train = len(train)
-        self.bf16 = self._decide_bf16(train)
-        self.channels_last = use_channels_last(self.cfg.channels_last, self.device, self.net, self.bf16)
+        self.batches_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
+        self.total_steps = self.steps_per_epoch * self.cfg.epochs
+        self.execution = self._decide_execution(train)
+        if self.execution.threads:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.execution.threads)
         self.task = train.task
         self.num_classes = train.num_classes
         self.monitor = monitored(self.cfg.monitor, self.task)
@@ -277,22 +285,37 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        if self.cfg.compile == "on":      # the training forward only; evaluation runs the plain network
+        if self.execution.compile:      # the training step only; evaluation runs the plain network
             self.model = torch.compile(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        self.batches_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
-        self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
-    def _decide_bf16(self, train: ImageDataset) -> bool:
-        """--bf16 auto is measured on rank 0 (on a copy of the network, a batch of train) and shared,
-        so every rank trains in the same precision."""
-        example = train.images[:64] if not train.streamed else readable_sample(train.images, 64)
-        choice = [use_bf16(self.cfg.bf16, self.device, self.net, example, train=True)
-                  if self.rank == 0 else False]
+    @property
+    def bf16(self) -> bool:
+        return self.execution.bf16
+
+    @property
+    def channels_last(self) -> bool:
+        return self.execution.channels_last
+
+    def _decide_execution(self, train: ImageDataset) -> Execution:
+        """Measured on rank 0 (on copies of the network, a batch of train of the size each rank
+        steps on) and shared, so every rank trains alike."""
+        choice = [None]
+        if self.rank == 0:
+            size = min(math.ceil(self.cfg.batch_size / self.world), len(train))
+            batch = train.images[:size] if not train.streamed else readable_sample(train.images, size)
+            settings = Settings(self.cfg.bf16, self.cfg.channels_last, self.cfg.threads, self.cfg.compile)
+            choice = [choose_execution(self.net, batch.to(self.device), settings, self.device,
+                                       self.total_steps * self.cfg.accumulate,
+                                       lambda net: build_optimizer(net, self.cfg))]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
-        return bool(choice[0])
+        return choice[0]
+
+    def _restore_threads(self) -> None:
+        if hasattr(self, "_threads_before"):
+            torch.set_num_threads(self._threads_before)
+            del self._threads_before
 
     def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
@@ -393,7 +416,7 @@ class Trainer:
                               f"data, this data is {self.task.kind}; use a new --out")
         before = {**meta["config"], "monitor": monitored(meta["config"].get("monitor", "auto"), self.task)}
         now = {**asdict(self.cfg), "monitor": self.monitor}   # a checkpoint from before "auto" resumes too
-        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device", "checkpoint_every", "compile")}
+        changed = {k for k, v in before.items() if now.get(k, v) != v and k not in ("epochs", "device", "checkpoint_every", "compile", "threads")}
         if changed:
             raise ImgclsError(f"{self.run_dir}: the checkpoint was trained with other settings "
                               f"({', '.join(sorted(changed))}); use a new --out or the same settings")
