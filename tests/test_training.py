@@ -281,3 +281,21 @@ def test_compile_on_trains_the_same_network(digits, tmp_path, monkeypatch):
     np.testing.assert_allclose(saved.predict_proba(images[:8]), runs["off"].predict_proba(images[:8]), atol=1e-4)
     with pytest.raises(ImgclsError, match="compile must be auto, on or off"):
         create_model("mlp", compile="yes").fit(images, labels)
+
+
+def test_a_compiled_step_runs_only_the_batch_shape_it_was_compiled_for(digits, monkeypatch):
+    # The last batch of each epoch is smaller: it runs eagerly rather than compiling again.
+    seen = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return self.model(x)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Compiled(model))
+    model = create_model("mlp", hidden="32", epochs=2, batch_size=64, bf16="off", compile="on").fit(digits.train)
+    assert seen and set(seen) == {(64, *digits.train.images.shape[1:])}
+    assert len(seen) == 2 * (len(digits.train) // 64) and model.train_state_.step == 2 * math.ceil(len(digits.train) / 64)

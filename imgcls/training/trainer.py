@@ -204,11 +204,14 @@ class Trainer:
         the group's samples, so the group's step equals one on all of them at once), and the last
         one updates. y holds labels, or soft targets after mixup/cutmix
         (then "correct" counts the dominant label)."""
+        # A compiled step runs only batches of the shape it was compiled for: an epoch's last, smaller
+        # batch runs eagerly instead of compiling again.
+        model = self.model if self._compiled_shape in (None, tuple(x.shape)) else self.eager_model
         with self._autocast():
-            logits = self.model(x)
+            logits = model(x)
             loss = self.task.loss(logits, y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
         quiet = self.world > 1 and not update       # DDP: all-reduce only on the updating batch
-        with self.model.no_sync() if quiet else contextlib.nullcontext():
+        with self.eager_model.no_sync() if quiet else contextlib.nullcontext():
             (loss * share if share != 1 else loss).backward()
         if update:
             for group in self.optimizer.param_groups:
@@ -285,8 +288,11 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.eager_model, self._compiled_shape = self.model, None
         if self.execution.compile:      # the training step only; evaluation runs the plain network
             self.model = torch.compile(self.model)
+            self._compiled_shape = (len(range(self.rank, self.cfg.batch_size, self.world)),
+                                    train.preprocessing.channels, *train.preprocessing.size)
         self.optimizer.zero_grad(set_to_none=True)
 
     @property
