@@ -110,7 +110,7 @@ class Trainer:
             for index, (batch, images_in, labels_in) in enumerate(self._gathered(images, labels, shares),
                                                                    start=state.batches_done):
                 torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
-                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+                x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), batch, epoch)
                 first = index - index % cfg.accumulate                 # the group of batches this one is in
                 last = min(first + cfg.accumulate, batches) - 1
                 group_samples = min((last + 1) * cfg.batch_size, samples) - first * cfg.batch_size
@@ -324,12 +324,12 @@ class Trainer:
             del self._threads_before
 
     def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
 
-    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch's augmented uint8 images and targets: the labels, or soft targets under mixup/cutmix."""
+    def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+                       positions: torch.Tensor | None = None, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's augmented images (float, 0..255) and targets: the labels, or soft targets under
+        mixup/cutmix. positions (in the training data) and epoch are where in the run the batch is."""
         x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
@@ -355,7 +355,7 @@ class Trainer:
         images = train.images.to(self.device) if isinstance(train.images, torch.Tensor) else train.images
         positions, images_in, labels_in = next(self._gathered(images, train.labels.to(self.device),
                                                               [batches[index]]))
-        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index))
+        x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), positions, epoch)
         return positions, x, y
 
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
