@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.dataset import ImageDataset
@@ -35,7 +36,12 @@ from imgcls.training import distributed
 from imgcls.training.augment import AugmentConfig, augment_batch, mix
 from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.execution import Execution, Settings, choose_execution
-from imgcls.training.schedule import lr_at
+from imgcls.training.initialisation import WHITENING_PIXELS, dirac_convolutions, whiten_first_convolution
+from imgcls.training.lookahead import Lookahead
+from imgcls.training.schedule import image_size_at, lr_at
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+NORMALISATIONS = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.device = resolve_device(cfg.device)
         self.execution = Execution()     # decided in setup, on the training data
+        self.lookahead: Lookahead | None = None
+        self._flip_sides: torch.Tensor | None = None   # alternating flip: the images flipped in even epochs
         self.augment = AugmentConfig.from_spec(cfg.augment)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.state = TrainState()
@@ -205,7 +213,7 @@ class Trainer:
         one updates. y holds labels, or soft targets after mixup/cutmix
         (then "correct" counts the dominant label)."""
         # A compiled step runs only batches of the shape it was compiled for: an epoch's last, smaller
-        # batch runs eagerly instead of compiling again.
+        # batch (or a progressive size) runs eagerly instead of compiling again.
         model = self.model if self._compiled_shape in (None, tuple(x.shape)) else self.eager_model
         with self._autocast():
             logits = model(x)
@@ -220,9 +228,11 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            if self.lookahead is not None:
+                self.lookahead.after_step(self.net, self.state.step, self.total_steps)
             if self.ema is not None:
                 self.ema.update_parameters(self.net)
-            self.state.step += 1
         return loss.item(), int(self.task.correct(logits.detach(), y))
 
     def _end_epoch(self, record: dict) -> None:
@@ -276,9 +286,11 @@ class Trainer:
         if self.cfg.balance == "weights":
             self.class_weight = class_balance_weights(train.labels, train.num_classes).to(self.device)
         torch.manual_seed(self.cfg.seed)
+        self._initialise(train)
         self.net.to(self.device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self.lookahead = Lookahead(self.net, self.cfg.lookahead) if self.cfg.lookahead else None
         self.optimizer = build_optimizer(self.net, self.cfg)
         self.ema = None
         if self.cfg.ema > 0:
@@ -294,6 +306,44 @@ class Trainer:
             self._compiled_shape = (len(range(self.rank, self.cfg.batch_size, self.world)),
                                     train.preprocessing.channels, *train.preprocessing.size)
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _initialise(self, train: ImageDataset) -> None:
+        """The initialisations and batch-norm momentum the config asks for (a resumed run's
+        checkpoint then replaces the weights), and the alternating flip's sides."""
+        cfg, whitened = self.cfg, None
+        if cfg.whiten:
+            shape = train.preprocessing.size
+            count = max(16, min(5000, WHITENING_PIXELS // (shape[0] * shape[1])))
+            whitened = whiten_first_convolution(self.net, readable_sample(train.images, count))
+        if cfg.dirac:
+            dirac_convolutions(self.net, skip=whitened)
+        if cfg.bn_momentum:
+            for m in self.net.modules():
+                if isinstance(m, BATCH_NORMS):
+                    m.momentum = cfg.bn_momentum
+        if cfg.progressive_size < 1:
+            self._check_resizable(train)
+        self._flip_sides = self._sides(len(train))
+
+    def _sides(self, samples: int) -> torch.Tensor | None:
+        """Which images the alternating flip mirrors in even epochs (a random half, from the seed)."""
+        if not self.augment.alternating_flip:
+            return None
+        return torch.rand(samples, generator=generator(self.cfg.seed, -1)) < 0.5
+
+    def _check_resizable(self, train: ImageDataset) -> None:
+        size = image_size_at(0, train.preprocessing.size, self.cfg)
+        probe = torch.zeros(2, train.preprocessing.channels, *size)
+        was_training = self.net.training
+        try:
+            with torch.no_grad():
+                self.net.eval()(probe)
+        except (RuntimeError, ValueError) as exc:
+            raise ImgclsError(f"progressive resizing trains on {size[0]}x{size[1]} images at first, and this network "
+                              f"takes only its full size ({str(exc).splitlines()[0]}); choose a network with global "
+                              "pooling (vgg, resnet*) or progressive_size 1") from None
+        finally:
+            self.net.train(was_training)
 
     @property
     def bf16(self) -> bool:
@@ -323,14 +373,22 @@ class Trainer:
             torch.set_num_threads(self._threads_before)
             del self._threads_before
 
-    def augmented(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return augment_batch(x, self.augment, gen) if self.augment.changes_images else x.float()
+    def augmented(self, x: torch.Tensor, gen: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        return augment_batch(x, self.augment, gen, flips) if self.augment.changes_images else x.float()
 
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
                        positions: torch.Tensor | None = None, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch's augmented images (float, 0..255) and targets: the labels, or soft targets under
-        mixup/cutmix. positions (in the training data) and epoch are where in the run the batch is."""
-        x, y = mix(self.augmented(images, gen), labels, self.augment, gen, self.task.multi_label, self.num_classes)
+        mixup/cutmix. positions (in the training data) and epoch decide the alternating flip and
+        the progressive size."""
+        flips = None
+        if self._flip_sides is not None and positions is not None:
+            flips = self._flip_sides[positions.cpu()] ^ bool(epoch % 2)
+        x, y = mix(self.augmented(images, gen, flips), labels, self.augment, gen, self.task.multi_label,
+                   self.num_classes)
+        size = image_size_at(epoch, x.shape[2:], self.cfg)
+        if size != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x, y
 
     def epoch_batches(self, labels: torch.Tensor, epoch: int) -> list[torch.Tensor]:
@@ -355,6 +413,7 @@ class Trainer:
         images = train.images.to(self.device) if isinstance(train.images, torch.Tensor) else train.images
         positions, images_in, labels_in = next(self._gathered(images, train.labels.to(self.device),
                                                               [batches[index]]))
+        self._flip_sides = self._sides(len(train))
         x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), positions, epoch)
         return positions, x, y
 
@@ -408,6 +467,8 @@ class Trainer:
         tensors = {**ckpt.prefixed("net", self.net.state_dict()), **opt_tensors}
         if self.ema is not None:
             tensors |= ckpt.prefixed("ema", self.ema.state_dict())
+        if self.lookahead is not None:
+            tensors |= ckpt.prefixed("lookahead", self.lookahead.slow)
         meta = {"state": asdict(self.state), "param_groups": groups, "config": asdict(self.cfg),
                 "task": self.task.kind}
         ckpt.save_checkpoint(self.checkpoint_path(which), tensors, meta)
@@ -430,6 +491,9 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["param_groups"]))
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.unprefixed("ema", tensors))
+        if self.lookahead is not None:
+            for name, value in ckpt.unprefixed("lookahead", tensors).items():
+                self.lookahead.slow[name].copy_(value)
         self.state = TrainState(**meta["state"])
 
     def _load_best(self) -> None:
@@ -504,11 +568,16 @@ def generator(*parts: int) -> torch.Generator:
 def build_optimizer(net: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only, unless decay_norms: decaying norm scales
     and biases only fights the normalisation. A parameter with an `lr_scale` attribute (a
-    fine-tuned body, say) learns at that fraction of the scheduled rate."""
+    fine-tuned body, say) learns at that fraction of the scheduled rate; normalisation layers'
+    biases at norm_bias_lr times it (airbench's higher rate for batch-norm biases). Each
+    (rate, decay) pair is one parameter group, its multiplier in the group's lr_scale."""
+    norm_biases = {id(m.bias) for m in net.modules()
+                   if isinstance(m, NORMALISATIONS) and isinstance(getattr(m, "bias", None), nn.Parameter)}
     by_group: dict[tuple[float, bool], list] = {}
     for p in net.parameters():
         if p.requires_grad:
-            key = (getattr(p, "lr_scale", 1.0), p.ndim > 1 or cfg.decay_norms)
+            scale = getattr(p, "lr_scale", 1.0) * (cfg.norm_bias_lr if id(p) in norm_biases else 1.0)
+            key = (scale, p.ndim > 1 or cfg.decay_norms)
             by_group.setdefault(key, []).append(p)
     by_group.setdefault((1.0, True), [])
     by_group.setdefault((1.0, False), [])
