@@ -17,7 +17,7 @@ from torch import nn
 from imgcls.errors import ImgclsError
 from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "multicrop")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,14 +84,28 @@ def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+def tta_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of images (N, C, H, W) whose predictions test-time augmentation averages: the
+    images; with "flip" also their mirror images; with "multicrop" also each shifted by one pixel
+    down-right and up-left (edges reflected), and those shifts' mirror images (six views, as in
+    airbench's TTA)."""
+    views = [images]
+    if tta in ("flip", "multicrop"):
+        views.append(images.flip(3))
+    if tta == "multicrop" and min(images.shape[2:]) > 1:
+        padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="reflect").to(images.dtype)
+        h, w = images.shape[2:]
+        for shifted in (padded[:, :, :h, :w], padded[:, :, 2:, 2:]):
+            views += [shifted, shifted.flip(3)]
+    return views
+
+
 def with_tta(outputs_of, images: torch.Tensor, tta: str, activation=None):
-    """Probabilities: activation(outputs_of(images)), with tta="flip" averaged with those of the
-    mirror images. activation is the model's task's (softmax, or a sigmoid per label) for logits, or
-    None where outputs_of gives probabilities already. PyTorch and ONNX Runtime models both come
-    here, so they average alike: probabilities, never logits."""
+    """Probabilities: activation(outputs_of(view)) averaged over tta_views(images, tta). activation
+    is the model's task's (softmax, or a sigmoid per label) for logits, or None where outputs_of
+    gives probabilities already. PyTorch and ONNX Runtime models both come here, so they average
+    alike: probabilities, never logits."""
     def proba_of(x):
         return outputs_of(x) if activation is None else activation(outputs_of(x))
-    proba = proba_of(images)
-    if tta == "flip":
-        proba = (proba + proba_of(images.flip(3))) / 2
-    return proba
+    views = tta_views(images, tta)
+    return sum(proba_of(view) for view in views) / len(views)

@@ -1,6 +1,6 @@
 """The airbench-style trainer options, each checked against what it promises: patch whitening (against
 scikit-learn's PCA), identity convolutions, the batch-norm bias learning rate (against plain SGD),
-lookahead (against its formula), the alternating flip and progressive resizing."""
+lookahead (against its formula), the alternating flip, progressive resizing and multi-crop TTA."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from imgcls.data import ImageDataset, load_dataset
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
 from imgcls.models.networks import cnn, vgg
+from imgcls.runtime import tta_views
 from imgcls.training.augment import AugmentConfig
 from imgcls.training.config import TrainingConfig
 from imgcls.training.initialisation import WHITENING_EPS, dirac_convolutions, whiten_first_convolution
@@ -150,3 +151,15 @@ def test_progressive_resizing_grows_the_images_to_full_size(digits):
     with pytest.raises(ImgclsError, match="progressive_size"):
         create_model("cnn", progressive_size=0)
 
+
+def test_multicrop_tta_averages_six_views(digits):
+    images = digits.test.images[:5]
+    views = tta_views(images, "multicrop")
+    assert len(views) == 6 and all(v.dtype == torch.uint8 and v.shape == images.shape for v in views)
+    padded = F.pad(images.float(), (1, 1, 1, 1), mode="reflect")
+    torch.testing.assert_close(views[2].float(), padded[:, :, :-2, :-2])       # content moved down-right
+    torch.testing.assert_close(views[5].float(), padded[:, :, 2:, 2:].flip(3))
+    model = create_model("mlp", epochs=1, batch_size=64, bf16="off").fit(digits.train)
+    expected = np.mean([model.predict_proba(v) for v in views], axis=0)
+    model.tta = "multicrop"
+    np.testing.assert_allclose(model.predict_proba(images), expected, atol=1e-6)
