@@ -23,6 +23,8 @@
 (e) ablation: the airbench-style trainer options, each added alone to the 5-minute recipe
     shortened to --ablation-epochs, on 54,000 images with 6,000 held out: validation accuracy
     (with and without TTA) and training time, over --seeds seeds.
+(f) profile: torch.profiler over steps of the trainer in fp32 and of the plain loop: CPU time per
+    phase (data, forward and loss, backward, optimiser step) and per kind of operation.
 
     python bench/train_fashion.py                    # (a) and (b)
     python bench/train_fashion.py --part throughput
@@ -30,6 +32,7 @@
     python bench/train_fashion.py --part precision
     python bench/train_fashion.py --part choice [--quick]
     python bench/train_fashion.py --part ablation [--quick]
+    python bench/train_fashion.py --part profile --steps 20
 """
 
 from __future__ import annotations
@@ -204,6 +207,71 @@ def step_flops(trainer: Trainer, batch_size: int) -> float:
     return counter.get_total_flops() / batch_size
 
 
+# -- (f) profile: where a training step's time goes ------------------------------------------------
+PHASES = ("data", "forward and loss", "backward", "optimiser step")
+OP_GROUPS = {"convolutions": ("conv",), "matrix products": ("aten::mm", "aten::addmm", "aten::linear"),
+             "batch norm": ("batch_norm",), "pooling": ("pool",),
+             "activations and dropout": ("relu", "threshold", "clamp", "bernoulli", "dropout"),
+             "optimiser kernels": ("_fused_sgd", "sgd")}
+
+
+def profile_steps(train, batch_size: int, steps: int) -> dict:
+    """torch.profiler over `steps` steps of the trainer in fp32 (--bf16 off, the rest chosen as
+    usual) and of the plain loop (0 workers): CPU time per phase of a step, and per kind of operation."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    model = create_model("cnn", batch_size=batch_size, lr=0.05, augment="crop,flip", epochs=10, bf16="off")
+    trainer = Trainer(model.network_for(train), model.training_config())
+    trainer.setup(train)
+    trainer.net.train()
+    gen = torch.Generator().manual_seed(0)
+
+    def ours():
+        with record_function("data"):
+            idx = torch.randint(0, len(train), (batch_size,), generator=gen)
+            x, y = trainer.training_batch(train.images[idx], train.labels[idx], gen)
+        with record_function("forward and loss"):
+            with trainer._autocast():
+                loss = trainer.task.loss(trainer.model(x), y, label_smoothing=0.0)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimiser step"):
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+
+    torch.manual_seed(0)
+    pixels = train.images.float() / 255
+    loader = iter(DataLoader(PlainDataset(train.images, train.labels, pixels.mean().item(), pixels.std().item()),
+                             batch_size=batch_size, shuffle=True, drop_last=True))
+    net = cnn(1, 10, image_size=(28, 28)).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def plain():
+        with record_function("data"):
+            x, y = next(loader)
+        with record_function("forward and loss"):
+            loss = F.cross_entropy(net(x), y)
+        with record_function("backward"):
+            opt.zero_grad()
+            loss.backward()
+        with record_function("optimiser step"):
+            opt.step()
+
+    found = {}
+    for name, step in ((f"imgcls, --bf16 off ({trainer.execution.name})", ours), ("plain PyTorch, fp32, 0 workers", plain)):
+        for _ in range(3):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = prof.key_averages()
+        phases = {e.key: e.cpu_time_total / steps / 1e3 for e in events if e.key in PHASES}
+        groups = {group: sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys)) / steps / 1e3
+                  for group, keys in OP_GROUPS.items()}
+        found[name] = {"phases_ms": phases, "operations_ms": groups,
+                       "images_per_second": batch_size / (sum(phases.values()) / 1e3)}
+    return found
+
+
 # -- (b) time to accuracy ---------------------------------------------------------------------------
 def time_to_accuracy(splits, recipe: str) -> dict:
     settings = dict(RECIPES[recipe])
@@ -360,7 +428,7 @@ def print_ablation_row(row: dict, base: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["throughput", "accuracy", "precision", "choice", "ablation", "both"],
+    parser.add_argument("--part", choices=["throughput", "accuracy", "precision", "choice", "ablation", "profile", "both"],
                         default="both", help="both = throughput and accuracy")
     parser.add_argument("--quick", action="store_true",
                         help="choice: epochs of 10,000 images; ablation: 2 epochs, one seed")
@@ -412,6 +480,14 @@ def main() -> None:
     if args.part == "choice":
         train = splits.train.subset(range(10_000)) if args.quick else splits.train
         results["choice"] = choice_comparison(train, args.networks, args.compile)
+    if args.part == "profile":
+        results["profile"] = profile_steps(splits.train, args.batch_size, args.steps)
+        for name, row in results["profile"].items():
+            print(f"(f) {name}, ms per step of {args.batch_size}: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_ms"].items()) + "; of which "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in row["operations_ms"].items())
+                  + f" ({row['images_per_second']:,.0f} img/s profiled)")
+        print(f"    {load()}")
     if args.part == "ablation":
         epochs, seeds = (2, 1) if args.quick else (args.ablation_epochs, args.seeds)
         results["ablation"] = ablation(epochs, seeds, args.ablations, args.train_images)
