@@ -323,29 +323,34 @@ def epoch_speed(train, network: str, **settings) -> dict:
             "setup_seconds": time.perf_counter() - start - record["seconds"]}
 
 
-def choice_comparison(train, networks: list[str], compile_: str) -> list[dict]:
+def choice_comparison(train, networks: list[str], compile_: str, rounds: int) -> list[dict]:
     rows = []
     threads = torch.get_num_threads()
     for network in networks:
         convolutional = network != "mlp"
-        forced = [f for f in FORCED if convolutional or f[1] == "off"]
+        settings = {"auto": {"compile": compile_}}
+        settings |= {f"bf16 {b}, channels_last {c}": dict(bf16=b, channels_last=c, threads=threads, compile="off")
+                     for b, c in FORCED if convolutional or c == "off"}
+        runs: dict[str, list[dict]] = {name: [] for name in settings}
         before = os.environ.get("IMGCLS_CACHE")
         with tempfile.TemporaryDirectory() as cache:
-            os.environ["IMGCLS_CACHE"] = cache           # the automatic choice measured afresh
+            os.environ["IMGCLS_CACHE"] = cache           # the automatic choice measured afresh, in round 1
             try:
-                auto = epoch_speed(train, network, compile=compile_)
+                for _ in range(rounds):
+                    for name, options in settings.items():
+                        runs[name].append(epoch_speed(train, network, **options))
             finally:
                 os.environ.pop("IMGCLS_CACHE") if before is None else os.environ.update(IMGCLS_CACHE=before)
-        runs = {f"bf16 {b}, channels_last {c}": epoch_speed(train, network, bf16=b, channels_last=c,
-                                                             threads=threads, compile="off")
-                for b, c in forced}
-        best = max(runs, key=lambda name: runs[name]["images_per_second"])
-        ratio = auto["images_per_second"] / runs[best]["images_per_second"]
-        rows.append({"network": network, "auto": auto, "forced": runs, "best_forced": best, "auto_vs_best": ratio,
+        speed = {name: statistics.median(r["images_per_second"] for r in found) for name, found in runs.items()}
+        best = max((name for name in speed if name != "auto"), key=speed.get)
+        ratio = speed["auto"] / speed[best]
+        auto = runs["auto"][0]
+        rows.append({"network": network, "images_per_second": speed, "auto_execution": auto["execution"],
+                     "measuring_seconds": auto["setup_seconds"], "best_forced": best, "auto_vs_best": ratio,
                      "met": ratio >= 0.95, "load": os.getloadavg()})
-        print(f"(d) {network}: auto ({auto['execution']}, measuring {auto['setup_seconds']:.0f} s) "
-              f"{auto['images_per_second']:,.0f} img/s; forced: "
-              + ", ".join(f"{name} {r['images_per_second']:,.0f}" for name, r in runs.items())
+        print(f"(d) {network}: auto ({auto['execution']}, measured in {auto['setup_seconds']:.0f} s) "
+              f"{speed['auto']:,.0f} img/s; forced: "
+              + ", ".join(f"{name} {v:,.0f}" for name, v in speed.items() if name != "auto")
               + f"; auto at {ratio:.2f}x the best forced ({best}): {'met' if ratio >= 0.95 else 'not met'}; {load()}",
               flush=True)
     return rows
@@ -443,6 +448,7 @@ def main() -> None:
                         help="recipes to train side by side, in this order (default all)")
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS),
                         help="choice: the networks to compare")
+    parser.add_argument("--rounds", type=int, default=1, help="choice: epochs of each setting, taking turns")
     parser.add_argument("--compile", choices=["auto", "off"], default="off",
                         help="choice: let the automatic choice consider torch.compile (long runs only)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per throughput contender")
@@ -479,7 +485,7 @@ def main() -> None:
                   f"{row['images_per_second']:,.0f} img/s, validation accuracy {row['val_accuracy']:.2%}")
     if args.part == "choice":
         train = splits.train.subset(range(10_000)) if args.quick else splits.train
-        results["choice"] = choice_comparison(train, args.networks, args.compile)
+        results["choice"] = choice_comparison(train, args.networks, args.compile, args.rounds)
     if args.part == "profile":
         results["profile"] = profile_steps(splits.train, args.batch_size, args.steps)
         for name, row in results["profile"].items():
