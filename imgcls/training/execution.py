@@ -22,7 +22,9 @@ steps beat its eager steps by GAIN.
 
 A choice is cached in fast_paths.json (imgcls.fastpath) per CPU model, torch version, thread
 count, network, input shape, batch size and which settings were left to choose, and said once,
-when measured. A run too short to repay measuring (where measuring would take more than
+when measured; but one measured while other work kept the machine busy (the load average above
+the cores: fewer threads can then win by 4-20x, which a quiet machine would regret) serves only
+the run that measured it. A run too short to repay measuring (where measuring would take more than
 MEASURING_SHARE of its estimated length) takes the defaults without a cached answer: fp32,
 contiguous, torch's threads, eager.
 """
@@ -110,10 +112,10 @@ def choose_execution(net: nn.Module, batch: torch.Tensor, settings: Settings, de
             entry = racer.eager_choice(candidates, _thread_options(settings))
             if entry is None:           # the machine was too busy to tell: defaults, measured again next run
                 return replace(default, compile=settings.compile == "on")
-            cache = read_cache()
-            cache[key] = entry
-            write_cache(cache)
-            _say(net, batch, entry, racer.threads)
+            busy = machine_busy()
+            if not busy:
+                _store(key, entry)
+            _say(net, batch, entry, racer.threads, busy)
         chosen = Execution.from_name(entry["choice"])
         if settings.compile == "on":
             return replace(chosen, compile=True)
@@ -125,13 +127,27 @@ def choose_execution(net: nn.Module, batch: torch.Tensor, settings: Settings, de
             if compiled is None:
                 return chosen
             entry["compile"] = compiled
-            cache = read_cache()
-            cache[key] = entry
-            write_cache(cache)
-            _say_compile(compiled, run_steps)
+            busy = machine_busy() or key not in read_cache()    # stored only with the eager choice
+            if not busy:
+                _store(key, entry)
+            _say_compile(compiled, busy)
         compiled = entry["compile"]
         with_compile = compiled["compile_seconds"] + run_steps * compiled["step"]
         return replace(chosen, compile=with_compile * GAIN < run_steps * compiled["eager_step"])
+
+
+def machine_busy() -> bool:
+    """Whether other work was competing for the cores while we measured: the last minute's load
+    average above the cores plus one (the measuring itself keeps up to the cores busy). What was
+    measured then serves this run; the next run measures again."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return hasattr(os, "getloadavg") and os.getloadavg()[0] > cores + 1
+
+
+def _store(key: str, entry: dict) -> None:
+    cache = read_cache()
+    cache[key] = entry
+    write_cache(cache)
 
 
 def _candidates(net: nn.Module, settings: Settings) -> list[Execution]:
@@ -272,7 +288,7 @@ def _kept_threads():
         torch.set_num_threads(threads)
 
 
-def _say(net: nn.Module, batch: torch.Tensor, entry: dict, threads: int) -> None:
+def _say(net: nn.Module, batch: torch.Tensor, entry: dict, threads: int, busy: bool) -> None:
     from imgcls.progress import console
     seconds, choice = entry["seconds"], entry["choice"]
     default = next(iter(seconds))
@@ -285,12 +301,17 @@ def _say(net: nn.Module, batch: torch.Tensor, entry: dict, threads: int) -> None
         said += f"; {Execution.from_name(few).threads} thread(s) at {n_many / n_few:.2f}x the speed of {threads}"
     shape = "x".join(map(str, batch.shape[1:]))
     console.print(f"fast path: training {network_key(net)} on batches of {len(batch)} x {shape}: {said} (medians of "
-                  f"{entry['rounds']} rounds; cached in {cache_path()})", highlight=False, soft_wrap=True)
+                  f"{entry['rounds']} rounds; {_kept(busy)})", highlight=False, soft_wrap=True)
 
 
-def _say_compile(compiled: dict, run_steps: int) -> None:
+def _say_compile(compiled: dict, busy: bool) -> None:
     from imgcls.progress import console
     gain = compiled["eager_step"] / compiled["step"]
     console.print(f"fast path: torch.compile takes {compiled['compile_seconds']:.0f} s here and then steps "
-                  f"{gain:.2f}x as fast (cached in {cache_path()})", highlight=False, soft_wrap=True)
+                  f"{gain:.2f}x as fast ({_kept(busy)})", highlight=False, soft_wrap=True)
 
+
+def _kept(busy: bool) -> str:
+    if busy:
+        return "measured while other work kept the machine busy: for this run only, measured again next time"
+    return f"cached in {cache_path()}"
