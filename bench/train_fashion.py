@@ -6,7 +6,7 @@
     gets), and a plain PyTorch loop over the same network (torch DataLoader over a Dataset with
     torchvision transforms v2, fp32, 0 and 2 workers): same augmentation (random crop with
     padding 4, horizontal flip), optimiser and batch size. The contenders take turns, a window
-    of 5 steps each, and each one's median images/s counts. Also the FLOPs of a training step
+    of 20 steps each, and each one's median images/s counts. Also the FLOPs of a training step
     (torch.utils.flop_counter: convolutions and matrix products, forward and backward) and the
     fraction they reach of the machine's GEMM peak, measured in the same run (torch.matmul on
     2048 x 2048 matrices, fp32 and bf16).
@@ -73,6 +73,7 @@ NETWORKS = {
     "resnet20": dict(model="resnet20", batch_size=128, lr=0.1, augment="crop,flip", epochs=10),
     "mlp": dict(model="mlp", batch_size=128, lr=0.05, epochs=10),
 }
+WINDOW = 20
 FORCED = [("off", "off"), ("off", "on"), ("on", "off"), ("on", "on")]     # (bf16, channels_last)
 
 
@@ -164,9 +165,11 @@ def throughput(train, steps: int, batch_size: int) -> dict:
             torch.set_num_threads(c.threads)
             next(c.steps)
         c.warmup_seconds = time.perf_counter() - start
-    for _ in range(max(1, steps // 5)):
+    # Windows of WINDOW steps: a DataLoader's workers prepare up to 4 batches while the others run,
+    # which a short window would not count.
+    for _ in range(max(3, steps // WINDOW)):
         for c in contenders:
-            c.window(5, batch_size)
+            c.window(WINDOW, batch_size)
     peak = gemm_peak()
     flops = step_flops(trainer, batch_size)
     best_plain = max(statistics.median(c.rates) for c in contenders[2:])
@@ -451,7 +454,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="choice: epochs of each setting, taking turns")
     parser.add_argument("--compile", choices=["auto", "off"], default="off",
                         help="choice: let the automatic choice consider torch.compile (long runs only)")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per throughput contender")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="throughput: timed steps per contender (in windows of 20); profile: profiled steps")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
