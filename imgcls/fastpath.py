@@ -1,10 +1,10 @@
 """Fast paths measured, not guessed: each answer is timed once on this CPU, then cached.
 
-- `bf16_is_faster`: whether bf16 autocast (with channels_last for convolutional networks) beats
-  fp32 for this network;
-- `fp32_channels_last_is_faster`: whether, in fp32, a convolutional network runs faster in
-  channels_last (oneDNN's kernels for it: EfficientNet-Lite0's depthwise convolutions train
-  2.5x faster on an AMD EPYC; small convolutions can lose);
+- `timed_medians`: the timing every measured choice rests on: candidates take turns in rounds,
+  medians count, more rounds run while they disagree, and implausible timings choose nothing;
+- `bf16_is_faster`: whether bf16 autocast (with channels_last for convolutional networks) runs
+  this network's forward pass faster than fp32 (prediction; training measures its own choices,
+  at its own batch size, in imgcls.training.execution);
 - `fastest`: which of several exact implementations of the same work is quickest (the kNN
   engines use it);
 - `measured_once`, `interleaved_times` and `int8_gemm_run`: the pieces for a measurement of
@@ -12,14 +12,11 @@
 
 A CPU flag is a guess: AMX-capable Intel CPUs and AMD EPYC CPUs with AVX-512 bf16 (no AMX) both
 run bf16 matrix work natively, but how much faster a given network gets differs, and on a CPU
-without either bf16 loses. So on a CPU that has AMX or AVX-512 bf16, `--bf16 auto` times a few
-forward (and, for training, backward) passes of a copy of the actual network on a batch of the
-actual input in both precisions, and takes bf16 where it is at least MIN_GAIN times as fast as
-the faster fp32 layout (contiguous, or channels_last for convolutional networks, which fp32
-takes where it is MIN_GAIN times as fast as contiguous). The answers are cached per CPU model,
-torch version, thread count, network (and how much of it trains) and input shape, in
-fast_paths.json in cache_dir() ($IMGCLS_CACHE, else $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls),
-so the measurement runs once.
+without either bf16 loses. So on a CPU that has AMX or AVX-512 bf16, `--bf16 auto` times forward
+passes of a copy of the actual network on a batch of the actual input in both precisions, and
+takes bf16 where it is at least MIN_GAIN times as fast. Answers are cached per CPU model, torch
+version, thread count, network and input shape, in fast_paths.json in cache_dir() ($IMGCLS_CACHE,
+else $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls), so each measurement runs once.
 """
 
 from __future__ import annotations
@@ -29,7 +26,9 @@ import copy
 import json
 import platform
 import re
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,8 +41,11 @@ MIN_GAIN = 1.15          # bf16 must beat fp32 by this much: a tie is not worth 
 MEASURE_BATCH = 64     # near a training batch: bf16 gains grow with the matrix sizes...
 MEASURE_BYTES = 2**23  # ...but fewer rows of large images (8 MB of float input: 13 at 224 px), so a
                        # fine-tuned EfficientNet is measured in seconds, not minutes
-TIMED_STEPS = 3
 RACE_ROUNDS = 5
+ROUNDS = 5               # timed_medians: interleaved rounds per measurement,
+MAX_ROUNDS = 15          # and more, up to this many, while the rounds disagree:
+NOISE = 0.15             # a candidate's interquartile range above this fraction of its median,
+PLAUSIBLE = 8.0          # or one way of doing the same work this many times faster than another
 
 
 def bf16_capable_cpu() -> bool:
@@ -60,33 +62,23 @@ def cpu_model() -> str:
     return found.group(1).strip() if found else (platform.processor() or platform.machine())
 
 
-def bf16_is_faster(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> bool:
-    """The cached or freshly measured answer for this network and input on this CPU."""
-    return bool(_measured(net, example, train, channels_last)["bf16"])
-
-
-def fp32_channels_last_is_faster(net: nn.Module, example: torch.Tensor, train: bool) -> bool:
-    """Whether fp32 runs this convolutional network faster in channels_last than contiguous, on this
-    CPU (measured with bf16_is_faster's question, and cached with it)."""
-    return bool(_measured(net, example, train, channels_last=True, bf16=bf16_capable_cpu())["fp32_channels_last"])
-
-
-def _measured(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool, bf16: bool = True) -> dict:
-    """The cache's entry for this network and input, measured now where it is missing."""
-    key = _key(net, example, train, channels_last)
-    cache = _read_cache()
-    if "fp32_channels_last" not in cache.get(key, {}):
-        found = measure(net, example, train, channels_last, bf16)
-        gain, layout = found["gain"], found["fp32_channels_last"]
-        cache[key] = {"gain": round(gain, 3), "bf16": gain >= MIN_GAIN, "fp32_channels_last": layout}
-        _write_cache(cache)
+def bf16_is_faster(net: nn.Module, example: torch.Tensor, channels_last: bool) -> bool:
+    """The cached or freshly measured answer for running this network on inputs like example (a
+    forward pass without gradients) on this CPU. Training measures its own choices, at its own
+    batch size (imgcls.training.execution)."""
+    key = _key(net, example, channels_last)
+    cache = read_cache()
+    if key not in cache:
+        gain = measure_gain(net, example, channels_last)
+        if gain is None:
+            return False        # the machine was too busy to tell: fp32, and measure again next time
+        cache[key] = {"gain": round(gain, 3), "bf16": gain >= MIN_GAIN}
+        write_cache(cache)
         from imgcls.progress import console
-        fp32 = "fp32" + (" + channels_last" if layout else "")
-        choice = "bf16 autocast" + (" + channels_last" if channels_last else "") if gain >= MIN_GAIN else fp32
-        bf16_text = f"bf16 measured at {gain:.2f}x {fp32}'s speed" if bf16 else f"{fp32} measured fastest"
-        console.print(f"fast path: {choice} ({'training' if train else 'inference'}: {bf16_text} for this network "
+        choice = "bf16 autocast" + (" + channels_last" if channels_last else "") if gain >= MIN_GAIN else "fp32"
+        console.print(f"fast path: {choice} (inference: bf16 measured at {gain:.2f}x fp32's speed for this network "
                       f"on this CPU; cached in {cache_path()})", highlight=False, soft_wrap=True)
-    return cache[key]
+    return bool(cache[key]["bf16"])
 
 
 def fastest(what: str, candidates: dict[str, Callable[[], object]], key: str) -> str:
@@ -96,13 +88,13 @@ def fastest(what: str, candidates: dict[str, Callable[[], object]], key: str) ->
     on the machine hits all of them alike) and each one's best time counts. The answer is cached
     under key (with the CPU model, torch version and thread count) and said once when measured.
     """
-    full_key = "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads", key])
-    cache = _read_cache()
+    full_key = "|".join([*machine_key(), key])
+    cache = read_cache()
     if cache.get(full_key, {}).get("choice") not in candidates:
         seconds = race(candidates)
         winner = min(seconds, key=seconds.get)
         cache[full_key] = {"choice": winner, "seconds": {name: round(s, 6) for name, s in seconds.items()}}
-        _write_cache(cache)
+        write_cache(cache)
         from imgcls.progress import console
         others = ", ".join(f"{seconds[name] / seconds[winner]:.2f}x faster than {name}"
                            for name in seconds if name != winner)
@@ -157,88 +149,124 @@ def measured_once(what: str, key: str, measure: Callable[[], tuple[dict, str, bo
     """The answer cached under key (with the CPU model, torch version and thread count) where it
     is still valid, else measure() -> (answer, summary, keep): said once, and cached where keep
     (a measurement that failed its own checks is used for this run but not kept)."""
-    full_key = "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads", key])
-    cache = _read_cache()
+    full_key = "|".join([*machine_key(), key])
+    cache = read_cache()
     if full_key in cache and valid(cache[full_key]):
         return cache[full_key]
     answer, summary, keep = measure()
     if keep:
-        cache = _read_cache()
+        cache = read_cache()
         cache[full_key] = answer
-        _write_cache(cache)
+        write_cache(cache)
     from imgcls.progress import console
     where = f"cached in {cache_path()}" if keep else "not cached: it will be measured again"
     console.print(f"fast path: {what}: {summary} (measured on this CPU; {where})", highlight=False, soft_wrap=True)
     return answer
 
 
-def measure_gain(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> float:
-    """fp32 time / bf16 time of a few steps on a copy of net (see measure)."""
-    return measure(net, example, train, channels_last)["gain"]
+@dataclass
+class Medians:
+    """What `timed_medians` measured: each candidate's median seconds per call, over how many rounds,
+    and whether the rounds agreed (every candidate's interquartile range within NOISE of its median)."""
+
+    seconds: dict[str, float]
+    rounds: int
+    settled: bool
+
+    def ratio(self, slower: str, faster: str) -> float:
+        return self.seconds[slower] / max(self.seconds[faster], 1e-12)
 
 
-def measure(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool, bf16: bool = True) -> dict:
-    """A few steps on copies of net (the original and the random number generators are left as
-    they were, so a measured run trains exactly like a cached one): in fp32, contiguous and (for
-    channels_last networks) channels_last, the latter kept where MIN_GAIN times as fast; and with
-    bf16, bf16 autocast (channels_last as asked). {"gain": the faster fp32's time / bf16's
-    (0 without bf16), "fp32_channels_last": whether fp32 took channels_last}."""
+def timed_medians(candidates: dict[str, Callable[[], object]], warmup: int = 1) -> Medians | None:
+    """Each candidate's median seconds per call, over interleaved rounds after `warmup` calls each.
+
+    The candidates take turns in every round, the order rotating from round to round, so neither
+    its position nor a burst of other work on the machine favours one. While the rounds disagree
+    (a candidate's times spread by more than NOISE of its median, or two medians PLAUSIBLE times
+    apart: a stall, not a speed), ROUNDS more run, up to MAX_ROUNDS. None when the medians are
+    still implausible then: nothing should be chosen or cached from them.
+    """
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    while True:
+        for _ in range(ROUNDS):
+            shift = len(times[names[0]]) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                candidates[name]()
+                times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        plausible = max(medians.values()) <= PLAUSIBLE * min(medians.values())
+        settled = plausible and all(_spread(times[name]) <= NOISE * medians[name] for name in names)
+        rounds = len(times[names[0]])
+        if settled or rounds >= MAX_ROUNDS:
+            return Medians(medians, rounds, settled) if plausible else None
+
+
+def _spread(times: list[float]) -> float:
+    low, _, high = statistics.quantiles(times, n=4)
+    return high - low
+
+
+def measure_gain(net: nn.Module, example: torch.Tensor, channels_last: bool) -> float | None:
+    """fp32 time / bf16 time of a forward pass over a batch of example, on copies of net (the
+    original and the random number generators are left as they were); None where the timings were
+    implausible (see timed_medians)."""
     per_image = 4 * max(1, example[0].numel()) if len(example) else 1
     batch = example[:max(8, min(MEASURE_BATCH, MEASURE_BYTES // per_image))].float()
     with torch.random.fork_rng(devices=[]):
-        fp32 = _seconds(copy.deepcopy(net), batch, train, bf16=False, channels_last=False)
-        layout = False
-        if channels_last:
-            fp32_cl = _seconds(copy.deepcopy(net), batch, train, bf16=False, channels_last=True)
-            layout = fp32 / max(fp32_cl, 1e-9) >= MIN_GAIN
-            fp32 = fp32_cl if layout else fp32
-        if not bf16:
-            return {"gain": 0.0, "fp32_channels_last": layout}
-        bf16_seconds = _seconds(copy.deepcopy(net), batch, train, bf16=True, channels_last=channels_last)
-    return {"gain": fp32 / max(bf16_seconds, 1e-9), "fp32_channels_last": layout}
+        timing = timed_medians({"fp32": _forward(copy.deepcopy(net), batch, bf16=False, channels_last=False),
+                                "bf16": _forward(copy.deepcopy(net), batch, bf16=True, channels_last=channels_last)})
+    return None if timing is None else timing.ratio("fp32", "bf16")
 
 
-def _seconds(net: nn.Module, batch: torch.Tensor, train: bool, *, bf16: bool, channels_last: bool) -> float:
-    net = net.cpu().train(train)
+def _forward(net: nn.Module, batch: torch.Tensor, *, bf16: bool, channels_last: bool) -> Callable[[], object]:
+    net = net.cpu().eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    best = float("inf")
-    for step in range(TIMED_STEPS + 1):          # the first step warms up (allocations, kernel choice)
-        start = time.perf_counter()
-        with torch.set_grad_enabled(train), autocast:
-            out = net(batch).float()
-        if train:
-            out.square().mean().backward()
-        if step:
-            best = min(best, time.perf_counter() - start)
-    return best
+
+    @torch.no_grad()
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return net(batch)
+    return run
 
 
 def cache_path() -> Path:
     return cache_dir() / "fast_paths.json"
 
 
-def _key(net: nn.Module, example: torch.Tensor, train: bool, channels_last: bool) -> str:
-    parameters = sum(p.numel() for p in net.parameters())
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad) if train else parameters
+def network_key(net: nn.Module) -> str:
+    """The network's part of a cache key: its class and size, and how much of it trains (a frozen
+    part, as in a fine-tune's first stage, trains without its backward pass: another question)."""
     body = getattr(net, "body", net)
-    # A frozen part (a fine-tune's first stage) trains without its backward pass: another question.
-    size = f"{parameters}" if trainable == parameters else f"{parameters} ({trainable} trained)"
-    return "|".join([cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads",
-                     f"{type(body).__name__}:{size}", "x".join(map(str, example.shape[1:])),
-                     "train" if train else "infer", "channels_last" if channels_last else "contiguous"])
+    parameters = sum(p.numel() for p in net.parameters())
+    trained = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return f"{type(body).__name__}:{parameters}" + (f" ({trained} trained)" if trained != parameters else "")
 
 
-def _read_cache() -> dict:
+def machine_key() -> list[str]:
+    """The machine's part of a cache key: CPU model, torch version and thread count."""
+    return [cpu_model(), torch.__version__, f"{torch.get_num_threads()} threads"]
+
+
+def _key(net: nn.Module, example: torch.Tensor, channels_last: bool) -> str:
+    return "|".join([*machine_key(), network_key(net), "x".join(map(str, example.shape[1:])),
+                     "infer", "channels_last" if channels_last else "contiguous"])
+
+
+def read_cache() -> dict:
     try:
         return json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _write_cache(cache: dict) -> None:
+def write_cache(cache: dict) -> None:
     try:
         write_text(cache_path(), json.dumps(cache, indent=1, sort_keys=True))
     except OSError:

@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch import nn
 
 from imgcls.errors import ImgclsError
-from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster, fp32_channels_last_is_faster
+from imgcls.fastpath import bf16_capable_cpu, bf16_is_faster
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "multicrop")
 # Images a network runs at a time when it predicts (at most; see rows_per_pass), and so the batch in
 # which evaluation, indexing and the doctor read a whole split: a streamed split then meets the network in the same batches
 # as the split in memory (512 is a multiple of an exported model's 64 too), and its probabilities
@@ -63,35 +63,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, example: torch.Tensor | None = None,
-             train: bool = False) -> bool:
-    """auto: on CUDA, where the GPU has bf16; on a CPU with native bf16 instructions (AMX or AVX-512
-    bf16), where bf16 autocast runs net faster than fp32 on inputs like example, as measured once
-    and cached (imgcls.fastpath); elsewhere, and without a network to measure, fp32."""
+def use_bf16(setting: str, device: torch.device, net: nn.Module | None = None, example: torch.Tensor | None = None
+             ) -> bool:
+    """Whether to run net (forward, no gradients) in bf16 autocast. auto: on CUDA, where the GPU has
+    bf16; on a CPU with native bf16 instructions (AMX or AVX-512 bf16), where bf16 autocast runs
+    net faster than fp32 on inputs like example, as measured once and cached (imgcls.fastpath);
+    elsewhere, and without a network to measure, fp32. Training chooses its own, measured at its
+    batch size (imgcls.training.execution)."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu" or net is None or example is None or not len(example) or not bf16_capable_cpu():
         return False
-    return bf16_is_faster(net, example, train, channels_last=has_convolutions(net))
+    return bf16_is_faster(net, example, channels_last=has_convolutions(net))
 
 
-def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool,
-                      example: torch.Tensor | None = None, train: bool = False) -> bool:
+def use_channels_last(setting: str, device: torch.device, net: nn.Module, bf16: bool) -> bool:
     """auto: channels_last for convolutional networks in bf16 (on CPU and CUDA), where oneDNN and
-    cuDNN have their fast kernels; measured by bench/train_fashion.py. In fp32 on the CPU it is
-    faster for some networks (depthwise convolutions) and slower for others: with an example
-    input it is measured (imgcls.fastpath, cached), without one left off."""
+    cuDNN have their fast kernels. In fp32 on the CPU it can be slower, so auto leaves it off there
+    (training measures both layouts instead: imgcls.training.execution)."""
     if setting != "auto":
         return setting == "on"
-    if not has_convolutions(net) or device.type not in ("cpu", "cuda"):
-        return False
-    if bf16:
-        return True
-    if device.type != "cpu" or example is None or not len(example):
-        return False
-    return fp32_channels_last_is_faster(net, example, train)
+    return has_convolutions(net) and bf16 and device.type in ("cpu", "cuda")
 
 
 def has_convolutions(net: nn.Module) -> bool:
@@ -119,14 +113,28 @@ def predict_logits(net: nn.Module, images: torch.Tensor, *, device: torch.device
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+def tta_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of images (N, C, H, W) whose predictions test-time augmentation averages: the
+    images; with "flip" also their mirror images; with "multicrop" also each shifted by one pixel
+    down-right and up-left (edges reflected), and those shifts' mirror images (six views, as in
+    airbench's TTA)."""
+    views = [images]
+    if tta in ("flip", "multicrop"):
+        views.append(images.flip(3))
+    if tta == "multicrop" and min(images.shape[2:]) > 1:
+        padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="reflect").to(images.dtype)
+        h, w = images.shape[2:]
+        for shifted in (padded[:, :, :h, :w], padded[:, :, 2:, 2:]):
+            views += [shifted, shifted.flip(3)]
+    return views
+
+
 def with_tta(outputs_of, images: torch.Tensor, tta: str, activation=None):
-    """Probabilities: activation(outputs_of(images)), with tta="flip" averaged with those of the
-    mirror images. activation is the model's task's (softmax, or a sigmoid per label) for logits, or
-    None where outputs_of gives probabilities already. PyTorch and ONNX Runtime models both come
-    here, so they average alike: probabilities, never logits."""
+    """Probabilities: activation(outputs_of(view)) averaged over tta_views(images, tta). activation
+    is the model's task's (softmax, or a sigmoid per label) for logits, or None where outputs_of
+    gives probabilities already. PyTorch and ONNX Runtime models both come here, so they average
+    alike: probabilities, never logits."""
     def proba_of(x):
         return outputs_of(x) if activation is None else activation(outputs_of(x))
-    proba = proba_of(images)
-    if tta == "flip":
-        proba = (proba + proba_of(images.flip(3))) / 2
-    return proba
+    views = tta_views(images, tta)
+    return sum(proba_of(view) for view in views) / len(views)

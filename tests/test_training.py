@@ -75,7 +75,9 @@ def test_flip_tta_averages_image_and_mirror(digits):
 
 
 @pytest.mark.parametrize("options", [dict(augment="crop,flip", dropout=0.2), dict(ema=0.9, opt="adamw", lr=3e-3),
-                                     dict(augment="rrc,randaugment,mixup=0.2,cutmix", label_smoothing=0.1)])
+                                     dict(augment="rrc,randaugment,mixup=0.2,cutmix", label_smoothing=0.1),
+                                     dict(lookahead=3, bn_momentum=0.5, batchnorm=True, norm_bias_lr=4,
+                                          augment="crop=1,flip=alternate")])
 def test_resume_is_exact(digits, tmp_path, options, stop_after):
     params = {**FAST, "epochs": 4, **options}
     whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a")
@@ -100,7 +102,8 @@ class StopAtBatch(Hook):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("options", [dict(augment="crop,flip,mixup", dropout=0.2), dict(ema=0.9, accumulate=3)])
+@pytest.mark.parametrize("options", [dict(augment="crop,flip,mixup", dropout=0.2), dict(ema=0.9, accumulate=3),
+                                     dict(lookahead=5, batchnorm=True, augment="flip=alternate")])
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(digits, tmp_path, options):
     # 1,257 images in batches of 64: 20 per epoch. Checkpoints every 4 optimiser steps; the crash
     # comes in epoch 2, a few batches after one, so the resumed run redoes those batches.
@@ -279,5 +282,24 @@ def test_compile_on_trains_the_same_network(digits, tmp_path, monkeypatch):
                                [r["train_loss"] for r in runs["off"].history_], rtol=1e-4)
     saved = load_model(runs["on"].save(tmp_path / "compiled.safetensors"))     # plain names, no _orig_mod
     np.testing.assert_allclose(saved.predict_proba(images[:8]), runs["off"].predict_proba(images[:8]), atol=1e-4)
-    with pytest.raises(ImgclsError, match="compile must be on or off"):
+    with pytest.raises(ImgclsError, match="compile must be auto, on or off"):
         create_model("mlp", compile="yes").fit(images, labels)
+
+
+
+def test_a_compiled_step_runs_only_the_batch_shape_it_was_compiled_for(digits, monkeypatch):
+    # The last batch of each epoch is smaller: it runs eagerly rather than compiling again.
+    seen = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return self.model(x)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Compiled(model))
+    model = create_model("mlp", hidden="32", epochs=2, batch_size=64, bf16="off", compile="on").fit(digits.train)
+    assert seen and set(seen) == {(64, *digits.train.images.shape[1:])}
+    assert len(seen) == 2 * (len(digits.train) // 64) and model.train_state_.step == 2 * math.ceil(len(digits.train) / 64)

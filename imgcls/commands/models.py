@@ -38,7 +38,7 @@ def handle(args) -> int:
     console.print(table)
     console.print("Neural networks also take the training options: "
                   + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainingConfig))
-                  + ", and tta=none|flip (test-time augmentation)", highlight=False)
+                  + ", and tta=none|flip|multicrop (test-time augmentation)", highlight=False)
     console.print("Any timm architecture: --model timm:NAME (e.g. timm:resnet18).", highlight=False)
     console.print("Every model learns single- and multi-label data; for multi-label data threshold=0 chooses each "
                   "label's threshold on the validation split (threshold=0.5: one for all).", highlight=False)

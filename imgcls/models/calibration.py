@@ -31,7 +31,7 @@ import torch
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.stream import image_batches
 from imgcls.errors import ImgclsError
-from imgcls.runtime import rows_per_read
+from imgcls.runtime import rows_per_read, tta_views
 
 METHODS = ("temperature", "sigmoid", "isotonic")
 # A fitted temperature is kept within these bounds: a validation split the model gets entirely
@@ -215,13 +215,10 @@ def _streamed_views(model, X: ImageDataset) -> tuple[list[torch.Tensor], np.ndar
 
 
 def temperature_views(model, inputs) -> list[torch.Tensor]:
-    """The logits whose softmaxes predict_proba averages: the images', and with tta="flip" also the
-    mirror images' (so T is fitted for the probabilities the model really gives)."""
+    """The logits whose softmaxes predict_proba averages: the images', and with test-time
+    augmentation its other views' too (so T is fitted for the probabilities the model really gives)."""
     images = model._inputs(inputs)
-    views = [model.logits(images)]
-    if model.capabilities.network and model.tta == "flip":
-        views.append(model.logits(images.flip(3)))
-    return [v.double() for v in views]
+    return [model.logits(view).double() for view in tta_views(images, getattr(model, "tta", "none"))]
 
 
 def fit_temperature(views: list[torch.Tensor] | torch.Tensor, labels) -> float:

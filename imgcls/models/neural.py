@@ -81,7 +81,9 @@ class NeuralClassifier(Classifier, TrainingConfig):
     """Hyperparameters: the TrainingConfig fields, `tta`, and the network's own options.
 
     tta="flip" averages the predictions for each image and its mirror image (test-time
-    augmentation): worth it where flipping keeps the meaning (clothes, objects; not digits).
+    augmentation): worth it where flipping keeps the meaning (clothes, objects; not digits);
+    tta="multicrop" also averages those of the image shifted by a pixel either way diagonally, and
+    of their mirror images (six views).
     """
 
     tta: str = "none"

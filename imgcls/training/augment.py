@@ -59,6 +59,9 @@ class AugmentConfig:
     crop_padding: random translation by up to this many pixels (random crop of the padded image).
     pad_mode: "reflect" or "zeros": what fills pixels shifted or rotated in from outside the image.
     flip: random horizontal flip with probability 1/2.
+    alternating_flip: with flip, the trainer flips each image in every other epoch instead (a
+        random half of the images in even epochs, the other half in odd ones: airbench's
+        alternating flip, so consecutive epochs see both sides); see `augment_batch`'s flips.
     rotation: maximum angle in degrees; each image turns by a uniform angle in [-rotation, rotation].
     brightness, contrast, saturation: colour jitter, factors uniform in [1 - x, 1 + x]; saturation
         only touches 3-channel images.
@@ -77,6 +80,7 @@ class AugmentConfig:
     crop_padding: int = 0
     pad_mode: str = "reflect"
     flip: bool = False
+    alternating_flip: bool = False
     rotation: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
@@ -133,6 +137,7 @@ class AugmentConfig:
         """Parse a comma list such as "crop,flip" or "crop=4,flip,rotate=10,jitter=0.2,erase=0.25".
 
         Bare names take SPEC_DEFAULTS; jitter=x sets brightness, contrast and saturation to x;
+        flip=alternate flips every other epoch (see alternating_flip);
         pad=zeros switches the padding mode; randaugment=2:9 sets its num_ops:magnitude; one policy
         at a time (randaugment, trivialaugment, autoaugment); "none" or "" is no augmentation.
         Later items win.
@@ -143,10 +148,12 @@ class AugmentConfig:
             name = name.lower()
             if name not in SPEC_NAMES:
                 raise ImgclsError(f"unknown augmentation {name!r} in {spec!r}; valid names: {', '.join(SPEC_NAMES)}")
-            if name in ("none", "flip", "trivialaugment", "autoaugment") and has_value:
+            if name in ("none", "trivialaugment", "autoaugment") and has_value:
                 raise ImgclsError(f"augmentation {name!r} takes no value, got {item!r}")
             if name == "flip":
-                values["flip"] = True
+                if has_value and text != "alternate":
+                    raise ImgclsError(f"flip takes no value, or flip=alternate, got {item!r}")
+                values.update(flip=True, alternating_flip=bool(has_value))
             elif name in POLICIES[1:]:
                 ops, magnitude = _parse_randaugment(text) if has_value else RANDAUGMENT_DEFAULT
                 values.update(policy=name, policy_ops=ops, policy_magnitude=magnitude)
@@ -160,7 +167,8 @@ class AugmentConfig:
 
     def to_spec(self) -> str:
         """The spec string `from_spec` turns back into this config, for writing into run configs."""
-        items: dict[str, object] = {"crop": self.crop_padding, "flip": self.flip, "rotate": self.rotation}
+        flip = "alternate" if self.flip and self.alternating_flip else self.flip
+        items: dict[str, object] = {"crop": self.crop_padding, "flip": flip, "rotate": self.rotation}
         if self.brightness == self.contrast == self.saturation:
             items["jitter"] = self.brightness
         else:
@@ -229,8 +237,11 @@ def crop_boxes(count: int, size: tuple[int, int], cfg: AugmentConfig, generator:
 
 
 def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
-                  cropped: bool = False) -> torch.Tensor:
+                  cropped: bool = False, flips: torch.Tensor | None = None) -> torch.Tensor:
     """Augment a batch (N, C, H, W) of uint8 or float pixels in 0..255; returns float32 in 0..255, same shape.
+
+    flips (N,) bool, where given, says which images cfg.flip mirrors instead of a random draw (the
+    trainer's alternating flip).
 
     The input is converted to float32 once and never modified; an identity config returns that
     conversion as is (the input itself when it is already float32). Random parameters are drawn on
@@ -261,7 +272,8 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     if cfg.crop_padding or cfg.flip:
         # A gather moves pixels without changing them: on uint8, before the float conversion, it
         # moves a quarter of the bytes (4x faster on a batch of 224 px photos).
-        x = _shift_flip(x, shift, flip if cfg.flip else None, cfg.crop_padding, cfg.pad_mode)
+        mirrored = (flip < 0.5 if flips is None else flips.to(x.device)) if cfg.flip else None
+        x = _shift_flip(x, shift, mirrored, cfg.crop_padding, cfg.pad_mode)
     x = x.to(torch.float32)
     if cfg.rotation:
         x = _rotate(x, (2 * angle - 1) * cfg.rotation, cfg.pad_mode)
@@ -360,7 +372,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _shift_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor | None, pad: int, mode: str) -> torch.Tensor:
-    """Shift each image by its own (dy, dx) in [-pad, pad] and mirror the chosen ones, in one gather.
+    """Shift each image by its own (dy, dx) in [-pad, pad] and mirror those where flip (bool) is set, in one gather.
 
     A random crop of the padded image is such a shift; folding the flip into the column index saves a
     pass over the batch, and reflect mode maps outside pixels to their sources instead of padding.
@@ -372,7 +384,7 @@ def _shift_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor | None,
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device).expand(n, w)
     if flip is not None:
-        cols = torch.where(flip[:, None] < 0.5, cols.flip(1), cols)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
     cols = dx[:, None] + cols
     if mode == "reflect":
         rows, cols = _reflect(rows, h), _reflect(cols, w)

@@ -1,4 +1,4 @@
-"""The learning rate as one pure function of the step."""
+"""The learning rate as one pure function of the step, and the image size as one of the epoch."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainingConfig
     milestones = (range(cfg.step_every, epochs, cfg.step_every) if cfg.step_every
                   else (epochs // 2, (3 * epochs) // 4))
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in milestones)
+
+
+def image_size_at(epoch: int, size: tuple[int, int], cfg: TrainingConfig) -> tuple[int, int]:
+    """The image size epoch `epoch` (0-based) trains at: with progressive resizing, progressive_size
+    of each side at first, growing linearly to the full size over progressive_until of the epochs."""
+    ramp = cfg.progressive_until * cfg.epochs
+    if cfg.progressive_size >= 1 or epoch >= ramp:
+        return tuple(size)
+    scale = cfg.progressive_size + (1 - cfg.progressive_size) * epoch / ramp
+    return tuple(max(1, round(side * scale)) for side in size)
