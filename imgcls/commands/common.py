@@ -120,13 +120,28 @@ def model_fields() -> dict[str, tuple[type, list[str]]]:
     return fields
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added."""
+def add_model_flags(parser: argparse.ArgumentParser, plannable: tuple[str, ...] = ()) -> list[argparse.Action]:
+    """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added.
+    Those named in plannable also take "auto" (planned from the data and the time budget)."""
     group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
-    return [group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind, default=None,
-                               metavar="yes|no" if kind is yes_no else kind.__name__.upper(),
-                               help=f"({_owners_text(owners)})")
-            for name, (kind, owners) in sorted(model_fields().items())]
+    actions = []
+    for name, (kind, owners) in sorted(model_fields().items()):
+        metavar = "yes|no" if kind is yes_no else kind.__name__.upper()
+        help_text = f"({_owners_text(owners)})"
+        if name in plannable:
+            kind, metavar = auto_or(kind), f"{metavar}|auto"
+            help_text = f"({_owners_text(owners)}; networks: default auto, planned from the data and the budget)"
+        actions.append(group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=kind,
+                                          default=None, metavar=metavar, help=help_text))
+    return actions
+
+
+def auto_or(kind: type):
+    """An argparse type: "auto", or a value of kind."""
+    def parse(text: str):
+        return "auto" if str(text).strip().lower() == "auto" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _owners_text(owners: list[str]) -> str:
