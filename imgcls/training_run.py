@@ -99,8 +99,11 @@ def _train(config: TrainConfig, budget: Budget, resume: bool, rank: int) -> RunR
     out = Path(config.out)
     hooks, deadline = [], None
     if AUTO in config.params.values() or budget.given:
+        # The budget ends training when it was asked for or planned the epochs; epochs given run whole.
+        timed = budget.given or config.params.get("epochs") == AUTO
         config, model, deadline = _plan(config, splits, budget, resume, out, rank)
-        hooks = [deadline]
+        deadline = deadline if timed else None
+        hooks = [deadline] if deadline else []
     if rank == 0:
         write_config(out, config.to_dict(), resume=resume)
         console.print(f"training [bold]{config.model}[/] on {splits.name}: {_sizes_text(splits)}")
@@ -112,13 +115,12 @@ def _train(config: TrainConfig, budget: Budget, resume: bool, rank: int) -> RunR
                                   abstain=config.abstain, calibration=config.calibration, hooks=hooks)
         if fitted is None:
             return None
-        report = None
-        if deadline is not None:
-            note = deadline.note()
-            if note:
-                console.print(f"[yellow]note:[/] {note}")
-            report = {"plan": {"time_budget": budget.seconds, "planned": config.planned,
-                               **({"note": note} if note else {})}}
+        report, note = None, deadline.note() if deadline is not None else None
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
+        if config.planned:
+            report = {"plan": {"time_budget": budget.seconds, "budget_given": budget.given,
+                               "planned": config.planned, **({"note": note} if note else {})}}
         return finish_run(model, config.model, splits, out, extra_metrics=fitted.validation,
                           timings={"fit_seconds": fitted.fit_seconds}, config=config.to_dict(),
                           figures=fitted.figures, tracker=tracker, report=report)

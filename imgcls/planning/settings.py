@@ -30,6 +30,8 @@ RANGE_TEST_LR = (1e-5, 10.0)
 RANGE_TEST_SHARE = 0.25     # of a training's time, at most, for its range test
 TARGET_STEPS = 3000         # optimiser steps that are plenty for these networks; epochs stop there
 MAX_EPOCHS = 100
+MARGIN = 0.85               # epochs are planned to fill this share of their time: a busy machine's speed wanders,
+                            # and a run cut short by its deadline ends mid-schedule
 BATCH_RANGE = (16, 256)
 
 
@@ -166,13 +168,13 @@ def plan_network(name: str, params: dict, train: ImageDataset, val: ImageDataset
         steps_per_epoch = max(1, -(-len(train) // fixed.get("batch_size", model.batch_size)))
         cap = epochs_cap(steps_per_epoch)
         head = model.head_epochs if isinstance(model, TransferClassifier) else 0   # a fine-tune's frozen stage
-        fits = int(left // per_epoch) - head
+        fits = int(MARGIN * left // per_epoch) - head
         if fits < 1 and must_fit:
             raise ImgclsError(f"one epoch of {name} takes about {per_epoch:.1f} s on this machine and "
                               f"{max(left, 0):.0f} s are left for training it")
         fixed["epochs"] = max(1, min(fits, cap))
         limit = (f"the {cap} epochs of about {TARGET_STEPS:,} optimiser steps" if fits >= cap
-                 else f"what fits {max(left, 0):.0f} s")
+                 else f"what fits {MARGIN:.0%} of {max(left, 0):.0f} s")
         notes["epochs"] = (f"{fixed['epochs']}: {limit}, at {per_epoch:.2f} s an epoch measured here "
                            f"({speed.step_seconds * 1000:.0f} ms a step of {speed.batch_size} images)"
                            + ("" if fits >= 1 else "; not even one epoch fits the time"))
