@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from imgcls import __version__
@@ -17,6 +18,7 @@ from imgcls.errors import ImgclsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()          # a command's time budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"imgcls: error: {exc}", file=sys.stderr)
             return 2
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    args.started = started
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

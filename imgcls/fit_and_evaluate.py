@@ -64,6 +64,7 @@ class FittedModel:
     name: str
     fit_seconds: float
     validation: dict = field(default_factory=dict)   # {"val_accuracy": ...} or {"val_mAP": ...}; {} without val
+    validation_seconds: float = 0.0                  # predicting the validation split (what test will cost)
     figures: dict[str, Path] = field(default_factory=dict)   # the training curves, where it has a history
 
     @property
@@ -89,7 +90,8 @@ def fit_and_report(model, name: str, splits: DatasetSplits, out: Path, config: d
 
 def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | None = None, *,
                      resume: bool = False, rank: int = 0, tracker: Tracker | None = None,
-                     abstain: dict | None = None, calibration: str = "auto") -> FittedModel | None:
+                     abstain: dict | None = None, calibration: str = "auto", hooks: list | tuple = ()
+                     ) -> FittedModel | None:
     """Fit on train (validating on val), calibrate on val, fit an abstention on val if asked, and
     measure the validation headline. With out, the run folder gets the training's checkpoints,
     history files and curves (none without). Returns None on the ranks other than 0 of a
@@ -98,8 +100,9 @@ def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | 
     calibration: "auto" (temperature scaling for models with logits, see
     imgcls.models.calibration.default_method), "none", or a method of imgcls.models.calibration.METHODS.
     abstain ({"accept", "score"}): after calibrating, the model learns to answer "unknown", its
-    threshold chosen on val (imgcls.models.abstention.fit_abstention)."""
-    hooks = ([ProgressHook()] + ([HistoryHook(out)] if out is not None else [])) if rank == 0 else []
+    threshold chosen on val (imgcls.models.abstention.fit_abstention). hooks join the training loop's
+    own (a deadline, say; imgcls.training.trainer.Hook)."""
+    hooks = ([ProgressHook()] + ([HistoryHook(out)] if out is not None else []) + list(hooks)) if rank == 0 else []
     tracking = TrackingHook(tracker) if tracker is not None else None
     hooks += [tracking] if tracking else []
     start = time.perf_counter()
@@ -116,7 +119,7 @@ def fit_and_validate(model, name: str, splits: DatasetSplits, out: str | Path | 
                                            reference=splits.train)
         console.print(f"abstention: {model.abstention_.describe()}", highlight=False)
     if splits.val is not None and len(splits.val):
-        val_eval, _ = evaluate_model(model, splits.val, splits.skipped)
+        val_eval, fitted.validation_seconds = evaluate_model(model, splits.val, splits.skipped)
         if val_eval.headline_value is not None:        # val_accuracy, or val_mAP for multi-label models
             fitted.validation[f"val_{TASKS[val_eval.task].headline}"] = val_eval.headline_value
     if tracking:
@@ -219,7 +222,7 @@ def finish_run(model, name: str, splits: DatasetSplits, out: str | Path, *, titl
     figures = {**(figures or {}), **model_figures(model, out), **calibration_figures}
     paths = write_report(evaluation, info, out, images=splits.test.images, figures=figures,
                          heatmaps=mistake_heatmaps(model, evaluation, splits.test.images), calibration=calibration,
-                         abstention=abstention)
+                         abstention=abstention, extra=report)
     data = json.loads(paths["json"].read_text())
     data.update({**(report or {}), "test_evaluations": count, **({"lr_find": lr_advice} if lr_advice else {})})
     run.write_json(paths["json"], data)

@@ -43,7 +43,7 @@ def test_train_writes_a_complete_run(knn_run):
     assert meta["model"] == "knn" and meta["params"] == {"threshold": 0.0, "k": 3, "metric": "l1", "weights": "uniform"}
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta["preprocessing"] == {"channels": 1, "size": [8, 8], "resize": "crop", "crop_pct": 1.0,
-                                     "interpolation": "bilinear"}
+                                     "interpolation": "bilinear", "decode": "draft"}
     assert meta["metrics"]["accuracy"] == pytest.approx(report["accuracy"])
     config = json.loads((knn_run / "config.json").read_text())
     assert config["data_options"]["seed"] == 0

@@ -38,7 +38,7 @@ CASES = [  # (command line, ending where Tab is pressed; what the shell must off
     ("imgcls show kernel pho", {"photos"}),                         # IMAGE: paths
     ("imgcls train digits --lr ", set()),                           # a number: nothing to offer
 ]
-ALL_MODELS = ("imgcls train digits --model ", {*list_models(), "timm:", "transfer:"})
+ALL_MODELS = ("imgcls train digits --model ", {"auto", *list_models(), "timm:", "transfer:"})
 
 # zsh with the completion script on its fpath, in a pseudo-terminal: for each command line (argument 2
 # on), type it and Tab, and print every match the completion functions add; Tab prints "<tabbed>" when

@@ -30,7 +30,7 @@ LAYERS = [
     ("imgcls.serving", "imgcls.similarity"),
     ("imgcls.doctor",),
     ("imgcls.fit_and_evaluate",),
-    ("imgcls.tuning", "imgcls.compare"),
+    ("imgcls.tuning", "imgcls.compare", "imgcls.planning"),
     ("imgcls.training_run", "imgcls.saved_models"),
     ("imgcls.cli", "imgcls.commands"),
 ]

@@ -117,15 +117,30 @@ def stream_options(args) -> dict:
                 cache=getattr(args, "cache", None))
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+def add_model_flags(parser: argparse.ArgumentParser, plannable: tuple[str, ...] = ()) -> list[argparse.Action]:
     """One --flag per model hyperparameter (dest param_<name>, default None); returns the flags added.
+    Those named in plannable also take "auto" (planned from the data and the time budget).
 
     The flags come from imgcls.commands.model_table, so that building the parser imports no model."""
     group = parser.add_argument_group("model hyperparameters (each applies to the models named)")
-    return [group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=FLAG_TYPES[kind],
-                               default=None, metavar="yes|no" if kind == "yes_no" else kind.upper(),
-                               help=f"({_owners_text(owners)})")
-            for name, (kind, owners) in model_table.FLAGS.items()]
+    actions = []
+    for name, (kind, owners) in model_table.FLAGS.items():
+        parse, metavar = FLAG_TYPES[kind], "yes|no" if kind == "yes_no" else kind.upper()
+        help_text = f"({_owners_text(owners)})"
+        if name in plannable:
+            parse, metavar = auto_or(parse), f"{metavar}|auto"
+            help_text = f"({_owners_text(owners)}; networks: default auto, planned from the data and the budget)"
+        actions.append(group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", type=parse,
+                                          default=None, metavar=metavar, help=help_text))
+    return actions
+
+
+def auto_or(kind):
+    """An argparse type: "auto", or a value of kind."""
+    def parse(text: str):
+        return "auto" if str(text).strip().lower() == "auto" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _owners_text(owners: list[str]) -> str:

@@ -38,6 +38,9 @@ def _names_and_paths(function: str, names: tuple[str, ...], paths: bool, suffixe
 # A model name for --model: the registry's names and the timm:/transfer: prefixes.
 MODEL_NAME = _names_and_paths("_imgcls_model_names", model_table.MODELS, paths=False,
                               suffixed=model_table.PREFIXES)
+# train's --model: auto (the budgeted race) besides the model names.
+TRAIN_MODEL = _names_and_paths("_imgcls_train_model_names", ("auto",) + model_table.MODELS, paths=False,
+                               suffixed=model_table.PREFIXES)
 # A DATA argument: a named dataset, a folder or a CSV manifest.
 DATA = _names_and_paths("_imgcls_datasets_or_files", model_table.DATASETS, paths=True)
 # A MODEL argument: a saved model (run folder, .safetensors or exported file) or a pretrained name.

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgcls.commands.common import (abstention_request, add_abstention_flags, add_command, add_data_argument,
                                     add_data_flags, add_log_flag, add_model_flags, data_options, model_params)
-from imgcls.commands.completers import MODEL_NAME, completes
+from imgcls.commands.completers import TRAIN_MODEL, completes
 from imgcls.errors import ImgclsError
 
 NAME = "train"
 HELP = "train a classifier, evaluate it on the test split, save model and reports"
 EXAMPLES = """examples:
+  imgcls train photos/                                   # --model auto: the best model that fits 5 minutes
+  imgcls train photos/ --time-budget 90s --out runs/quick   # ... that fits 90 seconds (5m, 1h, 1h30m)
+  imgcls train fashion-mnist --model vgg --time-budget 10m  # its lr, batch size and epochs planned for 10 min
   imgcls train fashion-mnist --model knn --k 5 --metric l1 --out runs/knn
   imgcls train fashion-mnist --model resnet20 --epochs 15 --opt sgd --lr 0.1 --schedule onecycle \\
       --augment crop,flip --seed 0 --out runs/r20
@@ -33,8 +37,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, HELP, EXAMPLES)
     add_data_argument(parser)
     settable = [
-        completes(parser.add_argument("--model", default="knn", help="model name from `imgcls models` (default: knn)"),
-                  MODEL_NAME),
+        completes(parser.add_argument("--model", default="auto",
+                                      help="model name from `imgcls models`, or auto: race the models that suit "
+                                           "the data within --time-budget on the validation split, keep the best "
+                                           "(default: auto)"), TRAIN_MODEL),
+        parser.add_argument("--time-budget", default=None, metavar="DURATION",
+                            help="time for the whole command, e.g. 90s, 5m, 1h30m: --model auto plans its race, a "
+                                 "named network its epochs from this machine's measured speed (default: 5m for "
+                                 "--model auto and for a network's planned epochs)"),
         parser.add_argument("--out", default=None,
                             help="run folder for model and reports (default: runs/<model>, e.g. runs/timm-resnet18)"),
     ]
@@ -53,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ]
     settable += add_data_flags(parser)
     settable += add_abstention_flags(parser)
-    settable += add_model_flags(parser)
+    settable += add_model_flags(parser, plannable=("lr", "epochs", "batch_size"))
     parser.set_defaults(handler=handle, config_file=ConfigFile(parser, {action.dest: action for action in settable}))
     return parser
 
@@ -89,15 +99,32 @@ class ConfigFile:
 
 
 def handle(args) -> int:
+    from imgcls.planning import AUTO, parse_duration, unset_to_auto
     from imgcls.run_folder import default_folder
     from imgcls.training_run import TrainConfig, train
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    if args.model == AUTO:
+        given = sorted(k[len("param_"):] for k, v in vars(args).items() if k.startswith("param_") and v is not None)
+        if given:
+            raise ImgclsError(f"--{given[0].replace('_', '-')} sets a named model's hyperparameter; --model auto "
+                              "plans each candidate's own (name a model with --model to set them)")
+        if args.nproc > 1:
+            raise ImgclsError("--model auto runs in one process; name a model to train with --nproc")
+        params = {}
+    else:
+        params = model_params(args)
+        # What neither a flag nor the recipe gives is planned, except under a recipe without a budget,
+        # which trains exactly as it says, and with several processes, where planning cannot run.
+        several = args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if (not args.config or budget is not None) and not several:
+            params = unset_to_auto(args.model, params)
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
-    config = TrainConfig(data=args.data, model=args.model, params=model_params(args),
+    config = TrainConfig(data=args.data, model=args.model, params=params,
                          out=args.out or str(default_folder("train", args.model)), data_options=data_options(args),
-                         log=args.log,
-                         abstain=abstention_request(args), calibration=args.calibration)
-    result = train(config, resume=args.resume)
+                         log=args.log, abstain=abstention_request(args), calibration=args.calibration,
+                         time_budget=budget)
+    result = train(config, resume=args.resume, started=getattr(args, "started", None))
     if result is not None:
         print(f"model:  {result.model_path}\nreport: {result.report_paths['html']}")
     return 0

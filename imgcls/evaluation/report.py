@@ -116,7 +116,7 @@ def _print_skipped(info: RunInfo, console: Console) -> None:
 def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: str | Path, *, images=None,
                  figures: dict[str, Path] | None = None, heatmaps: dict[int, np.ndarray] | None = None,
                  heatmap_method: str = "Grad-CAM", calibration: dict | None = None,
-                 abstention: dict | None = None) -> dict[str, Path]:
+                 abstention: dict | None = None, extra: dict | None = None) -> dict[str, Path]:
     """Write report.json, confusion_matrix.png, mistakes.png (given the evaluated images) and
     report.html into out_dir; return their paths. A multi-label evaluation gets pr_curves.png
     in place of the confusion matrix, and its mistakes are wrong labels rather than wrong classes.
@@ -125,7 +125,9 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
     are laid over the mistakes they belong to; the caller makes them (imgcls.explain sits above
     evaluation), and heatmap_method names the method in the caption. calibration (from
     imgcls.evaluation.calibration.calibration_summary) joins report.json and gets a table in the HTML;
-    so does abstention (imgcls.models.abstention.abstention_summary): how the model answers "unknown"."""
+    so does abstention (imgcls.models.abstention.abstention_summary): how the model answers "unknown".
+    extra's keys join report.json too, and the HTML shows those it knows: `candidates` (the
+    leaderboard of a run that chose its model, imgcls.planning) and `plan`."""
     run = RunFolder(out_dir).make()
     if images is not None and ev.rows is not None:   # streamed files that stopped decoding were left out
         images = images.subset(ev.rows)
@@ -138,6 +140,7 @@ def write_report(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, out_dir: 
         data["calibration"] = calibration
     if abstention is not None:
         data["abstention"] = abstention
+    data.update(extra or {})
     if ev.task == MultiLabelEvaluation.task:
         return _write_multilabel(ev, info, run, data, images, figures)
     paths = {"json": run.report_json, "confusion_matrix": run.confusion_matrix, "html": run.report_html}

@@ -15,6 +15,9 @@ so small datasets (28 px Fashion-MNIST) keep their in-memory uint8 form.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -38,6 +41,20 @@ from imgcls.run_folder import RunFolder
 from imgcls.runtime import predict_logits, resolve_device, use_bf16
 
 MODES = ("probe", "knn", "finetune")
+_SHARED: ContextVar[dict | None] = ContextVar("shared_embeddings", default=None)
+
+
+@contextmanager
+def shared_embeddings() -> Iterator[None]:
+    """Within it, a pretrained backbone embeds a given tensor of images once: transfer models in
+    modes knn and probe (whose body keeps its pretrained weights) on the same backbone, size and
+    precision share the embeddings of their training and validation images (a kNN and a probe
+    raced side by side, imgcls.planning) instead of computing them each."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 class Adapter(nn.Module):
@@ -158,6 +175,11 @@ class TransferClassifier(NeuralClassifier):
     def parameter_count_for(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         return count_parameters(self.new_network(num_classes, pretrained=False))
 
+    def network_for(self, data: ImageDataset) -> TransferNetwork:
+        """The network fit starts from for data's classes: the pretrained body, a new head (seeded)."""
+        torch.manual_seed(self.seed)
+        return self.new_network(data.num_classes, pretrained=True)
+
     # -- fitting ------------------------------------------------------------------------------
     def _fit(self, data: ImageDataset, validation: ImageDataset | None = None, *, run_dir=None,
              resume: bool = False, hooks=(), **_) -> None:
@@ -218,13 +240,22 @@ class TransferClassifier(NeuralClassifier):
 
     # -- prediction ---------------------------------------------------------------------------
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone embeddings (N, num_features) of uint8 images, in bf16 where the CPU is fast at it."""
+        """Backbone embeddings (N, num_features) of uint8 images, in bf16 where the CPU is fast at it
+        (computed once per tensor inside shared_embeddings())."""
         device = resolve_device(self.device)
         net = self.net_.to(device)
         bf16 = use_bf16(self.bf16, device, net, images[:64])
+        shared = _SHARED.get() if self.mode != "finetune" else None      # a fine-tuned body is its own
+        # The tensor itself is kept with its embeddings, so its memory (and address) cannot be reused.
+        key = (self.backbone, self._side(), bf16, images.data_ptr(), tuple(images.shape), tuple(images.stride()))
+        if shared is not None and key in shared:
+            return shared[key][1]
         with progress_bar(len(images) if len(images) > 256 else 0, f"embedding with {self.backbone}") as advance:
-            return predict_logits(net, images, device=device, bf16=bf16, channels_last=bf16, batch_size=128,
-                                  forward=net.embed, progress=advance)
+            found = predict_logits(net, images, device=device, bf16=bf16, channels_last=bf16, batch_size=128,
+                                   forward=net.embed, progress=advance)
+        if shared is not None:
+            shared[key] = (images, found)
+        return found
 
     @property
     def has_logits(self) -> bool:

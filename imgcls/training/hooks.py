@@ -76,8 +76,8 @@ class ProgressHook(Hook):
         self.live.stop()
         console.print()
         if trainer.state.stopped_early:
-            console.print(f"early stop after epoch {trainer.state.epoch}: no {trainer.monitor} improvement "
-                          f"for {trainer.cfg.patience} epochs; keeping epoch {trainer.state.best_epoch}")
+            console.print(f"stopped after epoch {trainer.state.epoch}: {trainer.state.stop_reason}; "
+                          f"keeping epoch {trainer.state.best_epoch}")
 
 
 class HistoryHook(Hook):

@@ -53,6 +53,7 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
+    stop_reason: str = ""            # why it stopped before its last epoch (patience, or a hook's deadline)
     history: list[dict] = field(default_factory=list)
     batches_done: int = 0            # batches of the current epoch done (non-zero in a mid-epoch checkpoint)
     unreadable: list = field(default_factory=list)   # streamed files that failed to decode: [name, reason]
@@ -496,8 +497,13 @@ class Trainer:
             return True
         state.bad_epochs += 1
         if self.cfg.patience and state.bad_epochs >= self.cfg.patience:
-            state.stopped_early = True
+            self.stop(f"no {key} improvement for {self.cfg.patience} epochs")
         return False
+
+    def stop(self, reason: str) -> None:
+        """End training after the epoch under way (early stopping, or a hook: a deadline, say); the
+        best epoch's weights are kept as usual."""
+        self.state.stopped_early, self.state.stop_reason = True, reason
 
     def _emit(self, event: str, *args) -> None:
         if self.rank == 0:
