@@ -124,7 +124,8 @@ def test_a_cnn_on_digits_0_to_4_answers_unknown_for_most_of_5_to_9_by_default(tm
     train, test = train[labels[train] < 5], test[labels[test] < 5]
     folder = defaults.write_idx(tmp_path / "digits-0-4", (images[train], labels[train]), (images[test], labels[test]))
     out = tmp_path / "cnn"
-    assert main(["train", str(folder), "--model", "cnn", "--bf16", "off", "--accept", "0.95",
+    fixed = ["--epochs", "10", "--lr", "0.05", "--batch-size", "128"]     # the network's own defaults, not planned
+    assert main(["train", str(folder), "--model", "cnn", *fixed, "--bf16", "off", "--accept", "0.95",
                  "--out", str(out)]) == 0
     model = load_model(out)
     assert model.abstention_.score == "knn"
