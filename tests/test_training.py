@@ -91,6 +91,24 @@ def test_resume_is_exact(digits, tmp_path, options, stop_after):
     assert [r["val_loss"] for r in resumed.history_] == [r["val_loss"] for r in whole.history_]
 
 
+def test_a_resumed_run_computes_as_its_checkpoint_did(digits, tmp_path, stop_after, monkeypatch):
+    """The execution (precision, layout, threads) a run measured is in its checkpoint, and the
+    resumed run takes it instead of measuring again: on a busy machine a second measurement may
+    choose other threads, whose sums round differently."""
+    from imgcls.training import execution, trainer
+    params = {**FAST, "epochs": 3}
+    monkeypatch.setattr(trainer, "choose_execution", lambda *a, **k: execution.Execution(threads=1))
+    with pytest.raises(KeyboardInterrupt):
+        create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                          hooks=[stop_after(1)])
+    assert ckpt.load_checkpoint(tmp_path / "b" / "checkpoints" / "last.safetensors")[1]["execution"]["threads"] == 1
+    monkeypatch.setattr(trainer, "choose_execution", lambda *a, **k: pytest.fail("measured again on resume"))
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b", resume=True)
+    assert seen[0] == 1
+
+
 class StopAtBatch(Hook):
     """A crash after the given batch of the given epoch (1-based epoch, batches counted from 1)."""
 
@@ -194,9 +212,12 @@ def _train_cli(out, *extra, epochs=6, augment="crop"):
 
 
 def test_kill_minus_nine_then_resume_matches(tmp_path):
-    # 40 batches an epoch, a checkpoint every 7 steps: the kill lands after a mid-epoch one.
+    # 40 batches an epoch, a checkpoint every 7 steps: the kill lands after a mid-epoch one. The
+    # thread count is fixed: on a busy machine two fresh runs may each measure another as fastest,
+    # and sums over another count of threads round differently (the resumed run takes its
+    # checkpoint's execution, tested below).
     env = {**os.environ, "IMGCLS_PROGRESS": "0"}
-    every = ("--checkpoint-every", "7")
+    every = ("--checkpoint-every", "7", "--threads", "2")
     subprocess.run(_train_cli(tmp_path / "whole", *every, epochs=20), check=True, env=env, capture_output=True,
                    timeout=300)
     victim = subprocess.Popen(_train_cli(tmp_path / "killed", *every, epochs=20), env=env,

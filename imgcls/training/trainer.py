@@ -90,7 +90,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
-        self.setup(train)
+        self.setup(train, self._checkpointed_execution() if resume else None)
         if resume:
             self._restore()
         images, labels = train.images.to(self.device), train.labels.to(self.device)
@@ -317,14 +317,15 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.net
 
     # -- pieces -------------------------------------------------------------------------------
-    def setup(self, train: ImageDataset) -> None:
-        """Device, execution (precision, layout, threads, compile), optimiser, EMA, DDP wrapper,
+    def setup(self, train: ImageDataset, execution: Execution | None = None) -> None:
+        """Device, execution (precision, layout, threads, compile; measured unless given: a resumed
+        run takes its checkpoint's, so it computes exactly as before), optimiser, EMA, DDP wrapper,
         step counts and class weights for training on train."""
         n_train = len(train)
         self.batches_per_epoch = max(1, math.ceil(n_train / self.cfg.batch_size))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
-        self.execution = self._decide_execution(train)
+        self.execution = execution or self._decide_execution(train)
         if self.execution.threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(self.execution.threads)
@@ -529,8 +530,17 @@ class Trainer:
         if self.lookahead is not None:
             tensors |= ckpt.prefixed("lookahead", self.lookahead.slow)
         meta = {"state": asdict(self.state), "param_groups": groups, "config": asdict(self.cfg),
-                "task": self.task.kind}
+                "task": self.task.kind, "execution": asdict(self.execution)}
         ckpt.save_checkpoint(self.checkpoint_path(which), tensors, meta)
+
+    def _checkpointed_execution(self) -> Execution | None:
+        """The execution the checkpoint to resume was trained with (None: no checkpoint, or one
+        from before executions were recorded; then it is measured again)."""
+        path = self.checkpoint_path("last") if self.run_dir else None
+        if path is None or not path.is_file():
+            return None
+        recorded = ckpt.load_checkpoint(path)[1].get("execution")
+        return Execution(**recorded) if recorded else None
 
     def _restore(self) -> None:
         path = self.checkpoint_path("last") if self.run_dir else None
