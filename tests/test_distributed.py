@@ -36,8 +36,12 @@ def _rank(rank: int, photos: str, folder: str) -> None:
                             timeout=datetime.timedelta(minutes=10))
     decoded: list[list[int]] = []
     real = stream._BatchDecoder.__getitem__
-    stream._BatchDecoder.__getitem__ = lambda self, positions: (decoded.append(list(map(int, positions))),
-                                                                real(self, positions))[1]
+
+    def logged(self, positions):        # the training batches' decodes (not the pixel statistics' sample)
+        if self.files is splits.train.images:
+            decoded.append(list(map(int, positions)))
+        return real(self, positions)
+    stream._BatchDecoder.__getitem__ = logged
     try:
         splits = load_dataset(photos, DataOptions(data_mode="stream"))
         splits.train.images.workers = 0              # decode here, where the log is

