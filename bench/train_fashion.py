@@ -10,8 +10,10 @@
     (torch.utils.flop_counter: convolutions and matrix products, forward and backward) and the
     fraction they reach of the machine's GEMM peak, measured in the same run (torch.matmul on
     2048 x 2048 matrices, fp32 and bf16).
-(b) time to accuracy: imgcls's CPU recipes trained on the 60,000 training images and evaluated
-    once on the 10,000 test images, with the wall time of training.
+(b) time to accuracy: imgcls's CPU recipes, each stating its time budget (recipes/fashion-*.yaml),
+    run as `imgcls train fashion-mnist --config ...`: the epochs planned from the speed measured,
+    trained on the 60,000 training images and evaluated once on the 10,000 test images; the
+    command's wall time (aim: within 10% of the budget) and the test accuracy.
 (c) precision: the 5-minute recipe shortened to --precision-epochs, trained in fp32 (contiguous)
     and in bf16 autocast with channels_last, on 54,000 images with 6,000 held out for validation:
     validation accuracy and speed of each.
@@ -28,7 +30,7 @@
 
     python bench/train_fashion.py                    # (a) and (b)
     python bench/train_fashion.py --part throughput
-    python bench/train_fashion.py --part accuracy --recipe 5min 5min-94 30min
+    python bench/train_fashion.py --part accuracy --recipe 5min 10min 30min
     python bench/train_fashion.py --part precision
     python bench/train_fashion.py --part choice [--quick]
     python bench/train_fashion.py --part ablation [--quick]
@@ -63,8 +65,8 @@ from imgcls.training.trainer import Hook, Trainer
 
 # imgcls's best CPU recipes live in recipes/*.yaml, the files `imgcls train --config` reads.
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-# name: (test accuracy aimed at, training seconds allowed); the first two are the earlier recipes.
-TARGETS = {"5min": (0.93, 300), "15min": (0.94, 900), "5min-94": (0.94, 300), "30min": (0.955, 1800)}
+# name: (test accuracy aimed at, seconds allowed): recipes by time budget (each states time_budget).
+TARGETS = {"5min": (0.93, 300), "10min": (0.94, 600), "30min": (0.955, 1800)}
 RECIPES = {name: yaml.safe_load((RECIPE_DIR / f"fashion-{name}.yaml").read_text()) for name in TARGETS}
 # (d): each network as it is usually trained (the run whose length the automatic choice weighs).
 NETWORKS = {
@@ -276,16 +278,25 @@ def profile_steps(train, batch_size: int, steps: int) -> dict:
 
 
 # -- (b) time to accuracy ---------------------------------------------------------------------------
-def time_to_accuracy(splits, recipe: str) -> dict:
-    settings = dict(RECIPES[recipe])
-    model = create_model(settings.pop("model"), **settings)
+def time_to_accuracy(recipe: str) -> dict:
+    """`imgcls train fashion-mnist --config recipes/fashion-RECIPE.yaml` as a user runs it, in a
+    process of its own: the planner fits the epochs to the recipe's budget at the speed it
+    measures, and the budget covers the whole command, so the command's wall time is what counts."""
+    import subprocess
+    import sys
+    out = Path(tempfile.mkdtemp(prefix=f"imgcls-recipe-{recipe}-"))
+    command = [sys.executable, "-m", "imgcls.cli", "train", "fashion-mnist", "--config",
+               str(RECIPE_DIR / f"fashion-{recipe}.yaml"), "--out", str(out)]
     start = time.perf_counter()
-    model.fit(splits.train)
+    subprocess.run(command, check=True, env={**os.environ, "IMGCLS_PROGRESS": "0"})
     seconds = time.perf_counter() - start
-    accuracy = model.score(splits.test)
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     target, budget = TARGETS[recipe]
-    return {"recipe": recipe, **RECIPES[recipe], "train_seconds": round(seconds, 1), "test_accuracy": accuracy,
-            "target": f">= {target:.1%} within {budget // 60} min", "met": accuracy >= target and seconds <= budget}
+    return {"recipe": recipe, "model": config["model"], "epochs": config["params"].get("epochs"),
+            "wall_seconds": round(seconds, 1), "fit_seconds": report.get("timings", {}).get("fit_seconds"),
+            "test_accuracy": report["accuracy"], "target": f">= {target:.1%} within {budget // 60} min",
+            "met": report["accuracy"] >= target and seconds <= budget * 1.1}
 
 
 # -- (c) precision ----------------------------------------------------------------------------------
@@ -477,9 +488,9 @@ def main() -> None:
     if args.part in ("accuracy", "both"):
         results["accuracy"] = []
         for recipe in (RECIPES if "all" in args.recipe else args.recipe):
-            row = time_to_accuracy(splits, recipe)
+            row = time_to_accuracy(recipe)
             results["accuracy"].append(row)
-            print(f"(b) {recipe}: {row['model']} {row['epochs']} epochs, {row['train_seconds']:.0f} s, "
+            print(f"(b) {recipe}: {row['model']} {row['epochs']} epochs planned, {row['wall_seconds']:.0f} s wall, "
                   f"test accuracy {row['test_accuracy']:.2%} (target {row['target']}: "
                   f"{'met' if row['met'] else 'not met'}); {load()}")
     if args.part == "precision":
