@@ -193,7 +193,7 @@ def translated_digits(tmp_path_factory):
 
 def test_the_course_cnn_on_translated_digits_warns_with_advice_and_vgg_does_not(translated_digits, tmp_path,
                                                                                 capsys):
-    fast = ["--bf16", "off", "--seed", "0"]
+    fast = ["--bf16", "off", "--seed", "0", "--lr", "0.05", "--batch-size", "64"]    # no range test: fixed settings
     assert main(["train", str(translated_digits), "--model", "cnn", "--epochs", "3", *fast,
                  "--out", str(tmp_path / "cnn")]) == 0
     terminal = " ".join(capsys.readouterr().out.split())
