@@ -215,15 +215,9 @@ def plot_mistakes(ev: Evaluation, images, path: Path, n: int = MISTAKES_SHOWN,
     chosen = confident_mistakes(ev, n)
     if len(chosen) == 0:
         return None
-    cols = min(8, len(chosen))
-    rows = (len(chosen) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _image_grid(len(chosen))
     for ax, i in zip(axes.flat, chosen):
-        image = images[i].permute(1, 2, 0).numpy()
-        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                  interpolation="nearest")
+        _show_image(ax, images[i])
         if heatmaps is not None and int(i) in heatmaps:
             heat = np.asarray(heatmaps[int(i)], dtype=np.float64)
             span = heat.max() - heat.min()
@@ -283,15 +277,9 @@ def plot_label_mistakes(ev: MultiLabelEvaluation, images, path: Path, n: int = 2
     chosen = [("FP", i, j) for i, j in false_pos[:k_pos]] + [("FN", i, j) for i, j in false_neg[:n - k_pos]]
     if not chosen:
         return None
-    cols = min(8, len(chosen))
-    rows = (len(chosen) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _image_grid(len(chosen))
     for ax, (kind, i, j) in zip(axes.flat, chosen):
-        image = images[i].permute(1, 2, 0).numpy()
-        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                  interpolation="nearest")
+        _show_image(ax, images[i])
         ax.set_title(f"{kind}: {ev.class_names[j]}\n({p[i, j]:.0%})", fontsize=7,
                      color="#b03030" if kind == "FP" else "#3050b0")
     fig.tight_layout()
@@ -309,3 +297,21 @@ def render_html(ev: Evaluation | MultiLabelEvaluation, info: RunInfo, data: dict
                 if Path(p).is_file()}
     return _ENV.get_template("report.html").render(ev=ev, info=info, data=data, images=embedded,
                                                    version=__version__)
+
+
+def _image_grid(count: int):
+    """(figure, axes) for count images, up to 8 a row, their axes hidden (matplotlib imported by the caller)."""
+    import matplotlib.pyplot as plt
+    cols = min(8, count)
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False, dpi=100)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def _show_image(ax, image) -> None:
+    """A (C, H, W) uint8 image on ax, grey or colour, pixels as they are."""
+    pixels = image.permute(1, 2, 0).numpy()
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
