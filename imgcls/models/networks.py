@@ -297,9 +297,10 @@ def _widths(spec: str, option: str, allow_empty: bool = False) -> list[int]:
     return widths
 
 
-def _conv_bn_relu(in_width: int, width: int, batchnorm: bool = True) -> list[nn.Module]:
+def _conv_bn_relu(in_width: int, width: int, batchnorm: bool = True, kernel: int = 3) -> list[nn.Module]:
+    """A same-size conv (odd kernel, padded) -> batch norm -> ReLU."""
     norm = [nn.BatchNorm2d(width)] if batchnorm else []
-    return [nn.Conv2d(in_width, width, 3, padding=1, bias=not batchnorm), *norm, nn.ReLU()]
+    return [nn.Conv2d(in_width, width, kernel, padding=kernel // 2, bias=not batchnorm), *norm, nn.ReLU()]
 
 
 def _resnet(in_chans: int, num_classes: int, *, stem: int, widths: tuple[int, ...],
