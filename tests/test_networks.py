@@ -1,14 +1,21 @@
-"""Networks: shapes, the timm-style split, channels_last / bf16, published parameter counts, gradients."""
+"""Networks: shapes, the timm-style split, channels_last / bf16, published parameter counts, gradients,
+and the course's architectures (AlexNet, Inception) trained, saved and listed."""
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from imgcls.cli import main
+from imgcls.data.load import from_arrays
 from imgcls.errors import ImgclsError
+from imgcls.models import create_model, load_model, read_metadata
 from imgcls.models.introspection import count_parameters
-from imgcls.models.networks import BUILDERS, BasicBlock, Maxout, lenet5, mlp, resnet20, resnet_cifar, timm_network, vgg
+from imgcls.models.networks import (BUILDERS, GOOGLENET_MODULES, BasicBlock, Maxout, alexnet, inception, lenet5, mlp,
+                                    resnet20, resnet_cifar, timm_network, vgg)
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 TIMM_NAME = "resnet10t"  # a small timm model: checks our split matches timm's
@@ -99,6 +106,35 @@ def test_published_parameter_counts(name, in_chans, size, expected, tolerance):
     assert abs(count - expected) <= tolerance * expected, count
 
 
+def test_alexnet_and_inception_at_full_size_count_as_torchvision_less_what_was_scaled():
+    """At the papers' widths (torchvision's AlexNet, GoogLeNet without its auxiliary classifiers), the
+    weights differ from torchvision's only where the docstrings say the small-image versions differ."""
+    torchvision = pytest.importorskip("torchvision")
+    reference = count_parameters(torchvision.models.alexnet(weights=None))
+    ours = alexnet(3, 1000, image_size=(32, 32), widths="64,192,384,256,256", hidden="4096,4096", batchnorm=False)
+    first_conv = 3 * 64 * (11 * 11 - 5 * 5)                # 11x11 stride 4 -> 5x5 stride 1
+    dense_input = 4096 * 256 * (6 * 6 - 4 * 4)             # torchvision's 6x6 grid -> 4x4
+    assert count_parameters(ours) == reference - first_conv - dense_input == 40_110_888
+
+    reference = count_parameters(torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False))
+    ours = inception(3, 1000, width_mult=1)
+    first_conv = 3 * 64 * (7 * 7 - 3 * 3)                  # 7x7 stride 2 -> 3x3 stride 1
+    five_by_five = sum(red * out for _, _, _, red, out, _ in GOOGLENET_MODULES.values()) * (5 * 5 - 3 * 3)
+    assert count_parameters(ours) == reference - first_conv + five_by_five == 6_998_152
+
+
+@pytest.mark.parametrize("name, size, expected", [
+    # conv 5x5 1->48 (no bias: batch norm's) + BN, conv 5x5 48->128 + BN, convs 3x3 128->192->192->128 + BNs,
+    # dense 128*4*4->512->512, classifier 512->10
+    ("alexnet", 28, 25 * 48 + 96 + 25 * 48 * 128 + 256 + 9 * (128 * 192 + 192 * 192 + 192 * 128) + 2 * (192 + 192 + 128)
+     + 2048 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10),
+    ("alexnet", 64, 2_247_194),                              # any size: the dense layers read a 4x4 grid
+    ("inception", 28, 378_658), ("inception", 64, 378_658),  # any size: global average pooling
+])
+def test_alexnet_and_inception_weights_do_not_depend_on_the_image_size(name, size, expected):
+    assert count_parameters(build(name, 1, size)) == expected
+
+
 def test_count_parameters_counts_weights_not_buffers():
     assert count_parameters(nn.BatchNorm2d(4)) == 8
     assert count_parameters(nn.Linear(3, 2)) == 8
@@ -132,6 +168,8 @@ def test_unknown_activation_lists_the_valid_ones():
     (lambda: lenet5(1, 10, image_size=(2, 2)), "at least 4x4"),
     (lambda: resnet_cifar(3, 10, depth=21), "6n \\+ 2"),
     (lambda: mlp(1, 10, image_size=(8, 8), hidden="64,x"), "positive widths"),
+    (lambda: alexnet(1, 10, image_size=(28, 28), widths="64,128,256"), "five widths"),
+    (lambda: inception(1, 10, width_mult=0), "width_mult"),
 ])
 def test_bad_options_are_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -164,3 +202,34 @@ def test_every_parameter_gets_a_gradient(name):
     net(images(3, 8, n=4)).logsumexp(1).sum().backward()
     dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    """scikit-learn's 8x8 digits scaled up to 16x16 (bilinear), split as imgcls splits arrays."""
+    digits = pytest.importorskip("sklearn.datasets").load_digits()
+    images = torch.from_numpy(digits.images).float()[:, None] * (255 / 16)
+    images = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    return from_arrays(images.round().clamp(0, 255).to(torch.uint8)[:, 0], digits.target, name="digits16")
+
+
+@pytest.mark.parametrize("name", ["alexnet", "inception"])
+def test_alexnet_and_inception_learn_digits_and_load_from_their_file(name, digits16, tmp_path):
+    model = create_model(name, epochs=4, batch_size=64, opt="adam", lr=2e-3, bf16="off", channels_last="off",
+                         compile="off", threads=1, device="cpu", seed=0)
+    model.fit(digits16.train, validation=digits16.val)
+    assert model.score(digits16.test) > 0.8                 # chance is 0.1
+    path = model.save(tmp_path / f"{name}.safetensors")
+    metadata = read_metadata(path)
+    assert metadata["model"] == name and metadata["params"] == model.get_params()
+    loaded = load_model(path)                               # rebuilt from the file alone
+    assert type(loaded) is type(model) and loaded.parameter_count == model.parameter_count
+    np.testing.assert_allclose(loaded.predict_proba(digits16.test), model.predict_proba(digits16.test), atol=1e-5)
+
+
+def test_imgcls_models_lists_alexnet_and_inception(capsys):
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    for name, count in (("alexnet", "2,247,194"), ("inception", "378,658")):   # counted for 1x28x28, 10 classes
+        row = next(line for line in listed.splitlines() if f" {name} " in line)
+        assert count in row

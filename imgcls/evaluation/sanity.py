@@ -43,6 +43,7 @@ LR_FACTOR = 10.0           # the learning rate used over 10x from the finder's a
 # Models that weigh each pixel at its own place: what they learn of an object at one place does
 # not carry to another, so objects that move about the image defeat them.
 POSITION_SPECIFIC = {
+    "alexnet": "AlexNet's dense layers read each cell of a 4x4 grid at its own place",
     "cnn": "the course cnn's dense head is position-specific",
     "lenet5": "LeNet-5's dense layers are position-specific",
     "mlp": "an MLP weighs each pixel at its own place",

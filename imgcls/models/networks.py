@@ -6,7 +6,7 @@ Every network maps a normalised float batch (N, in_chans, H, W) to logits (N, nu
 and for `timm_network` models. Builders take `(in_chans, num_classes, *, image_size, **options)`.
 
 Smallest input side each network accepts (28 and 32 always work):
-  mlp 1, lenet5 4, cnn 4, vgg 2**stages (8 by default), resnet20 / resnet56 / resnet18 1
+  mlp 1, lenet5 4, cnn 4, vgg 2**stages (8 by default), alexnet / inception / resnet20 / resnet56 / resnet18 1
 (global average pooling fits any size, but below 8px there is little left to learn from).
 """
 
@@ -168,6 +168,42 @@ def vgg(in_chans: int, num_classes: int, *, image_size: ImageSize, widths: str =
     return _init_weights(Network(nn.Sequential(*layers), width, num_classes, dropout))
 
 
+ALEXNET_GRID = 4    # the side of the map alexnet's dense layers read (torchvision's is 6, at 224px)
+
+
+def alexnet(in_chans: int, num_classes: int, *, image_size: ImageSize, widths: str = "48,128,192,192,128",
+            hidden: str = "512,512", dropout: float = 0.5, batchnorm: bool = True) -> Network:
+    """AlexNet (Krizhevsky et al. 2012) for small images: five convs with a max pool after the 1st,
+    2nd and 5th, then two hidden dense layers; about 2.2M weights (3 channels, 10 classes).
+
+    Kept from the paper: the layout (the second conv 5x5, the last three 3x3), ReLU, overlapping
+    max pooling (3x3 windows, stride 2), dropout 0.5 before each hidden dense layer. Scaled down for
+    28-64px images: the first conv is 5x5 stride 1 instead of 11x11 stride 4; the conv widths are
+    half the paper's 96,256,384,384,256 and the dense layers 512 wide instead of 4096; one tower
+    instead of two GPU halves; batch norm after each conv (batchnorm=False drops it) instead of
+    local response normalisation. The pools are padded, so each halves the image (rounding up); an
+    adaptive average pool to 4x4 before the dense layers, like torchvision's 6x6 at 224px, leaves
+    the map of a 25-32px image as it is and lets any size through (8px digits included).
+    """
+    conv_widths, dense_widths = _widths(widths, "widths"), _widths(hidden, "hidden")
+    if len(conv_widths) != 5:
+        raise ValueError(f"alexnet has five convolutions: widths needs five widths, got {widths!r}")
+    layers: list[nn.Module] = []
+    width = in_chans
+    for i, out in enumerate(conv_widths):
+        kernel = 5 if i < 2 else 3
+        layers += _conv_bn_relu(width, out, batchnorm, kernel)
+        if i in (0, 1, 4):
+            layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+        width = out
+    layers += [nn.AdaptiveAvgPool2d(ALEXNET_GRID), nn.Flatten()]
+    width *= ALEXNET_GRID ** 2
+    for out in dense_widths:
+        layers += [nn.Dropout(dropout), nn.Linear(width, out), nn.ReLU()]
+        width = out
+    return _init_weights(Network(nn.Sequential(*layers), width, num_classes))
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)).
 
@@ -219,6 +255,71 @@ def resnet18(in_chans: int, num_classes: int, *, image_size: ImageSize | None = 
     `image_size` is unused, as for `resnet_cifar`.
     """
     return _resnet(in_chans, num_classes, stem=64, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2))
+
+
+# GoogLeNet's Inception modules (Szegedy et al. 2015, table 1): #1x1, #3x3 reduce, #3x3, #5x5 reduce,
+# #5x5, pool proj; a max pool halves the image before 3a, 4a and 5a.
+GOOGLENET_MODULES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "3a": (64, 96, 128, 16, 32, 32), "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64), "4b": (160, 112, 224, 24, 64, 64), "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64), "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128), "5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+class InceptionModule(nn.Module):
+    """GoogLeNet's Inception module (Szegedy et al. 2015, figure 2b): 1x1, 1x1 -> 3x3, 1x1 -> 5x5
+    and 3x3 max pool -> 1x1 branches side by side, their outputs concatenated (`width` channels)."""
+
+    def __init__(self, in_width: int, n1x1: int, n3x3_reduce: int, n3x3: int, n5x5_reduce: int, n5x5: int,
+                 pool_proj: int):
+        super().__init__()
+        self.branch1x1 = nn.Sequential(*_conv_bn_relu(in_width, n1x1, kernel=1))
+        self.branch3x3 = nn.Sequential(*_conv_bn_relu(in_width, n3x3_reduce, kernel=1),
+                                       *_conv_bn_relu(n3x3_reduce, n3x3, kernel=3))
+        self.branch5x5 = nn.Sequential(*_conv_bn_relu(in_width, n5x5_reduce, kernel=1),
+                                       *_conv_bn_relu(n5x5_reduce, n5x5, kernel=5))
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
+                                         *_conv_bn_relu(in_width, pool_proj, kernel=1))
+        self.width = n1x1 + n3x3 + n5x5 + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1x1(x), self.branch3x3(x), self.branch5x5(x), self.branch_pool(x)], 1)
+
+
+def inception(in_chans: int, num_classes: int, *, image_size: ImageSize | None = None, width_mult: float = 0.25,
+              dropout: float = 0.4) -> Network:
+    """An Inception network (GoogLeNet, Szegedy et al. 2015) for small images: a stem, GoogLeNet's
+    nine Inception modules 3a-5b with a max pool before 3a, 4a and 5a, global average pooling,
+    dropout (0.4, as in the paper) and a linear classifier; about 0.38M weights by default.
+
+    Scaled down for 28-64px images: every width is GoogLeNet's times width_mult (a quarter by
+    default, so 3a's branches are 16, 24->32, 4->8 and 8 wide). The stem keeps GoogLeNet's three
+    convs (64 wide, 1x1 64, 3x3 192, scaled) and its max pool before 3a, but the first conv is 3x3
+    stride 1 instead of 7x7 stride 2 and the max pool after it goes: GoogLeNet shrinks 224px by 8
+    before 3a, here the image is halved once, so modules 3a-3b see 14x14 of a 28px image, 4a-4e
+    7x7 and 5a-5b 4x4, as the stages of vgg and resnet20 do. No auxiliary classifiers and no local
+    response normalisation; batch norm after every conv instead, as in Ioffe & Szegedy 2015's
+    version of this network and in torchvision's googlenet. The 5x5 branches are 5x5 convs, as in
+    the paper (torchvision's googlenet has 3x3 there). `image_size` is unused (global average
+    pooling fits any size).
+    """
+    if not 0 < width_mult <= 4:
+        raise ValueError(f"width_mult must be in (0, 4], got {width_mult}")
+
+    def scaled(width: int) -> int:
+        return max(1, round(width * width_mult))
+    stem = [*_conv_bn_relu(in_chans, scaled(64)), *_conv_bn_relu(scaled(64), scaled(64), kernel=1),
+            *_conv_bn_relu(scaled(64), scaled(192))]
+    layers: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(*stem))]
+    width = scaled(192)
+    for name, widths in GOOGLENET_MODULES.items():
+        if name in ("3a", "4a", "5a"):
+            layers.append((f"pool{name[0]}", nn.MaxPool2d(3, stride=2, padding=1)))
+        module = InceptionModule(width, *(scaled(w) for w in widths))
+        layers.append((f"inception{name}", module))
+        width = module.width
+    return _init_weights(Network(nn.Sequential(OrderedDict(layers)), width, num_classes, dropout))
 
 
 def timm_network(name: str, in_chans: int, num_classes: int, pretrained: bool = False, weights: str = "",
@@ -279,7 +380,9 @@ BUILDERS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (mlp, "fully connected network on pixels, choice of activation (maxout included)"),
     "lenet5": (lenet5, "LeNet-5 convolutional network (LeCun et al. 1998)"),
     "cnn": (cnn, "Keras course CNN: two conv-conv-pool blocks, dense 512"),
+    "alexnet": (alexnet, "AlexNet (Krizhevsky et al. 2012) scaled down for small images, 2.2M weights"),
     "vgg": (vgg, "VGG-style conv3x3-BN-ReLU stages, global average pool"),
+    "inception": (inception, "GoogLeNet's Inception modules (Szegedy et al. 2015) at a quarter width, 0.38M weights"),
     "resnet20": (resnet20, "CIFAR ResNet-20 (He et al. 2016), 0.27M weights"),
     "resnet56": (resnet56, "CIFAR ResNet-56 (He et al. 2016), 0.85M weights"),
     "resnet18": (resnet18, "ResNet-18 with a 3x3 stem for 28-32px images, 11.2M weights"),
@@ -297,9 +400,10 @@ def _widths(spec: str, option: str, allow_empty: bool = False) -> list[int]:
     return widths
 
 
-def _conv_bn_relu(in_width: int, width: int, batchnorm: bool = True) -> list[nn.Module]:
+def _conv_bn_relu(in_width: int, width: int, batchnorm: bool = True, kernel: int = 3) -> list[nn.Module]:
+    """A same-size conv (odd kernel, padded) -> batch norm -> ReLU."""
     norm = [nn.BatchNorm2d(width)] if batchnorm else []
-    return [nn.Conv2d(in_width, width, 3, padding=1, bias=not batchnorm), *norm, nn.ReLU()]
+    return [nn.Conv2d(in_width, width, kernel, padding=kernel // 2, bias=not batchnorm), *norm, nn.ReLU()]
 
 
 def _resnet(in_chans: int, num_classes: int, *, stem: int, widths: tuple[int, ...],
