@@ -318,6 +318,12 @@ def test_show_batch_shows_exactly_what_the_trainer_trains_on(tmp_path, monkeypat
     # Flags override the recipe, and another seed gives another batch.
     assert main(["show", "batch", "digits", "--config", str(recipe), "--seed", "4", "--out", str(tmp_path / "s4")]) == 0
     assert not np.array_equal(np.load(tmp_path / "s4" / "batch.npz")["positions"], arrays["positions"])
+    # A recipe that states its budget (recipes/fashion-5min.yaml does): the batch is the same.
+    budgeted = tmp_path / "budgeted.yaml"
+    budgeted.write_text(recipe.read_text() + "time_budget: 5m\n")
+    assert main(["show", "batch", "digits", "--config", str(budgeted), "--max-images", "12",
+                 "--out", str(tmp_path / "budgeted")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "budgeted" / "batch.npz")["images"], arrays["images"])
 
 
 def test_show_batch_of_a_model_without_batches_is_a_one_line_error(tmp_path, capsys):

@@ -131,7 +131,8 @@ def _add_batch(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--max-images", type=int, default=64, help="images drawn (default: 64)")
     settable += add_data_flags(sub)
     settable += add_model_flags(sub)
-    sub.set_defaults(config_file=ConfigFile(sub, {action.dest: action for action in settable}))
+    sub.set_defaults(config_file=ConfigFile(sub, {action.dest: action for action in settable},
+                                            ignored=("time_budget",)))     # a batch is the same whatever the budget
 
 
 def _add_distances(sub: argparse.ArgumentParser) -> None:

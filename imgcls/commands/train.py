@@ -70,9 +70,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 @dataclass
 class ConfigFile:
-    """What a --config file may set: the train sub-parser's flags by dest (all but DATA, --config and --help)."""
+    """What a --config file may set: the train sub-parser's flags by dest (all but DATA, --config and --help).
+    ignored: settings of a training run that another command reading the same recipe has no use for
+    (show batch and a recipe's time_budget)."""
     parser: argparse.ArgumentParser
     flags: dict[str, argparse.Action]
+    ignored: tuple[str, ...] = ()
 
     def apply(self, path: Path) -> None:
         """Settings from a YAML file become the train command's defaults; unknown keys are errors.
@@ -88,6 +91,8 @@ class ConfigFile:
         defaults = {}
         for key, value in settings.items():
             dest = key.replace("-", "_")
+            if dest in self.ignored:
+                continue
             # Model hyperparameters are written bare (lr: 0.1); their flags' dests are param_<name>.
             dest = dest if dest in self.flags and not dest.startswith("param_") else f"param_{dest}"
             if dest not in self.flags:
