@@ -112,6 +112,7 @@ def splits16(quadrants):
 
 @pytest.mark.parametrize("name, params", [
     ("mlp", {"hidden": "64"}), ("lenet5", {}), ("cnn", {}), ("vgg", {"widths": "8,16"}), ("resnet20", {}),
+    ("alexnet", {"widths": "8,16,16,16,16", "hidden": "32,32"}), ("inception", {"width_mult": 0.125}),
     ("timm:resnet10t", {}),
 ])
 def test_every_network_trains_on_multi_label_data_with_bce_and_validation_map(splits16, name, params):

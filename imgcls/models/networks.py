@@ -297,8 +297,8 @@ def inception(in_chans: int, num_classes: int, *, image_size: ImageSize | None =
     default, so 3a's branches are 16, 24->32, 4->8 and 8 wide). The stem keeps GoogLeNet's three
     convs (64 wide, 1x1 64, 3x3 192, scaled) and its max pool before 3a, but the first conv is 3x3
     stride 1 instead of 7x7 stride 2 and the max pool after it goes: GoogLeNet shrinks 224px by 8
-    before 3a, here the image is halved once, so modules 3a-3b see 14x14 of a 28px image, 4a-4e
-    7x7 and 5a-5b 4x4, as the stages of vgg and resnet20 do. No auxiliary classifiers and no local
+    before 3a, here the image is halved once, so the stem sees a 28px image whole and the modules
+    maps of 14x14 (3a-3b), 7x7 (4a-4e) and 4x4 (5a-5b). No auxiliary classifiers and no local
     response normalisation; batch norm after every conv instead, as in Ioffe & Szegedy 2015's
     version of this network and in torchvision's googlenet. The 5x5 branches are 5x5 convs, as in
     the paper (torchvision's googlenet has 3x3 there). `image_size` is unused (global average
