@@ -22,8 +22,11 @@ from imgcls.planning import parse_duration
 from imgcls.planning import race as race_module
 from imgcls.planning import settings as settings_module
 from imgcls.planning.budget import DeadlineHook, duration_text
-from imgcls.planning.settings import batch_size_for, epochs_cap, unset_to_auto
+from imgcls.planning.settings import planned_batch_size, batch_size_for, epochs_cap, unset_to_auto
 from imgcls.planning.speed import NetworkSpeed
+from imgcls.data.dataset import ImageDataset
+from imgcls.models.networks import lenet5
+from imgcls.training.memory import release_free_memory, step_bytes_per_image
 
 BUDGET = 60                     # seconds: the race test's --time-budget
 STATUSES = {"finished", "halved out", "not started", "failed"}
@@ -81,9 +84,25 @@ def test_batch_size_follows_the_data_and_epochs_stop_at_enough_steps():
     assert [batch_size_for(n) for n in (70, 450, 1294, 54000)] == [16, 32, 64, 256]
     assert epochs_cap(21) == 100 and epochs_cap(211) == 15 and epochs_cap(10_000) == 1
     assert unset_to_auto("mlp", {"lr": 0.1}) == {"lr": 0.1, "epochs": "auto", "batch_size": "auto"}
+    four_mb = int(4.1 * 2**20)             # LeNet-5's step on a 192 px photograph
+    assert batch_size_for(20_000, four_mb) == 64 and batch_size_for(500, four_mb) == 32
+    assert batch_size_for(54_000, 2**30) == 16                                    # never below the floor
+    assert batch_size_for(54_000, 2**20) == 256                                   # a small step: the count decides
     assert unset_to_auto("knn", {"k": 3}) == {"k": 3}                              # nothing to plan
     finetune = unset_to_auto("transfer:efficientnet_lite0", {"mode": "finetune"})
     assert "lr" not in finetune and finetune["epochs"] == "auto"                   # keeps its fine-tuning rate
+
+
+def test_a_steps_memory_is_what_autograd_keeps_per_image_and_caps_the_planned_batch(tmp_path):
+    net = lenet5(3, 2, image_size=(192, 192))
+    per_image = step_bytes_per_image(net, (3, 192, 192))
+    conv1_output = 6 * 188 * 188 * 4                    # fp32 bytes of one image's first activation
+    assert 4 * conv1_output < per_image < 12 * conv1_output
+    assert step_bytes_per_image(lenet5(3, 2, image_size=(96, 96)), (3, 96, 96)) < per_image / 3
+    photos = ImageDataset(torch.zeros((2_000, 3, 192, 192), dtype=torch.uint8), torch.arange(2_000) % 2, ["a", "b"])
+    size, why = planned_batch_size("lenet5", {"batch_size": "auto"}, photos)
+    assert size == 64 and "activations" in why and "128 would be near 1/16" in why
+    assert release_free_memory() in (True, False)
 
 
 def test_a_deadline_ends_training_at_an_epoch_boundary_keeping_the_best_epoch(digits):

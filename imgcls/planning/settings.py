@@ -22,6 +22,7 @@ from imgcls.models.registry import create_model
 from imgcls.models.transfer import TransferClassifier
 from imgcls.planning.speed import NetworkSpeed, network_speed
 from imgcls.training.lr_find import range_test, write_range_test
+from imgcls.training.memory import step_bytes_per_image
 
 PLANNED = ("lr", "epochs", "batch_size")   # the settings a run may leave to the planner
 AUTO = "auto"
@@ -33,13 +34,22 @@ MAX_EPOCHS = 100
 MARGIN = 0.85               # epochs are planned to fill this share of their time: a busy machine's speed wanders,
                             # and a run cut short by its deadline ends mid-schedule
 BATCH_RANGE = (16, 256)
+STEP_MEMORY = 512 * 2**20   # bytes a training step's activations may take, at most, when the batch is planned
 
 
-def batch_size_for(n_train: int) -> int:
+def batch_size_for(n_train: int, step_bytes_per_image: int = 0) -> int:
     """A power of two near n_train / 16, within BATCH_RANGE: a small dataset gets about 16 optimiser
-    steps an epoch, a large one batches big enough to keep a CPU's cores busy."""
+    steps an epoch, a large one batches big enough to keep a CPU's cores busy; and no larger than
+    the largest power of two whose step holds STEP_MEMORY (photographs at 192 px: LeNet-5 keeps
+    about 4 MB an image), though never below BATCH_RANGE's floor."""
     wanted = max(n_train / 16, 1)
-    return int(min(max(2 ** round(math.log2(wanted)), BATCH_RANGE[0]), BATCH_RANGE[1]))
+    size = int(min(max(2 ** round(math.log2(wanted)), BATCH_RANGE[0]), BATCH_RANGE[1]))
+    return max(min(size, memory_cap(step_bytes_per_image)), BATCH_RANGE[0]) if step_bytes_per_image else size
+
+
+def memory_cap(step_bytes_per_image: int) -> int:
+    """The largest power of two of images whose training step holds STEP_MEMORY."""
+    return 2 ** max(0, int(math.log2(max(STEP_MEMORY // max(step_bytes_per_image, 1), 1))))
 
 
 def epochs_cap(steps_per_epoch: int) -> int:
@@ -126,12 +136,23 @@ def measure_network(name: str, params: dict, train: ImageDataset, val: ImageData
     check_auto(name, params)
     params, notes = dict(params), {}
     if params.get("batch_size") == AUTO:
-        params["batch_size"] = batch_size_for(len(train))
-        notes["batch_size"] = (f"{params['batch_size']}: a power of two near 1/16 of the {len(train):,} training "
-                               f"images (within {BATCH_RANGE[0]}..{BATCH_RANGE[1]})")
+        params["batch_size"], notes["batch_size"] = planned_batch_size(name, params, train)
     model = create_model(name, **{k: v for k, v in params.items() if v != AUTO})
     speed = network_speed(model, train, val)
     return Measured(name, params, notes, speed, time.monotonic() - start)
+
+
+def planned_batch_size(name: str, params: dict, train: ImageDataset) -> tuple[int, str]:
+    """The batch size for the training data and what one image's step takes in memory, and why."""
+    model = create_model(name, **{k: v for k, v in params.items() if v != AUTO})
+    per_image = step_bytes_per_image(model.network_for(train), tuple(train.images.shape[1:]))
+    size, by_count = batch_size_for(len(train), per_image), batch_size_for(len(train))
+    why = (f"{size}: a power of two near 1/16 of the {len(train):,} training images (within "
+           f"{BATCH_RANGE[0]}..{BATCH_RANGE[1]})")
+    if size < by_count:
+        why = (f"{size}: the largest power of two whose step's activations ({per_image / 2**20:.1f} MB an image) "
+               f"fit {STEP_MEMORY // 2**20} MB; {by_count} would be near 1/16 of the {len(train):,} training images")
+    return size, why
 
 
 def plan_network(name: str, params: dict, train: ImageDataset, val: ImageDataset | None, seconds: float,

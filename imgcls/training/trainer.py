@@ -39,6 +39,7 @@ from imgcls.training.config import TrainingConfig, monitored
 from imgcls.training.execution import Execution, Settings, choose_execution
 from imgcls.training.initialisation import WHITENING_PIXELS, dirac_convolutions, whiten_first_convolution
 from imgcls.training.lookahead import Lookahead
+from imgcls.training.memory import release_free_memory
 from imgcls.training.schedule import image_size_at, lr_at
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -269,6 +270,7 @@ class Trainer:
             if improved:
                 self._save("best")
             self._save("last")
+        release_free_memory()            # validation's batches, before the next epoch's workers fork
         self._emit("on_epoch_end", record)
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -326,6 +328,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.accumulate)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
         self.execution = execution or self._decide_execution(train)
+        release_free_memory()            # the measured copies' memory, before data workers fork
         if self.execution.threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(self.execution.threads)
