@@ -119,8 +119,10 @@ def _train(config: TrainConfig, budget: Budget, resume: bool, rank: int) -> RunR
         if note:
             console.print(f"[yellow]note:[/] {note}")
         if config.planned:
+            held = deadline.record() if deadline is not None else {}
             report = {"plan": {"time_budget": budget.seconds, "budget_given": budget.given,
-                               "planned": config.planned, **({"note": note} if note else {})}}
+                               "planned": config.planned, **({"note": note} if note else {}),
+                               **({"deadline": held} if held else {})}}
         return finish_run(model, config.model, splits, out, extra_metrics=fitted.validation,
                           timings={"fit_seconds": fitted.fit_seconds}, config=config.to_dict(),
                           figures=fitted.figures, tracker=tracker, report=report)
@@ -145,14 +147,17 @@ def _plan(config: TrainConfig, splits: DatasetSplits, budget: Budget, resume: bo
         return finish_seconds(speed.predict_seconds, n_test, figure, calibrated=not splits.train.multi_label,
                               network=True)
     # Each epoch also rewrites the run folder's history files and curves (one figure).
+    overhead = 1.5 * figure
     planned = plan_network(config.model, config.params, splits.train, splits.val, budget.left(), reserve=reserve,
-                           epoch_overhead=1.5 * figure, must_fit=budget.given)
+                           epoch_overhead=overhead, must_fit=budget.given)
     for key, how in planned.notes.items():
         console.print(f"planned {key.replace('_', ' ')}: {how}", highlight=False)
     if planned.range_test is not None and rank == 0:
         write_range_test_of(planned.range_test, out, config.model, splits.name)
     config = dataclasses.replace(config, params=planned.params, planned=planned.to_dict())
-    return config, planned.model, DeadlineHook(budget.deadline - reserve(planned.speed))
+    epoch_end = planned.speed.validation_seconds(len(splits.val) if splits.val is not None else 0) + overhead
+    return config, planned.model, DeadlineHook(budget.deadline - reserve(planned.speed),
+                                               planned.speed.step_seconds, epoch_end)
 
 
 def _train_auto(config: TrainConfig, budget: Budget) -> RunResult:

@@ -15,18 +15,19 @@ from PIL import Image
 
 from imgcls.cli import main
 from imgcls.data import load_dataset
+from imgcls.data.dataset import ImageDataset
 from imgcls.errors import ImgclsError
 from imgcls.explain.faithfulness import pasted_canvases
 from imgcls.models import create_model, load_model
+from imgcls.models.networks import lenet5
 from imgcls.planning import parse_duration
 from imgcls.planning import race as race_module
 from imgcls.planning import settings as settings_module
 from imgcls.planning.budget import DeadlineHook, duration_text
-from imgcls.planning.settings import planned_batch_size, batch_size_for, epochs_cap, unset_to_auto
+from imgcls.planning.settings import batch_size_for, epochs_cap, planned_batch_size, unset_to_auto
 from imgcls.planning.speed import NetworkSpeed
-from imgcls.data.dataset import ImageDataset
-from imgcls.models.networks import lenet5
 from imgcls.training.memory import release_free_memory, step_bytes_per_image
+from imgcls.training.trainer import Hook
 
 BUDGET = 60                     # seconds: the race test's --time-budget
 STATUSES = {"finished", "halved out", "not started", "failed"}
@@ -105,13 +106,84 @@ def test_a_steps_memory_is_what_autograd_keeps_per_image_and_caps_the_planned_ba
     assert release_free_memory() in (True, False)
 
 
+class FakeClock(Hook):
+    """A clock that training moves: each batch takes step(epoch) seconds (epoch 1-based) and each
+    epoch's end (validation, checkpoints) `end` seconds. Listed before the DeadlineHook, so that
+    the hook reads the time after the work."""
+
+    def __init__(self, step, end=0.2):
+        self.now, self.step, self.end = 1000.0, step, end
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_batch_end(self, trainer, batch_size, loss, correct):
+        self.now += self.step(trainer.state.epoch + 1)
+
+    def on_epoch_end(self, trainer, record):
+        self.now += self.end
+
+
+# 1,294 training digits in batches of 64: 21 batches an epoch. Planned at 0.1 s a batch and 0.2 s
+# an epoch's end, 10 epochs fill 85% of the time (as imgcls.planning.settings.MARGIN plans them).
+PLANNED_STEP, PLANNED_END, BATCHES = 0.1, 0.2, 21
+DEADLINE_AFTER = 10 * (BATCHES * PLANNED_STEP + PLANNED_END) / 0.85
+
+
+def timed_fit(digits, step, epochs=10, clocked=True):
+    """(model, deadline hook, clock): an mlp planned as above, trained with batches taking step(epoch)
+    seconds on the fake clock (clocked=False: no hooks at all)."""
+    clock = FakeClock(step, end=PLANNED_END * step(1) / PLANNED_STEP)
+    hook = DeadlineHook(clock() + DEADLINE_AFTER, PLANNED_STEP, PLANNED_END, clock=clock)
+    model = create_model("mlp", hidden="32", epochs=epochs, batch_size=64, bf16="off", threads=1, compile="off",
+                         channels_last="off")
+    model.fit(digits.train, validation=digits.val, hooks=[clock, hook] if clocked else [])
+    return model, hook, clock
+
+
+def test_a_run_three_times_slower_than_planned_is_shortened_to_end_before_its_deadline(digits):
+    model, hook, clock = timed_fit(digits, lambda epoch: 3 * PLANNED_STEP)
+    state = model.train_state_
+    assert clock.now <= hook.deadline
+    # After 12 batches, at 0.3 s a batch and 0.6 s an epoch's end: 3 epochs of 6.6 s fit 95% of what is left.
+    assert state.shortened["from"] == 10 and state.shortened["to"] == 3 and len(model.history_) == 3
+    assert not state.stopped_early and hook.cut is None            # shortened, it ran its new schedule whole
+    assert model.history_[-1]["lr"] < 0.05 * model.lr                # and ended it
+    assert hook.record() == {"planned_epochs": 10, "epochs": 3, "planned_step_seconds": PLANNED_STEP,
+                             "measured_step_seconds": pytest.approx(3 * PLANNED_STEP), "after_batches": 12}
+    assert "shortened from 10 to 3 epochs after 12 steps: they took 300 ms each against 100 ms planned" in hook.note()
+
+
+def test_a_run_on_time_is_untouched(digits):
+    model, hook, clock = timed_fit(digits, lambda epoch: PLANNED_STEP, epochs=3)
+    plain, _, _ = timed_fit(digits, lambda epoch: PLANNED_STEP, epochs=3, clocked=False)
+    assert hook.note() is None and hook.record() == {} and model.train_state_.shortened == {}
+    assert [r["lr"] for r in model.history_] == [r["lr"] for r in plain.history_]
+    for (name, a), b in zip(plain.net_.state_dict().items(), model.net_.state_dict().values()):
+        assert torch.equal(a, b), name                              # bit-identical: the hook only read its clock
+
+
+def test_a_machine_that_slows_mid_epoch_has_that_epoch_cut_and_validated(digits):
+    # On time for two epochs (so the re-plan keeps all ten), then 40 times slower from epoch 3.
+    model, hook, clock = timed_fit(digits, lambda epoch: PLANNED_STEP if epoch < 3 else 40 * PLANNED_STEP)
+    state, history = model.train_state_, model.history_
+    assert clock.now <= hook.deadline and state.shortened == {}
+    assert len(history) == 3 and 0 < history[-1]["cut_after_batches"] < BATCHES and "val_loss" in history[-1]
+    assert state.stopped_early and "the rest of epoch 3 would end after the deadline" in state.stop_reason
+    assert hook.cut == (3, history[-1]["cut_after_batches"], BATCHES)
+    assert f"ended epoch 3 after {history[-1]['cut_after_batches']} of its {BATCHES} batches" in hook.note()
+    assert "best epoch on validation is kept" in hook.note()
+
+
 def test_a_deadline_ends_training_at_an_epoch_boundary_keeping_the_best_epoch(digits):
-    model = create_model("mlp", hidden="32", epochs=5, bf16="off")
-    hook = DeadlineHook(time.monotonic())          # already due: the first epoch is the last
-    model.fit(digits.train, validation=digits.val, hooks=[hook])
-    assert len(model.history_) == 1 and model.train_state_.stopped_early
-    assert "time budget" in model.train_state_.stop_reason
-    assert hook.stopped_after == 1 and "after epoch 1 of 5" in hook.note()
+    # On time for two epochs, then ten times slower: epoch 3 still ends before the deadline (its
+    # batches never look like overrunning it), and another like it would not.
+    model, hook, clock = timed_fit(digits, lambda epoch: PLANNED_STEP if epoch < 3 else 10 * PLANNED_STEP)
+    assert len(model.history_) == 3 and model.train_state_.stopped_early and clock.now <= hook.deadline
+    assert "cut_after_batches" not in model.history_[-1] and hook.cut is None
+    assert "time budget (another epoch of" in model.train_state_.stop_reason
+    assert hook.stopped_after == 3 and "after epoch 3 of 10" in hook.note()
+    assert hook.record() == {"stopped_after_epoch": 3}
     unhurried = DeadlineHook(time.monotonic() + 3600)
     create_model("mlp", hidden="32", epochs=2, bf16="off").fit(digits.train, validation=digits.val, hooks=[unhurried])
     assert unhurried.note() is None

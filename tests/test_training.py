@@ -166,6 +166,87 @@ def test_early_stopping_keeps_the_best_epoch(digits, tmp_path):
     assert state.stopped_early and state.epoch == 3 and state.best_epoch == 1
 
 
+class Shorten(Hook):
+    """Shortens the run to `epochs` after batch `batch` of the first epoch, and records the learning
+    rate each optimiser step ran at."""
+
+    def __init__(self, epochs, batch):
+        self.epochs, self.batch, self.lrs = epochs, batch, []
+
+    def on_batch_end(self, trainer, batch_size, loss, correct):
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"] / trainer.optimizer.param_groups[0]["lr_scale"])
+        if trainer.state.epoch == 0 and trainer.state.batches_done == self.batch:
+            trainer.shorten(self.epochs, "a test")
+
+
+def test_a_shortened_run_ends_its_schedule_on_the_new_total(digits, tmp_path):
+    params = {**FAST, "epochs": 4, "schedule": "cosine"}
+    hook = Shorten(2, batch=5)
+    model = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path, hooks=[hook])
+    state, cfg = model.train_state_, model.training_config()
+    per_epoch = math.ceil(len(digits.train) / 64)
+    assert len(model.history_) == 2 and state.step == 2 * per_epoch and not state.stopped_early
+    assert state.shortened == {"from": 4, "to": 2, "at_step": 5, "reason": "a test"}
+    assert model.epochs == 4                                   # the model's settings are left as given
+    planned = [lr_at(s, 4 * per_epoch, per_epoch, cfg) for s in range(5)]
+    followed = [lr_at(s, 2 * per_epoch, per_epoch, cfg) for s in range(5, 2 * per_epoch)]
+    assert hook.lrs == pytest.approx(planned + followed)      # the schedule ends on the new total
+    assert followed[-1] < 0.01 * cfg.lr
+    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")[1]["state"]["shortened"]["to"] == 2
+    with pytest.raises(ImgclsError, match="other settings"):        # a shortened run still refuses other settings
+        create_model("mlp", **{**params, "lr": 0.3}).fit(digits.train, run_dir=tmp_path, resume=True)
+
+
+def test_a_shortened_run_resumes_exactly(digits, tmp_path, stop_after):
+    """The checkpoint records the shortening: the resumed run (planned alike, with no hook to
+    shorten it) replays the shortened schedule."""
+    params = {**FAST, "epochs": 5, "schedule": "cosine"}
+    whole = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "a",
+                                              hooks=[Shorten(3, batch=5)])
+    with pytest.raises(KeyboardInterrupt):
+        create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                          hooks=[Shorten(3, batch=5), stop_after(1)])
+    resumed = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path / "b",
+                                                resume=True)
+    assert len(resumed.history_) == len(whole.history_) == 3
+    for (name, a), b in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["val_loss"] for r in resumed.history_] == [r["val_loss"] for r in whole.history_]
+
+
+class CutAt(Hook):
+    """Asks the trainer to cut epoch `epoch` (1-based) after its batch `batch`."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, trainer, batch_size, loss, correct):
+        if trainer.state.epoch + 1 == self.epoch and trainer.state.batches_done == self.batch:
+            trainer.cut_epoch("a test's deadline")
+
+
+def test_a_cut_epoch_ends_at_an_optimiser_step_validated_and_checkpointed(digits, tmp_path):
+    # 20 batches an epoch in groups of 3 (the last of 2): a cut asked after batch 7 of epoch 2 ends
+    # the epoch after batch 9, where its third optimiser step is.
+    params = {**FAST, "epochs": 4, "accumulate": 3}
+    model = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path,
+                                              hooks=[CutAt(2, 7)])
+    state, history = model.train_state_, model.history_
+    assert [r["epoch"] for r in history] == [1, 2] and "cut_after_batches" not in history[0]
+    assert history[1]["cut_after_batches"] == 9 and "val_loss" in history[1]
+    assert state.stopped_early and state.stop_reason == "a test's deadline"
+    assert state.step == 7 + 3 and state.epoch == 2 and state.batches_done == 0
+    last = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")[1]["state"]
+    assert last["epoch"] == 2 and last["batches_done"] == 0 and last["stopped_early"]
+    best, _ = ckpt.load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")
+    for name, value in model.net_.state_dict().items():         # the model is the best epoch's, as saved
+        assert torch.equal(value, best[f"net.{name}"]), name
+    resumed = create_model("mlp", **params).fit(digits.train, validation=digits.val, run_dir=tmp_path, resume=True)
+    assert resumed.history_ == history and resumed.train_state_.step == state.step     # nothing more to train
+    for (name, a), b in zip(model.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_checkpoints_are_atomic_and_checked(tmp_path):
     path = tmp_path / "last.safetensors"
     ckpt.save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 1})

@@ -17,8 +17,8 @@ finisher would need for the test evaluation and the report, fits what is left of
    learning rate from a range test; the others are halved out, and the best trains again from
    scratch with the rest of the time (its learning rate and batch size kept), unless its first run
    had all the epochs worth planning already. A single network gets all the time. A network's
-   epochs are fixed before it trains; a deadline ends it at an epoch boundary if the machine slows
-   down, keeping its best epoch.
+   epochs are planned before it trains; if the machine runs slower, its deadline (DeadlineHook)
+   shortens it from its first real steps, or ends it early, keeping its best epoch.
 
 A finished candidate that scores 100% on validation ends the race: nothing can beat it there.
 """
@@ -477,7 +477,9 @@ class Race:
         candidate.allowed = seconds - extra_finish(planned.speed)
         deadline = min(time.monotonic() + seconds * 1.1,
                        self.budget.deadline - max(self.reserve, reserve_now + extra_finish(planned.speed)))
-        self.fit(candidate, planned.model, started, hooks=[DeadlineHook(deadline)])
+        epoch_end = planned.speed.validation_seconds(len(splits.val) if splits.val is not None else 0)
+        self.fit(candidate, planned.model, started,
+                 hooks=[DeadlineHook(deadline, planned.speed.step_seconds, epoch_end)])
 
     def accounting(self) -> dict:
         """The budget's record: what was measured, and where the time went."""

@@ -5,7 +5,9 @@ lr-find` runs), and the epochs from this machine's measured speed. Only the sett
 
 The epochs are fixed before training starts, so the learning-rate schedule stays one pure function
 of the step and the planned total, and a resumed run replays exactly (it takes the planned values
-from the run's config.json instead of planning again).
+from the run's config.json instead of planning again). The one exception is the deadline's
+(imgcls.planning.budget.DeadlineHook): when the first real steps run slower than measured here, it
+shortens the run, the schedule follows the new total, and the checkpoint records it for a resume.
 """
 
 from __future__ import annotations

@@ -35,7 +35,10 @@ class NetworkSpeed:
     def epoch_seconds(self, n_train: int, n_val: int) -> float:
         """One epoch on n_train images (whole batches, as the trainer cuts them) and its validation."""
         steps = max(1, -(-n_train // self.batch_size))
-        return steps * self.step_seconds + n_val * self.predict_seconds
+        return steps * self.step_seconds + self.validation_seconds(n_val)
+
+    def validation_seconds(self, n_val: int) -> float:
+        return n_val * self.predict_seconds
 
 
 def network_speed(model, train: ImageDataset, val: ImageDataset | None = None) -> NetworkSpeed:

@@ -9,11 +9,15 @@ rest exactly. With accumulate N, N batches' gradients make one optimiser step. U
 torchrun, each process gathers, decodes and augments only its own share of every batch (with
 its own seeded draws), DistributedDataParallel averages the gradients, validation is split
 across the processes and its outputs gathered, and rank 0 alone writes checkpoints and history.
+In one process a hook may shorten the run (Trainer.shorten: the schedule follows the new total,
+and the checkpoint records it for a resume) or end an epoch at its next optimiser step
+(Trainer.cut_epoch): a deadline does both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
@@ -59,6 +63,7 @@ class TrainState:
     batches_done: int = 0            # batches of the current epoch done (non-zero in a mid-epoch checkpoint)
     unreadable: list = field(default_factory=list)   # streamed files that failed to decode: [name, reason]
     epoch_totals: list = field(default_factory=lambda: [0.0, 0, 0])   # its summed loss, correct, seen
+    shortened: dict = field(default_factory=dict)    # Trainer.shorten's record: {"from", "to", "at_step", "reason"}
 
 
 class Hook:
@@ -88,6 +93,7 @@ class Trainer:
         self.state = TrainState()
         self.class_weight = None         # balance=weights: per-class weights (multi-label: pos_weight)
         self.task: Task = SingleLabel()  # the training data's: decides loss and validation figures
+        self._cut = False                # cut_epoch asked: the epoch under way ends at its next optimiser step
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, resume: bool = False) -> TrainState:
@@ -102,7 +108,8 @@ class Trainer:
                 start = time.perf_counter()
                 record = self._train_epoch(images, labels)
                 record["seconds"] = time.perf_counter() - start
-                record["images_per_second"] = len(train) / record["seconds"]
+                trained = min(len(train), record.get("cut_after_batches", math.inf) * self.cfg.batch_size)
+                record["images_per_second"] = trained / record["seconds"]
                 if val is not None and len(val):
                     record.update(self._validated(val))
                 self._end_epoch(record)
@@ -116,13 +123,14 @@ class Trainer:
         epoch, cfg, state = self.state.epoch, self.cfg, self.state
         all_positions = self.epoch_batches(labels, epoch)
         batches, samples = len(all_positions), sum(len(p) for p in all_positions)
+        self.batches_this_epoch = batches
         self.net.train()
         self._totals = EpochTotals(state.epoch_totals if state.batches_done else [0.0, 0, 0])
         self._boundary = state.batches_done          # where the last optimiser step left the epoch
         # Each rank gathers (and decodes, and augments) only its own share of every batch.
         shares = [batch[self.rank::self.world] for batch in all_positions[state.batches_done:]]
+        gathered = self._gathered(images, labels, shares, epoch, state.batches_done)
         try:
-            gathered = self._gathered(images, labels, shares, epoch, state.batches_done)
             for index, (batch, images_in, labels_in) in enumerate(gathered, start=state.batches_done):
                 torch.manual_seed(derived_seed(cfg.seed, epoch, index, self.rank))   # dropout and friends
                 x, y = self.training_batch(images_in, labels_in, self.batch_generator(epoch, index), batch, epoch,
@@ -139,14 +147,20 @@ class Trainer:
                     self._boundary = index + 1
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
                         self._save_progress()
+                    if self._cut:
+                        break
         except (WorkerDied, RuntimeError) as exc:
             if not isinstance(exc, WorkerDied) and "DataLoader worker" not in str(exc):
                 raise
             raise self._stopped_by(exc) from None
+        finally:
+            gathered.close()          # a cut epoch leaves batches undecoded: their workers stop now
         loss_sum, correct, seen = self._synced_totals()
+        done, self._cut = state.batches_done, False
         state.batches_done, state.epoch_totals = 0, [0.0, 0, 0]
-        return {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1)}
+        record = {"epoch": epoch + 1, "lr": self._lr(), "train_loss": loss_sum / max(seen, 1),
+                  "train_accuracy": correct / max(seen, 1)}
+        return record | ({"cut_after_batches": done} if done < batches else {})
 
     def _validated(self, val: ImageDataset) -> dict:
         """evaluate(val); a worker decoding it that dies stops the run with one line: the epoch's
@@ -509,6 +523,37 @@ class Trainer:
         best epoch's weights are kept as usual."""
         self.state.stopped_early, self.state.stop_reason = True, reason
 
+    def cut_epoch(self, reason: str) -> None:
+        """End the epoch under way at its next optimiser step, and training after it (a deadline's
+        last guard). The cut epoch is validated, recorded (its record's "cut_after_batches" says
+        where it ended), compared with the best and checkpointed like any other; a resumed run
+        finds training stopped. One process only: hooks run on rank 0 alone."""
+        self._one_process("cutting an epoch")
+        self._cut = True
+        self.stop(reason)
+
+    def shorten(self, epochs: int, reason: str) -> None:
+        """Train `epochs` epochs in all instead of cfg.epochs (never fewer than the one under way,
+        never more than planned). The learning-rate schedule, Lookahead and progressive resizing
+        follow the new total from the next step on, so a shortened run still ends its schedule.
+        state.shortened records it, and a resumed run with the same planned epochs shortens alike.
+        One process only: hooks run on rank 0 alone."""
+        epochs = max(int(epochs), self.state.epoch + 1)
+        if epochs >= self.cfg.epochs:
+            return
+        self._one_process("shortening a run")
+        planned = self.state.shortened.get("from", self.cfg.epochs)
+        self.state.shortened = {"from": planned, "to": epochs, "at_step": self.state.step, "reason": reason}
+        self._set_epochs(epochs)
+
+    def _set_epochs(self, epochs: int) -> None:
+        self.cfg = dataclasses.replace(self.cfg, epochs=epochs)     # the caller's config is left as it was
+        self.total_steps = self.steps_per_epoch * epochs
+
+    def _one_process(self, what: str) -> None:
+        if self.world > 1:
+            raise ImgclsError(f"{what} needs every process to agree; it runs in one process")
+
     def _emit(self, event: str, *args) -> None:
         if self.rank == 0:
             for hook in self.hooks:
@@ -567,6 +612,8 @@ class Trainer:
             for name, value in ckpt.unprefixed("lookahead", tensors).items():
                 self.lookahead.slow[name].copy_(value)
         self.state = TrainState(**meta["state"])
+        if self.state.shortened.get("from") == self.cfg.epochs:       # the run was shortened: so is its replay
+            self._set_epochs(self.state.shortened["to"])
 
     def _load_best(self) -> None:
         """End with the best epoch's weights (the EMA's when on): the saved model is the best one."""
