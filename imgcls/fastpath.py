@@ -177,15 +177,19 @@ class Medians:
         return self.seconds[slower] / max(self.seconds[faster], 1e-12)
 
 
-def timed_medians(candidates: dict[str, Callable[[], object]], warmup: int = 1) -> Medians | None:
+def timed_medians(candidates: dict[str, Callable[[], object]], warmup: int = 1,
+                  max_seconds: float | None = None, min_rounds: int = ROUNDS) -> Medians | None:
     """Each candidate's median seconds per call, over interleaved rounds after `warmup` calls each.
 
     The candidates take turns in every round, the order rotating from round to round, so neither
     its position nor a burst of other work on the machine favours one. While the rounds disagree
     (a candidate's times spread by more than NOISE of its median, or two medians PLAUSIBLE times
-    apart: a stall, not a speed), ROUNDS more run, up to MAX_ROUNDS. None when the medians are
-    still implausible then: nothing should be chosen or cached from them.
+    apart: a stall, not a speed), ROUNDS more run, up to MAX_ROUNDS. With max_seconds, no round
+    starts after that many seconds once min_rounds have run (heavy steps: fewer, each longer and
+    steadier). None when the medians are still implausible then: nothing should be chosen or
+    cached from them.
     """
+    began = time.perf_counter()
     names = list(candidates)
     for name in names:
         for _ in range(warmup):
@@ -193,6 +197,9 @@ def timed_medians(candidates: dict[str, Callable[[], object]], warmup: int = 1) 
     times: dict[str, list[float]] = {name: [] for name in names}
     while True:
         for _ in range(ROUNDS):
+            if len(times[names[0]]) >= min_rounds and max_seconds is not None \
+                    and time.perf_counter() - began >= max_seconds:
+                break
             shift = len(times[names[0]]) % len(names)
             for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
@@ -202,7 +209,8 @@ def timed_medians(candidates: dict[str, Callable[[], object]], warmup: int = 1) 
         plausible = max(medians.values()) <= PLAUSIBLE * min(medians.values())
         settled = plausible and all(_spread(times[name]) <= NOISE * medians[name] for name in names)
         rounds = len(times[names[0]])
-        if settled or rounds >= MAX_ROUNDS:
+        out_of_time = max_seconds is not None and time.perf_counter() - began >= max_seconds
+        if settled or rounds >= MAX_ROUNDS or out_of_time:
             return Medians(medians, rounds, settled) if plausible else None
 
 

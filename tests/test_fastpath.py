@@ -99,13 +99,14 @@ def test_a_busy_machine_leaves_prediction_in_fp32_and_uncached(clock, monkeypatc
 @pytest.fixture
 def steps(clock, monkeypatch):
     """Replace the training step: each execution's step takes the seconds in steps.seconds (by name,
-    default 1.0), and every step taken is recorded."""
+    default 1.0; or what a function there returns), and every step taken is recorded."""
     steps = types.SimpleNamespace(seconds={}, taken=[], clock=clock)
 
     def fake(net, batch, chosen, make_optimizer, threads):
         def step():
             steps.taken.append((chosen, len(batch)))
-            clock.spend(steps.seconds.get(chosen.name, 1.0))
+            seconds = steps.seconds.get(chosen.name, 1.0)
+            clock.spend(seconds() if callable(seconds) else seconds)
         return step
     monkeypatch.setattr(execution, "_training_step", fake)
     monkeypatch.setattr(execution, "machine_busy", lambda: False)
@@ -114,9 +115,9 @@ def steps(clock, monkeypatch):
     return steps
 
 
-def choose(net, settings=Settings(), run_steps=10_000, batch=256):
+def choose(net, settings=Settings(), run_steps=10_000, batch=256, max_seconds=None):
     return choose_execution(net, torch.zeros(batch, 1, 28, 28, dtype=torch.uint8), settings,
-                            torch.device("cpu"), run_steps, lambda net: None)
+                            torch.device("cpu"), run_steps, lambda net: None, max_seconds)
 
 
 def test_training_takes_the_fastest_setting_at_the_real_batch_and_caches_it(steps, capsys):
@@ -166,7 +167,7 @@ def test_a_short_run_is_not_worth_measuring_and_a_busy_machine_measures_next_tim
     steps.seconds = {"bf16 + channels_last": 0.5}
     assert choose(net, run_steps=10) == Execution() and len(steps.taken) == 2    # one warm-up and one timed step
     assert not fastpath.cache_path().exists()
-    monkeypatch.setattr(execution, "timed_medians", lambda calls, warmup: None)
+    monkeypatch.setattr(execution, "timed_medians", lambda calls, **_: None)
     assert choose(net) == Execution() and not fastpath.cache_path().exists()
 
 
@@ -176,10 +177,36 @@ def test_a_choice_measured_while_the_machine_was_busy_serves_only_its_run(steps,
     monkeypatch.setattr(execution, "machine_busy", lambda: True)
     assert choose(net, Settings(bf16="off", channels_last="off")) == Execution(threads=1)
     assert "for this run only" in capsys.readouterr().err and not fastpath.cache_path().exists()
+    steps.taken.clear()
+    assert choose(net, Settings(bf16="off", channels_last="off")) == Execution(threads=1)
+    assert not steps.taken                              # the rest of the run (its training, after planning) takes it
+    monkeypatch.setattr(execution, "_MEASURED_IN_THIS_PROCESS", {})    # the next run, in a new process
     monkeypatch.setattr(execution, "machine_busy", lambda: False)
     steps.seconds = {}                                  # quiet again: measured afresh, and kept
     assert choose(net, Settings(bf16="off", channels_last="off")) == Execution()
     assert "cached in" in capsys.readouterr().err and fastpath.cache_path().exists()
+
+
+def test_measuring_stops_at_its_share_of_a_time_budget(steps):
+    net = cnn(1, 10, image_size=(28, 28))
+    began = steps.clock.now
+    assert choose(net, max_seconds=3.0) == Execution()            # too little time to race four: the defaults
+    assert steps.clock.now - began <= 3.0 and len(steps.taken) == 2
+    noisy = iter([0.5, 1.5] * 1000)
+    steps.seconds = {"bf16": lambda: next(noisy)}                  # rounds that never settle: 15 rounds and
+    began = steps.clock.now                                        # the threads' race, without a limit
+    choose(net, max_seconds=50.0, batch=128)
+    assert 50.0 <= steps.clock.now - began < 50.0 + 6.0            # the round under way ends; nothing more
+
+
+def test_heavy_steps_get_a_brief_race_where_the_full_one_would_not_repay(steps):
+    net = cnn(1, 10, image_size=(28, 28))          # steps of seconds, as a fine-tuned EfficientNet's at 224 px
+    steps.seconds = {"fp32": 3.0, "fp32 + channels_last": 1.7, "bf16": 1.6, "bf16 + channels_last": 1.4,
+                     "bf16 + channels_last + 1 thread": 2.6}
+    assert choose(net, run_steps=100) == Execution()                  # 30 s to measure: not even two rounds each
+    began = steps.clock.now
+    assert choose(net, run_steps=200, batch=32) == Execution(bf16=True, channels_last=True)
+    assert steps.clock.now - began <= 0.1 * 200 * 3.0 + 3.0 + 1.7 + 1.6 + 1.4    # its share, and one round
 
 
 def test_compile_is_measured_for_long_runs_and_taken_where_it_repays_compiling(steps):

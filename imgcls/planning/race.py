@@ -389,7 +389,7 @@ class Race:
             elif not self.should_skip(c):
                 started = time.monotonic()
                 splits = self.views[c.view]
-                c.measured = measure_network(c.model, c.params, splits.train, splits.val)
+                c.measured = measure_network(c.model, c.params, splits.train, splits.val, self.left())
                 c.seconds = time.monotonic() - started
                 measured.append(c)
         if not measured:

@@ -132,15 +132,17 @@ class Measured:
         return RANGE_TEST_STEPS * self.speed.step_seconds if self.params.get("lr") == AUTO else 0.0
 
 
-def measure_network(name: str, params: dict, train: ImageDataset, val: ImageDataset | None) -> Measured:
-    """Resolve the batch size if it is "auto" and time the network at it (imgcls.planning.speed)."""
+def measure_network(name: str, params: dict, train: ImageDataset, val: ImageDataset | None,
+                    seconds: float | None = None) -> Measured:
+    """Resolve the batch size if it is "auto" and time the network at it (imgcls.planning.speed);
+    seconds: the time its training may take, which bounds measuring its execution."""
     start = time.monotonic()
     check_auto(name, params)
     params, notes = dict(params), {}
     if params.get("batch_size") == AUTO:
         params["batch_size"], notes["batch_size"] = planned_batch_size(name, params, train)
     model = create_model(name, **{k: v for k, v in params.items() if v != AUTO})
-    speed = network_speed(model, train, val)
+    speed = network_speed(model, train, val, seconds)
     return Measured(name, params, notes, speed, time.monotonic() - start)
 
 
@@ -168,7 +170,7 @@ def plan_network(name: str, params: dict, train: ImageDataset, val: ImageDataset
     setting the speed is still measured, for the caller's deadline. must_fit: an error when not
     even one epoch fits (else one epoch, with a note)."""
     start = time.monotonic()
-    measured = measured or measure_network(name, params, train, val)
+    measured = measured or measure_network(name, params, train, val, seconds)
     fixed = {k: v for k, v in measured.params.items() if v != AUTO}
     notes, speed = dict(measured.notes), measured.speed
     model = create_model(name, **fixed)

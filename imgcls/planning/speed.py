@@ -17,6 +17,7 @@ import torch
 
 from imgcls.data.dataset import ImageDataset
 from imgcls.runtime import predict_logits
+from imgcls.training.execution import MEASURING_SHARE
 from imgcls.training.trainer import Trainer, generator
 
 TIMED_STEPS = 3           # after one warm-up step (allocations, kernel choice)
@@ -41,14 +42,18 @@ class NetworkSpeed:
         return n_val * self.predict_seconds
 
 
-def network_speed(model, train: ImageDataset, val: ImageDataset | None = None) -> NetworkSpeed:
+def network_speed(model, train: ImageDataset, val: ImageDataset | None = None,
+                  seconds: float | None = None) -> NetworkSpeed:
     """Time a few training steps of model's network (built for train, with its own settings: batch
     size, augmentation, bf16) and its prediction of up to PREDICT_SAMPLE validation images. The
-    random number generators are left as they were, so the run trains as it would have."""
+    random number generators are left as they were, so the run trains as it would have.
+    seconds: the time the network's whole training may take (None: unknown); choosing its
+    execution then takes at most MEASURING_SHARE of it."""
     cfg = model.training_config()
+    within = None if seconds is None else MEASURING_SHARE * seconds
     with torch.random.fork_rng(devices=[]):
         start = time.perf_counter()
-        trainer = Trainer(model.network_for(train), cfg)
+        trainer = Trainer(model.network_for(train), cfg, measure_within=within)
         trainer.setup(train)
         setup = time.perf_counter() - start
         images, labels = train.images, train.labels

@@ -26,13 +26,18 @@ when measured; but one measured while other work kept the machine busy (the load
 the cores: fewer threads can then win by 4-20x, which a quiet machine would regret) serves only
 the run that measured it. A run too short to repay measuring (where measuring would take more than
 MEASURING_SHARE of its estimated length) takes the defaults without a cached answer: fp32,
-contiguous, torch's threads, eager.
+contiguous, torch's threads, eager. Measuring starts no round after it has taken that share, or
+a time budget's share when the run has one, once MIN_ROUNDS have run (heavy steps, such as a
+fine-tuned EfficientNet's seconds-long ones, get a brief race rather than none); a brief race that
+did not settle, like a busy machine's, serves only its run; and a choice, cached or not, serves the
+rest of the process (a budgeted run measures while planning, then trains with what it measured).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -41,14 +46,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from imgcls.fastpath import (ROUNDS, Medians, bf16_capable_cpu, cache_path, machine_key, network_key, read_cache,
+from imgcls.fastpath import (Medians, bf16_capable_cpu, cache_path, machine_key, network_key, read_cache,
                              timed_medians, write_cache)
 from imgcls.runtime import has_convolutions, use_bf16, use_channels_last
 
 GAIN = 1.05                  # bf16, fewer threads and compile must be this much faster to be taken
 MEASURING_SHARE = 0.1        # measure where measuring is estimated at most this share of the run
 COMPILE_WORTH_TRYING = 600.0 # seconds of estimated training from which compiling is measured
+
+_MEASURED_IN_THIS_PROCESS: dict[tuple[str, str], dict] = {}   # choices made here, cached or not (busy)
 ROUND_SECONDS = 0.05         # each timed call runs enough steps to last about this long
+MIN_ROUNDS = 2               # rounds a race runs at least, when its time is short (heavy steps); ROUNDS when not
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,13 @@ class Settings:
 
 
 def choose_execution(net: nn.Module, batch: torch.Tensor, settings: Settings, device: torch.device,
-                     run_steps: int, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> Execution:
+                     run_steps: int, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                     max_seconds: float | None = None) -> Execution:
     """The execution for training net on batches like batch (uint8 or float, the real batch size)
-    for run_steps steps; make_optimizer builds the run's optimiser for a copy of net. net, its
-    gradients and the random number generators are left as they were."""
+    for run_steps steps; make_optimizer builds the run's optimiser for a copy of net. Measuring
+    takes at most MEASURING_SHARE of the run's estimated length, and at most max_seconds (a time
+    budget's share; None: no other limit). net, its gradients and the random number generators
+    are left as they were."""
     if device.type != "cpu":
         bf16 = use_bf16(settings.bf16, device)
         return Execution(bf16, use_channels_last(settings.channels_last, device, net, bf16), 0,
@@ -101,26 +112,30 @@ def choose_execution(net: nn.Module, batch: torch.Tensor, settings: Settings, de
                     f"threads {settings.threads or 'auto'}"])
     with torch.random.fork_rng(devices=[]), _kept_threads():
         racer = _Racer(net, batch, make_optimizer)
-        cache = read_cache()
-        entry = cache.get(key)
+        here = (str(cache_path()), key)       # a process's answers belong beside the cache it reads
+        entry = read_cache().get(key) or _MEASURED_IN_THIS_PROCESS.get(here)
         if entry is None:
             default = candidates[0]
+            began = time.perf_counter()
             step = racer.step_seconds(default)
-            measuring = (len(candidates) + 2) * (ROUNDS + 2) * max(step, ROUND_SECONDS)
-            if run_steps * step * MEASURING_SHARE < measuring:
+            least = len(candidates) * (MIN_ROUNDS + 1) * max(step, ROUND_SECONDS)    # a warm-up and MIN_ROUNDS each
+            allowance = min(run_steps * step * MEASURING_SHARE, max_seconds if max_seconds is not None else math.inf)
+            if allowance < least:
                 return replace(default, compile=settings.compile == "on")
-            entry = racer.eager_choice(candidates, _thread_options(settings))
+            entry = racer.eager_choice(candidates, _thread_options(settings), deadline=began + allowance)
             if entry is None:           # the machine was too busy to tell: defaults, measured again next run
                 return replace(default, compile=settings.compile == "on")
             busy = machine_busy()
-            if not busy:
+            _MEASURED_IN_THIS_PROCESS[here] = entry     # a busy or brief measurement serves this run (planning, training)
+            if not busy and entry["settled"]:
                 _store(key, entry)
             _say(net, batch, entry, racer.threads, busy)
         chosen = Execution.from_name(entry["choice"])
         if settings.compile == "on":
             return replace(chosen, compile=True)
         eager_run = run_steps * entry["step"]
-        if not may_compile or eager_run < COMPILE_WORTH_TRYING:
+        budgeted_run = max_seconds / MEASURING_SHARE if max_seconds is not None else math.inf
+        if not may_compile or min(eager_run, budgeted_run) < COMPILE_WORTH_TRYING:
             return chosen
         if "compile" not in entry:
             compiled = racer.compile_timing(chosen)
@@ -187,10 +202,12 @@ class _Racer:
         self.steps_per_call = max(1, min(10, round(ROUND_SECONDS / max(seconds, 1e-6))))
         return seconds
 
-    def eager_choice(self, candidates: list[Execution], thread_options: list[int]) -> dict | None:
+    def eager_choice(self, candidates: list[Execution], thread_options: list[int],
+                     deadline: float = math.inf) -> dict | None:
         """The cache entry for the fastest eager execution (seconds per step of the candidates, and
-        of the thread counts tried for the best of them), or None where the timings were implausible."""
-        timing = self._race(candidates)
+        of the thread counts tried for the best of them), or None where the timings were implausible.
+        Rounds beyond the first few stop at deadline (a time.perf_counter() value)."""
+        timing = self._race(candidates, deadline)
         if timing is None:
             return None
         best = min(candidates, key=lambda c: timing.seconds[c.name])
@@ -201,9 +218,9 @@ class _Racer:
                 best = best_fp32
         entry = {"seconds": self._per_step(timing), "rounds": timing.rounds, "settled": timing.settled}
         step = entry["seconds"][best.name]
-        if len(thread_options) > 1:
+        if len(thread_options) > 1 and time.perf_counter() < deadline:
             fewer = replace(best, threads=thread_options[1])
-            timing = self._race([best, fewer])
+            timing = self._race([best, fewer], deadline)
             if timing is None:
                 return None
             entry["thread_seconds"] = self._per_step(timing)
@@ -234,9 +251,11 @@ class _Racer:
                 "step": round(timing.seconds[compiled.name] / self.steps_per_call, 6),
                 "eager_step": round(timing.seconds[eager.name] / self.steps_per_call, 6)}
 
-    def _race(self, candidates: list[Execution]) -> Medians | None:
+    def _race(self, candidates: list[Execution], deadline: float = math.inf) -> Medians | None:
         calls = {c.name: self._calls(c) for c in candidates}
-        return timed_medians(calls, warmup=1)
+        left = deadline - time.perf_counter()
+        return timed_medians(calls, warmup=1, max_seconds=max(left, 0.0) if math.isfinite(left) else None,
+                             min_rounds=MIN_ROUNDS)
 
     def _calls(self, execution: Execution) -> Callable[[], None]:
         step, n = self._step(execution), self.steps_per_call
@@ -301,7 +320,7 @@ def _say(net: nn.Module, batch: torch.Tensor, entry: dict, threads: int, busy: b
         said += f"; {Execution.from_name(few).threads} thread(s) at {n_many / n_few:.2f}x the speed of {threads}"
     shape = "x".join(map(str, batch.shape[1:]))
     console.print(f"fast path: training {network_key(net)} on batches of {len(batch)} x {shape}: {said} (medians of "
-                  f"{entry['rounds']} rounds; {_kept(busy)})", highlight=False, soft_wrap=True)
+                  f"{entry['rounds']} rounds; {_kept(busy, entry['settled'])})", highlight=False, soft_wrap=True)
 
 
 def _say_compile(compiled: dict, busy: bool) -> None:
@@ -311,7 +330,9 @@ def _say_compile(compiled: dict, busy: bool) -> None:
                   f"{gain:.2f}x as fast ({_kept(busy)})", highlight=False, soft_wrap=True)
 
 
-def _kept(busy: bool) -> str:
+def _kept(busy: bool, settled: bool = True) -> str:
     if busy:
         return "measured while other work kept the machine busy: for this run only, measured again next time"
+    if not settled:
+        return "a brief race whose rounds still disagreed: for this run only, measured again next time"
     return f"cached in {cache_path()}"

@@ -77,10 +77,13 @@ class Hook:
 
 class Trainer:
     def __init__(self, net: nn.Module, cfg: TrainingConfig, run_dir: str | Path | None = None,
-                 hooks: list[Hook] | tuple = (), lr_scales: dict[str, float] | None = None):
+                 hooks: list[Hook] | tuple = (), lr_scales: dict[str, float] | None = None,
+                 measure_within: float | None = None):
         """lr_scales: parameter name (as net.named_parameters() gives it) -> the fraction of the
-        scheduled learning rate it learns at (a fine-tuned body, say); 1 for the others."""
+        scheduled learning rate it learns at (a fine-tuned body, say); 1 for the others.
+        measure_within: seconds that choosing the execution may take at most (a time budget's share)."""
         self.cfg, self.net, self.hooks = cfg, net, list(hooks)
+        self.measure_within = measure_within
         self.lr_scales = dict(lr_scales or {})
         self._best_weights = None        # the best epoch's weights, kept in memory when there is no run_dir
         self.run_dir = Path(run_dir) if run_dir else None
@@ -429,7 +432,8 @@ class Trainer:
             settings = Settings(self.cfg.bf16, self.cfg.channels_last, self.cfg.threads, self.cfg.compile)
             choice = [choose_execution(self.net, batch.to(self.device), settings, self.device,
                                        self.total_steps * self.cfg.accumulate,
-                                       lambda net: build_optimizer(net, self.cfg, self.lr_scales))]
+                                       lambda net: build_optimizer(net, self.cfg, self.lr_scales),
+                                       self.measure_within)]
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
         return choice[0]
