@@ -20,6 +20,9 @@ finetune  fine-tuning EfficientNet-Lite0 (ImageNet weights, every layer trained)
           - imgcls: `imgcls train DIR --data-mode stream --model transfer:efficientnet_lite0
             --mode finetune --head-epochs 0 --epochs 1 --augment rrc,flip` (its fast path: the
             precision and layout measured fastest);
+          - imgcls with its execution measured as a 5-epoch fine-tune measures it before training
+            (cached; one epoch of a few hundred photos is too short to repay the race, so a first
+            run of that length takes the defaults, fp32 and contiguous);
           - imgcls in fp32, contiguous (`--bf16 off --channels-last off`): the fast path's share
             of the speed, and its effect on the validation accuracy (printed for both);
           - plain: timm's tf_efficientnet_lite0 with the same weights, ImageFolder +
@@ -141,11 +144,11 @@ def subset(folder: Path, count: int, where: Path) -> Path:
 
 # -- running a side in a process of its own ----------------------------------------------------------
 
-def run(command: list[str], sample_memory: bool = False) -> dict:
+def run(command: list[str], sample_memory: bool = False, env: dict | None = None) -> dict:
     """Run a command (a fresh process: no side inherits another's warm state); its wall seconds,
     and with sample_memory its peak RSS (/usr/bin/time: the largest process) and the peak PSS of
     it and its children, sampled every 50 ms."""
-    env = {**os.environ, "IMGCLS_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "IMGCLS_PROGRESS": "0", "PYTHONPATH": str(ROOT), **(env or {})}
     start = time.perf_counter()
     proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -188,11 +191,11 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def imgcls_train(data: Path, out: Path, args: list[str], sample_memory: bool = False) -> dict:
+def imgcls_train(data: Path, out: Path, args: list[str], sample_memory: bool = False, env: dict | None = None) -> dict:
     """`imgcls train` in a fresh process; its run's epoch images/s (history.json) and its costs."""
     shutil.rmtree(out, ignore_errors=True)
     result = run([sys.executable, "-m", "imgcls.cli", "train", str(data), "--data-mode", "stream", *args,
-                  "--out", str(out)], sample_memory)
+                  "--out", str(out)], sample_memory, env)
     history = json.loads((out / "history.json").read_text())
     result["images_per_second"] = history[-1]["images_per_second"]
     result["val_accuracy"] = history[-1].get("val_accuracy")
@@ -261,11 +264,38 @@ def finetune_part(folder: Path, work: Path, count: int, workers: int, repeats: i
     data = subset(folder, count, work)
     flags = ["--model", "transfer:efficientnet_lite0", "--mode", "finetune", "--head-epochs", "0", "--epochs", "1",
              "--batch-size", "32", "--augment", "rrc,flip", "--val-fraction", "0.1", "--test-fraction", "0.05"]
+    cache = work / "fast-paths"
+    said = measure_finetune_execution(cache, count, epochs=5)
+    print(f"    the execution a 5-epoch fine-tune of {count:,} photos measures before training: {said}", flush=True)
     sides = {"imgcls": lambda: imgcls_train(data, work / "run-ft", flags),
+             "imgcls, execution measured": lambda: imgcls_train(data, work / "run-ft", flags,
+                                                                 env={"IMGCLS_CACHE": str(cache)}),
              "imgcls fp32, contiguous": lambda: imgcls_train(data, work / "run-ft", flags + ["--bf16", "off",
                                                                                           "--channels-last", "off"]),
              "plain": lambda: plain_loop("finetune", data, workers)}
     return interleaved(sides, repeats)
+
+
+def measure_finetune_execution(cache: Path, count: int, epochs: int) -> str:
+    """Choose the fine-tune's execution as a run of `epochs` epochs on `count` photos does before it
+    trains (one epoch of them is too short to repay the race: it takes the defaults), in a process of
+    its own, with the fast-path cache at `cache`; what it chose."""
+    code = f"""
+import torch
+from imgcls.data.dataset import ImageDataset
+from imgcls.models.registry import create_model
+from imgcls.training.execution import Settings, choose_execution
+from imgcls.training.trainer import build_optimizer
+model = create_model("transfer:efficientnet_lite0", mode="finetune", batch_size=32)
+net = model.network_for(ImageDataset(torch.zeros((2, 3, 224, 224), dtype=torch.uint8), torch.arange(2), ["a", "b"]))
+batch = torch.randint(0, 256, (32, 3, 224, 224), dtype=torch.uint8)
+steps = {epochs} * -(-{count} * 85 // 100 // 32)
+chosen = choose_execution(net, batch, Settings(), torch.device("cpu"), steps,
+                          lambda n: build_optimizer(n, model.training_config()))
+print(chosen.name)
+"""
+    result = run([sys.executable, "-c", code], env={"IMGCLS_CACHE": str(cache)})
+    return result["stdout"].strip().splitlines()[-1]
 
 
 def interleaved(sides: dict, repeats: int) -> dict:

@@ -48,6 +48,7 @@ from imgcls.training.schedule import image_size_at, lr_at
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 NORMALISATIONS = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+RELEASE_EVERY = 20       # optimiser steps between giving the allocator's free pages back (imgcls.training.memory)
 
 
 @dataclass
@@ -146,6 +147,8 @@ class Trainer:
                 self._totals.add(loss * len(y), right, len(y))
                 state.batches_done = index + 1
                 self._emit("on_batch_end", len(y), loss, right)
+                if index % RELEASE_EVERY == RELEASE_EVERY - 1:
+                    release_free_memory()
                 if index == last:
                     self._boundary = index + 1
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and index + 1 < batches:
