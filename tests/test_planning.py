@@ -50,7 +50,7 @@ def canvases(root, n=250, side=16):
 def fake_speed(step: float, predict: float = 1e-4):
     """A network_speed that reports step seconds per optimiser step (and predict per image) without
     timing anything."""
-    def measured(model, train, val=None):
+    def measured(model, train, val=None, seconds=None):
         return NetworkSpeed(step, predict, model.batch_size)
     return measured
 

@@ -29,8 +29,11 @@ MEASURING_SHARE of its estimated length) takes the defaults without a cached ans
 contiguous, torch's threads, eager. Measuring starts no round after it has taken that share, or
 a time budget's share when the run has one, once MIN_ROUNDS have run (heavy steps, such as a
 fine-tuned EfficientNet's seconds-long ones, get a brief race rather than none); a brief race that
-did not settle, like a busy machine's, serves only its run; and a choice, cached or not, serves the
-rest of the process (a budgeted run measures while planning, then trains with what it measured).
+did not settle, like a busy machine's, serves only its run, and so does one where half the threads
+ran CONTENDED times as fast (a core was busy with other work, whatever the load average said: a
+"1 thread, 4.1x" choice once reached the cache and made every later run single-threaded); and a
+choice, cached or not, serves the rest of the process (a budgeted run measures while planning,
+then trains with what it measured).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ COMPILE_WORTH_TRYING = 600.0 # seconds of estimated training from which compilin
 _MEASURED_IN_THIS_PROCESS: dict[tuple[str, str], dict] = {}   # choices made here, cached or not (busy)
 ROUND_SECONDS = 0.05         # each timed call runs enough steps to last about this long
 MIN_ROUNDS = 2               # rounds a race runs at least, when its time is short (heavy steps); ROUNDS when not
+CONTENDED = 1.5              # half the threads this much faster is a sign that other work held a core:
+                             # such a choice serves its run only
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def choose_execution(net: nn.Module, batch: torch.Tensor, settings: Settings, de
                 return replace(default, compile=settings.compile == "on")
             busy = machine_busy()
             _MEASURED_IN_THIS_PROCESS[here] = entry     # a busy or brief measurement serves this run (planning, training)
-            if not busy and entry["settled"]:
+            if not busy and entry["settled"] and not entry.get("contended"):
                 _store(key, entry)
             _say(net, batch, entry, racer.threads, busy)
         chosen = Execution.from_name(entry["choice"])
@@ -226,7 +231,9 @@ class _Racer:
             entry["thread_seconds"] = self._per_step(timing)
             entry["rounds"] += timing.rounds
             entry["settled"] = entry["settled"] and timing.settled
-            if timing.ratio(best.name, fewer.name) >= GAIN:
+            gain = timing.ratio(best.name, fewer.name)
+            entry["contended"] = gain >= CONTENDED
+            if gain >= GAIN:
                 step = step * timing.ratio(fewer.name, best.name)
                 best = fewer
         return {"choice": best.name, "step": round(step, 6), **entry}
@@ -320,7 +327,8 @@ def _say(net: nn.Module, batch: torch.Tensor, entry: dict, threads: int, busy: b
         said += f"; {Execution.from_name(few).threads} thread(s) at {n_many / n_few:.2f}x the speed of {threads}"
     shape = "x".join(map(str, batch.shape[1:]))
     console.print(f"fast path: training {network_key(net)} on batches of {len(batch)} x {shape}: {said} (medians of "
-                  f"{entry['rounds']} rounds; {_kept(busy, entry['settled'])})", highlight=False, soft_wrap=True)
+                  f"{entry['rounds']} rounds; {_kept(busy or entry.get('contended', False), entry['settled'])})",
+                  highlight=False, soft_wrap=True)
 
 
 def _say_compile(compiled: dict, busy: bool) -> None:
