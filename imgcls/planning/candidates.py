@@ -24,6 +24,7 @@ from imgcls.planning.settings import AUTO, Measured
 from imgcls.run_folder import RunFolder
 
 BACKBONE = "efficientnet_lite0"
+BACKBONE_SIDE = 224        # the backbone's own input size
 SMALL_IMAGE_SIDE = 96      # small images are upsampled to this side for the backbone (its speed: about (96/224)^2)
 
 
@@ -104,10 +105,11 @@ def network_candidates(profile: DataProfile, seed: int) -> list[Candidate]:
     return found
 
 
-def embedding_candidates(profile: DataProfile, seed: int) -> list[Candidate]:
-    """kNN and a linear probe on the backbone's embeddings (computed once for both)."""
-    side = 0 if profile.photographs else SMALL_IMAGE_SIDE      # 0: the backbone's own size (224)
-    what = "" if profile.photographs else f" at {SMALL_IMAGE_SIDE} px"
+def embedding_candidates(profile: DataProfile, seed: int, full_size: bool = False) -> list[Candidate]:
+    """kNN and a linear probe on the backbone's embeddings (computed once for both): photographs, and
+    with full_size small images too, at the backbone's own size; other small images at SMALL_IMAGE_SIDE."""
+    side = 0 if profile.photographs or full_size else SMALL_IMAGE_SIDE      # 0: the backbone's own size (224)
+    what = "" if profile.photographs else (f" at {BACKBONE_SIDE} px" if full_size else f" at {SMALL_IMAGE_SIDE} px")
     return [Candidate(f"transfer:{BACKBONE} kNN{what}", f"transfer:{BACKBONE}",
                       {"mode": "knn", "input_size": side, "seed": seed}, "embedding", view="backbone"),
             Candidate(f"transfer:{BACKBONE} probe{what}", f"transfer:{BACKBONE}",

@@ -41,8 +41,8 @@ from imgcls.models.knn import decide, vote
 from imgcls.models.registry import create_model, model_class
 from imgcls.models.transfer import shared_embeddings
 from imgcls.planning.budget import Budget, DeadlineHook, duration_text
-from imgcls.planning.candidates import (BACKBONE, Candidate, embedding_candidates, network_candidates,
-                                        pretrained_available)
+from imgcls.planning.candidates import (BACKBONE, BACKBONE_SIDE, SMALL_IMAGE_SIDE, Candidate, embedding_candidates,
+                                        network_candidates, pretrained_available)
 from imgcls.planning.profile import PIXEL_SIDE, DataProfile, FileSurvey, profile_of, survey_files
 from imgcls.planning.settings import epochs_cap, measure_network, plan_network
 from imgcls.planning.speed import figure_seconds, finish_seconds, seconds_of
@@ -50,6 +50,8 @@ from imgcls.progress import console, stdout
 
 EXPLORE_SHARE = 0.3        # of the networks' time, for the brief first runs when several networks compete
 EMBEDDING_SHARE = 0.2      # of the budget, at most, for a backbone's embeddings of small images
+FULL_SIZE_SHARE = EMBEDDING_SHARE   # small images are embedded at the backbone's own size where that fits this share too
+FULL_SIZE_COST = (BACKBONE_SIDE / SMALL_IMAGE_SIDE) ** 2    # its time per image against SMALL_IMAGE_SIDE's
 PROMOTION_GAIN = 2.0       # the best network trains again only with at least this many times its first run's time
 MIN_FIRST_ROUND_EPOCHS = 3  # a first-round run holds at least this many epochs, or fewer networks race
 KNN_KS = (5, 3, 7, 1, 9)   # k tried on validation, in order of preference on a tie
@@ -321,10 +323,16 @@ class Race:
             return
         started = time.monotonic()
         model = create_model(found[0].model, **found[0].params)
-        view, decode = self._backbone_view(model)
         per_image = _embedding_seconds(model, self.views["pixels"].train)
-        self.measured["embedding_seconds"] = per_image
         n = self.profile.train + self.profile.val
+        full_size = per_image * FULL_SIZE_COST * (n + 3 * self.profile.val + self.profile.test)
+        if not self.profile.photographs and full_size <= FULL_SIZE_SHARE * self.budget.seconds:
+            # few small images: the backbone at its own size is affordable, and sees them as it learnt to
+            for old, new in zip(found, embedding_candidates(self.profile, self.seed, full_size=True)):
+                old.label, old.params = new.label, new.params
+            model, per_image = create_model(found[0].model, **found[0].params), per_image * FULL_SIZE_COST
+        view, decode = self._backbone_view(model)
+        self.measured["embedding_seconds"] = per_image
         shared = decode + n * per_image                       # decoding at its size, embedding train and val
         estimate = shared + 3 * self.profile.val * per_image  # and the probe's validation and calibration
         finish = finish_seconds(per_image, self.profile.test, self.figure, calibrated=True, network=True)
