@@ -26,7 +26,7 @@ from imgcls.planning import settings as settings_module
 from imgcls.planning.budget import DeadlineHook, duration_text
 from imgcls.planning.settings import batch_size_for, epochs_cap, planned_batch_size, unset_to_auto
 from imgcls.planning.speed import NetworkSpeed
-from imgcls.training.memory import release_free_memory, step_bytes_per_image
+from imgcls.training.memory import step_bytes_per_image
 from imgcls.training.trainer import Hook
 
 BUDGET = 60                     # seconds: the race test's --time-budget
@@ -103,7 +103,6 @@ def test_a_steps_memory_is_what_autograd_keeps_per_image_and_caps_the_planned_ba
     photos = ImageDataset(torch.zeros((2_000, 3, 192, 192), dtype=torch.uint8), torch.arange(2_000) % 2, ["a", "b"])
     size, why = planned_batch_size("lenet5", {"batch_size": "auto"}, photos)
     assert size == 64 and "activations" in why and "128 would be near 1/16" in why
-    assert release_free_memory() in (True, False)
 
 
 class FakeClock(Hook):
