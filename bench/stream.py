@@ -23,6 +23,8 @@ finetune  fine-tuning EfficientNet-Lite0 (ImageNet weights, every layer trained)
           - imgcls with its execution measured as a 5-epoch fine-tune measures it before training
             (cached; one epoch of a few hundred photos is too short to repay the race, so a first
             run of that length takes the defaults, fp32 and contiguous);
+          - imgcls in bf16 and channels_last, forced (what the race chooses on a CPU with fast bf16,
+            for a fine-tune long enough to measure);
           - imgcls in fp32, contiguous (`--bf16 off --channels-last off`): the fast path's share
             of the speed, and its effect on the validation accuracy (printed for both);
           - plain: timm's tf_efficientnet_lite0 with the same weights, ImageFolder +
@@ -270,6 +272,8 @@ def finetune_part(folder: Path, work: Path, count: int, workers: int, repeats: i
     sides = {"imgcls": lambda: imgcls_train(data, work / "run-ft", flags),
              "imgcls, execution measured": lambda: imgcls_train(data, work / "run-ft", flags,
                                                                  env={"IMGCLS_CACHE": str(cache)}),
+             "imgcls bf16, channels_last": lambda: imgcls_train(data, work / "run-ft", flags + ["--bf16", "on",
+                                                                                             "--channels-last", "on"]),
              "imgcls fp32, contiguous": lambda: imgcls_train(data, work / "run-ft", flags + ["--bf16", "off",
                                                                                           "--channels-last", "off"]),
              "plain": lambda: plain_loop("finetune", data, workers)}
