@@ -56,12 +56,13 @@ from imgcls.runtime import has_convolutions, use_bf16, use_channels_last
 GAIN = 1.05                  # bf16, fewer threads and compile must be this much faster to be taken
 MEASURING_SHARE = 0.1        # measure where measuring is estimated at most this share of the run
 COMPILE_WORTH_TRYING = 600.0 # seconds of estimated training from which compiling is measured
-
-_MEASURED_IN_THIS_PROCESS: dict[tuple[str, str], dict] = {}   # choices made here, cached or not (busy)
 ROUND_SECONDS = 0.05         # each timed call runs enough steps to last about this long
 MIN_ROUNDS = 2               # rounds a race runs at least, when its time is short (heavy steps); ROUNDS when not
 CONTENDED = 1.5              # half the threads this much faster is a sign that other work held a core:
                              # such a choice serves its run only
+
+_MEASURED_IN_THIS_PROCESS: dict[tuple[str, str], dict] = {}   # (cache file, key) -> the choice made here,
+                                                               # cached or not (busy, brief or contended)
 
 
 @dataclass(frozen=True)
